@@ -1,0 +1,88 @@
+"""Atomic, pickle-free file writing: safetensors with metadata, JSON, and whole folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+class DreamVideoError(Exception):
+    """Base class for errors reported to users with a clear message (no traceback in the CLI)."""
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, Any] | None = None
+) -> None:
+    """Write ``tensors`` atomically; non-string metadata values are JSON-encoded."""
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=meta)
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read tensors and metadata; a missing or corrupt file raises :class:`DreamVideoError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DreamVideoError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises several exception types for damaged files
+        raise DreamVideoError(f"{path}: not a readable safetensors file ({err})") from err
+    return tensors, metadata
+
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DreamVideoError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DreamVideoError(f"{path}: not valid JSON ({err})") from err
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Move a fully written ``staging`` folder to ``final``, replacing an older ``final`` only at the end."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
