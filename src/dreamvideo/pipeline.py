@@ -1,0 +1,338 @@
+"""DreamVideoPipeline: text-to-video generation with learned subjects and motions (section 6).
+
+Our own DDIM / classifier-free-guidance loop on any diffusers ``UNet3DConditionModel`` base.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPVisionModelWithProjection
+
+from dreamvideo import adapters as ad
+from dreamvideo.base import check_same_architecture, describe_base, resolve_base
+from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json
+from dreamvideo.textual_inversion import insert_learned_token, load_learned_embeds
+
+SUBJECT_FILE = "subject.json"
+MOTION_FILE = "motion.json"
+EMBEDS_FILE = "learned_embeds.safetensors"
+IDENTITY_FILE = "identity_adapter.safetensors"
+MOTION_ADAPTER_FILE = "motion_adapter.safetensors"
+
+
+@dataclass
+class DreamVideoOutput:
+    """``frames``: one uint8 array (frames, height, width, 3) per prompt."""
+
+    frames: list[np.ndarray]
+
+
+class DreamVideoPipeline(DiffusionPipeline):
+    """Generate videos from text with optional learned subjects (token + identity adapter) and motions.
+
+    Args:
+        vae: frame autoencoder (``AutoencoderKL``).
+        text_encoder: CLIP text model; its last hidden state conditions the UNet.
+        tokenizer: its tokenizer.
+        unet: a ``UNet3DConditionModel``.
+        scheduler: any diffusers scheduler; DDIM by default (``DDIMScheduler.from_config``).
+        image_encoder: optional ``CLIPVisionModelWithProjection`` for appearance guidance.
+        feature_extractor: its ``CLIPImageProcessor``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: Any,
+        unet: UNet3DConditionModel,
+        scheduler: Any,
+        image_encoder: CLIPVisionModelWithProjection | None = None,
+        feature_extractor: CLIPImageProcessor | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+        )
+        self.base_name = "unknown"
+        self.subject: dict[str, Any] | None = None
+        self.motion: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        base: str | os.PathLike | None = "toy",
+        image_encoder: str | os.PathLike | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> DreamVideoPipeline:
+        """Load a base model: a diffusers text-to-video folder, a hub id, or ``"toy"`` (the built-in model).
+
+        Args:
+            base: folder with ``unet/ vae/ text_encoder/ tokenizer/ scheduler/`` (optionally ``image_encoder/`` and
+                ``feature_extractor/``), a hub id such as ``damo-vilab/text-to-video-ms-1.7b``, or ``"toy"``.
+            image_encoder: a ``CLIPVisionModelWithProjection`` folder, overriding ``base/image_encoder``.
+            torch_dtype: weights dtype of the frozen modules (``torch.float16`` on GPUs).
+            device: where to put the modules.
+        """
+        root = resolve_base(base)
+        kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        unet = UNet3DConditionModel.from_pretrained(root, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **kw)
+        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer")
+        scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler")
+        enc_path = Path(image_encoder) if image_encoder is not None else root / "image_encoder"
+        encoder = processor = None
+        if enc_path.is_dir():
+            encoder = CLIPVisionModelWithProjection.from_pretrained(enc_path, **kw)
+            proc_path = enc_path.parent / "feature_extractor" if image_encoder is None else enc_path
+            processor = (
+                CLIPImageProcessor.from_pretrained(proc_path)
+                if (proc_path / "preprocessor_config.json").is_file()
+                else CLIPImageProcessor(size=encoder.config.image_size, crop_size=encoder.config.image_size)
+            )
+        elif image_encoder is not None:
+            raise DreamVideoError(f"{enc_path}: image encoder folder not found")
+        pipe = cls(vae, text_encoder, tokenizer, unet, scheduler, encoder, processor)
+        pipe.base_name = "toy" if base is None or str(base) in ("toy", "dreamvideo-toy") else str(base)
+        for module in (unet, vae, text_encoder, encoder):
+            if module is not None:
+                module.requires_grad_(False).eval()
+        if device is not None:
+            pipe.to(device)
+        return pipe
+
+    def base_description(self) -> dict[str, Any]:
+        return describe_base(self.base_name, dict(self.unet.config), self.text_encoder.config.hidden_size)
+
+    @property
+    def condition_dim(self) -> int | None:
+        return None if self.image_encoder is None else int(self.image_encoder.config.projection_dim)
+
+    def load_subject(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> str:
+        """Add a learned subject: its token and identity adapter (from ``checkpoints/`` at ``step`` if given).
+
+        Returns the placeholder token to use in prompts.
+        """
+        path = Path(path)
+        info = read_json(path / SUBJECT_FILE)
+        check_same_architecture(info["base"], self.base_description(), f"subject {path}")
+        token, vector = load_learned_embeds(path / EMBEDS_FILE)
+        insert_learned_token(self.tokenizer, self.text_encoder, token, vector, str(path / EMBEDS_FILE))
+        adapter_config = info.get("identity_adapter")
+        if adapter_config is not None:
+            file = _checkpoint_file(path, "identity_adapter", step, IDENTITY_FILE)
+            self._load_adapter(ad.AdapterConfig.from_dict(adapter_config), file, scale)
+        self.subject = info | {"path": str(path)}
+        return token
+
+    def load_motion(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> None:
+        """Add a learned motion adapter (from ``checkpoints/`` at ``step`` if given)."""
+        path = Path(path)
+        info = read_json(path / MOTION_FILE)
+        check_same_architecture(info["base"], self.base_description(), f"motion {path}")
+        file = _checkpoint_file(path, "motion_adapter", step, MOTION_ADAPTER_FILE)
+        self._load_adapter(ad.AdapterConfig.from_dict(info["motion_adapter"]), file, scale)
+        self.motion = info | {"path": str(path)}
+
+    def _load_adapter(self, config: ad.AdapterConfig, file: Path, scale: float) -> None:
+        if config.name in ad.adapter_names(self.unet):
+            ad.detach_adapter(self.unet, config.name)
+        tensors, _ = load_safetensors(file)
+        ad.attach_adapter(self.unet, config)
+        try:
+            ad.load_adapter_state_dict(self.unet, config.name, tensors)
+        except ValueError as err:
+            ad.detach_adapter(self.unet, config.name)
+            raise DreamVideoError(f"{file}: {err}") from err
+        ad.set_adapter_scale(self.unet, config.name, scale)
+        self.unet.to(self.device)
+
+    def unload(self, name: str) -> None:
+        """Remove the ``"identity"`` or ``"motion"`` adapter (the learned token stays in the vocabulary)."""
+        ad.detach_adapter(self.unet, name)
+        if name == "motion":
+            self.motion = None
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP text features (last hidden state) for a list of prompts."""
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_image(self, images: list[Image.Image | np.ndarray]) -> torch.Tensor:
+        """Appearance embeddings ``e`` (batch, projection_dim) from the CLIP image encoder."""
+        if self.image_encoder is None:
+            raise DreamVideoError(
+                "this base has no image_encoder/ for appearance guidance; pass --image-encoder PATH"
+            )
+        pixels = self.feature_extractor(images=list(images), return_tensors="pt").pixel_values
+        pixels = pixels.to(self.image_encoder.device, self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=pixels).image_embeds
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """VAE latents (batch, channels, frames, h, w) of pixels (batch, frames, 3, H, W) in [-1, 1]."""
+        b, f = frames.shape[:2]
+        flat = frames.reshape(b * f, *frames.shape[2:]).to(self.vae.device, self.vae.dtype)
+        latents = self.vae.encode(flat).latent_dist.sample(generator) * self.vae.config.scaling_factor
+        return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels (batch, frames, 3, H, W) in [-1, 1] from latents (batch, channels, frames, h, w)."""
+        b, c, f, h, w = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) / self.vae.config.scaling_factor
+        images = self.vae.decode(flat.to(self.vae.dtype)).sample
+        return images.reshape(b, f, *images.shape[1:]).float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def invert(
+        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_inference_steps: int, progress: bool = True
+    ) -> torch.Tensor:
+        """DDIM inversion: run the deterministic sampler backwards from clean latents to noise (no guidance)."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        alphas = scheduler.alphas_cumprod.to(latents.device)
+        timesteps = scheduler.timesteps.flip(0)
+        x = latents
+        for i, t in enumerate(self.progress_bar(timesteps) if progress else timesteps):
+            prev_t = timesteps[i - 1] if i > 0 else None
+            a_prev = alphas[prev_t] if prev_t is not None else scheduler.final_alpha_cumprod.to(latents.device)
+            eps = self.unet(x, t, encoder_hidden_states=prompt_embeds).sample
+            x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+            x = alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * eps
+        return x
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str = "",
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 9.0,
+        appearance_image: Image.Image | np.ndarray | None = None,
+        appearance_strength: float = 1.0,
+        appearance_strength_uncond: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        init_video: torch.Tensor | None = None,
+        init_strength: float = 0.0,
+        progress: bool = True,
+    ) -> DreamVideoOutput:
+        """Generate one video per prompt.
+
+        Args:
+            prompt: text, with a learned subject's token where wanted ("a <sks> dog playing guitar").
+            negative_prompt: the unconditional prompt of classifier-free guidance (paper: empty).
+            num_frames, height, width: video size; height/width default to the UNet's native size.
+            num_inference_steps: DDIM steps (paper: 50).
+            guidance_scale: classifier-free guidance weight (paper: 9.0); 1 disables guidance.
+            appearance_image: reference image for the motion adapter's appearance guidance (section 6);
+                without one, the motion adapter gets the zero vector, as in appearance dropout.
+            appearance_strength: ``lam_c``, guidance strength in the conditional branch.
+            appearance_strength_uncond: ``lam_u``, strength in the unconditional branch, which gets the zero vector.
+            generator: torch generator for reproducible noise.
+            latents: optional starting noise (batch, channels, frames, h, w).
+            init_video: optional pixels (frames, 3, H, W) in [-1, 1] of a training video; its DDIM-inverted latents are
+                mixed with the noise (section 6) as ``sqrt(s) * inverted + sqrt(1 - s) * noise``.
+            init_strength: ``s`` in [0, 0.5]; 0 (default) ignores ``init_video``.
+            progress: show a progress bar.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not 0 <= init_strength <= 0.5:
+            raise DreamVideoError(f"init_strength must be in [0, 0.5], got {init_strength}")
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        sample = self.unet.config.sample_size
+        sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+        height = height or sample * factor
+        width = width or sample * factor
+        if height % factor or width % factor:
+            raise DreamVideoError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        device, batch = self.unet.device, len(prompts)
+        guided = guidance_scale > 1.0
+        cond = self.encode_prompt(prompts)
+        text = torch.cat([self.encode_prompt([negative_prompt] * batch), cond]) if guided else cond
+        text = text.to(self.unet.dtype)
+        self._set_appearance(appearance_image, batch, guided, appearance_strength, appearance_strength_uncond)
+
+        shape = (batch, self.unet.config.in_channels, num_frames, height // factor, width // factor)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+        if init_video is not None and init_strength > 0:
+            video_latents = self.encode_video(init_video.unsqueeze(0), generator).expand(batch, -1, -1, -1, -1)
+            inverted = self.invert(video_latents.float(), cond, num_inference_steps, progress)
+            latents = math.sqrt(init_strength) * inverted + math.sqrt(1 - init_strength) * latents
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        timesteps = self.scheduler.timesteps
+        for t in self.progress_bar(timesteps) if progress else timesteps:
+            model_in = torch.cat([latents] * 2) if guided else latents
+            model_in = self.scheduler.scale_model_input(model_in, t).to(self.unet.dtype)
+            noise = self.unet(model_in, t, encoder_hidden_states=text).sample.float()
+            if guided:  # classifier-free guidance: eps_u + w (eps_c - eps_u)
+                uncond, conditional = noise.chunk(2)
+                noise = uncond + guidance_scale * (conditional - uncond)
+            latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
+        ad.clear_adapter_condition(self.unet, "motion")
+        pixels = self.decode_latents(latents)
+        frames = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+        return DreamVideoOutput(frames=list(frames))
+
+    def _set_appearance(
+        self, image: Image.Image | np.ndarray | None, batch: int, guided: bool, lam_c: float, lam_u: float
+    ) -> None:
+        if "motion" not in ad.adapter_names(self.unet):
+            return
+        dim = self.condition_dim or 0
+        if image is not None and dim:
+            e = self.encode_image([image]).float().expand(batch, -1)
+        else:
+            e = torch.zeros(batch, dim, device=self.unet.device)
+        strength = torch.full((batch,), float(lam_c), device=self.unet.device)
+        if guided:  # the unconditional branch gets the zero vector with its own strength
+            e = torch.cat([torch.zeros_like(e), e])
+            strength = torch.cat([torch.full((batch,), float(lam_u), device=self.unet.device), strength])
+        ad.set_adapter_condition(self.unet, "motion", e if dim else None, strength)
+
+
+def _checkpoint_file(folder: Path, stage: str, step: int | None, name: str) -> Path:
+    if step is None:
+        return folder / name
+    file = folder / "checkpoints" / stage / f"step-{step:06d}" / name
+    if not file.is_file():
+        available = sorted(p.name for p in (folder / "checkpoints" / stage).glob("step-*"))
+        raise DreamVideoError(f"{folder}: no {stage} checkpoint at step {step} (available: {', '.join(available) or 'none'})")
+    return file

@@ -1,0 +1,480 @@
+"""DreamVideo's training stages: subject learning (section 4) and motion learning (section 5)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dreamvideo import adapters as ad
+from dreamvideo.data import load_motion_videos, load_subject_images, sample_clip
+from dreamvideo.fileio import DreamVideoError, save_safetensors, write_json
+from dreamvideo.pipeline import (
+    EMBEDS_FILE,
+    IDENTITY_FILE,
+    MOTION_ADAPTER_FILE,
+    MOTION_FILE,
+    SUBJECT_FILE,
+    DreamVideoPipeline,
+)
+from dreamvideo.textual_inversion import (
+    add_placeholder_token,
+    save_learned_embeds,
+    unwrap_placeholder,
+    wrap_placeholder,
+)
+from dreamvideo.training import StageConfig, Trainer, diffusion_loss
+
+FORMAT_VERSION = 1
+
+
+class OutputExistsError(DreamVideoError):
+    pass
+
+
+def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber finished results; allow resuming an unfinished run (validate before any work)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out}: exists and is not a folder")
+    finished = (out / marker).is_file()
+    started = (out / "checkpoints").is_dir()
+    if finished and not (overwrite or resume):
+        raise OutputExistsError(f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it")
+    if started and not finished and not (resume or overwrite):
+        raise OutputExistsError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+    if overwrite and not resume and started:
+        shutil.rmtree(out / "checkpoints")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def publish(out: Path, files: dict[str, Path], marker: str) -> None:
+    """Move finished files into ``out``; the marker JSON goes last, so a folder without it reads as unfinished."""
+    (out / marker).unlink(missing_ok=True)
+    for name, src in files.items():
+        if name != marker:
+            os.replace(src, out / name)
+    os.replace(files[marker], out / marker)
+
+
+def _device_of(pipe: DreamVideoPipeline) -> torch.device:
+    return pipe.unet.device
+
+
+def _maybe_checkpointing(pipe: DreamVideoPipeline, config: StageConfig) -> None:
+    if config.gradient_checkpointing:
+        from dreamvideo.memory import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(pipe.unet)
+
+
+def _undo_checkpointing(pipe: DreamVideoPipeline, config: StageConfig) -> None:
+    if config.gradient_checkpointing:
+        from dreamvideo.memory import disable_gradient_checkpointing
+
+        disable_gradient_checkpointing(pipe.unet)
+
+
+@dataclass
+class LatentCache:
+    """VAE posterior (mean, std) cached once; each step draws a fresh sample, as encoding every step would."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    @torch.no_grad()
+    def encode(cls, pipe: DreamVideoPipeline, frames: torch.Tensor, chunk: int = 16) -> LatentCache:
+        """Encode pixels (N, 3, H, W) in [-1, 1] to per-frame latent statistics (N, C, h, w), scaled."""
+        means, stds = [], []
+        scale = pipe.vae.config.scaling_factor
+        for part in frames.split(chunk):
+            dist = pipe.vae.encode(part.to(pipe.vae.device, pipe.vae.dtype)).latent_dist
+            means.append(dist.mean.float() * scale)
+            stds.append(dist.std.float() * scale)
+        return cls(torch.cat(means), torch.cat(stds))
+
+    def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        mean, std = self.mean[index], self.std[index]
+        return mean + std * torch.randn(mean.shape, generator=generator).to(mean)
+
+
+# --------------------------------------------------------------------------------------------- subject
+
+
+@dataclass
+class SubjectSettings:
+    """Subject learning (section 4). Defaults are the authors'.
+
+    Args:
+        token: the placeholder word, e.g. ``"<sks>"``.
+        init_word: a one-token class word initialising it, e.g. ``"dog"``.
+        caption: caption template with ``{token}`` and ``{word}``.
+        resolution: training image side (the base's native size when ``None``).
+        textual_inversion: stage 1 settings (authors: lr 1e-4, 3000 steps, batch 4).
+        identity: stage 2 settings (authors: lr 1e-5, 1000 steps, batch 4).
+        use_masks: restrict the loss to the subject masks if the folder has them.
+        identity_adapter: adapter placement (paper: cross-attention of every spatial block); ``None`` skips stage 2.
+        train_token: ``False`` skips stage 1 (ablation "without textual identity": the token keeps the class word).
+    """
+
+    token: str = "<sks>"
+    init_word: str = "dog"
+    caption: str = "a {token} {word}"
+    resolution: int | None = None
+    textual_inversion: StageConfig = None  # type: ignore[assignment]
+    identity: StageConfig = None  # type: ignore[assignment]
+    use_masks: bool = True
+    identity_adapter: ad.AdapterConfig | None = None
+    train_token: bool = True
+
+    def __post_init__(self) -> None:
+        if self.textual_inversion is None:
+            self.textual_inversion = StageConfig(steps=3000, lr=1e-4, batch_size=4)
+        if self.identity is None:
+            self.identity = StageConfig(steps=1000, lr=1e-5, batch_size=4)
+        if self.identity_adapter is None:
+            self.identity_adapter = ad.identity_adapter_config()
+
+
+def native_resolution(pipe: DreamVideoPipeline) -> int:
+    sample = pipe.unet.config.sample_size
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    return sample * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def learn_subject(
+    pipe: DreamVideoPipeline,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: SubjectSettings,
+    masks: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    skip_identity: bool = False,
+) -> Path:
+    """Learn a subject from a few photos: textual inversion, then the identity adapter (section 4).
+
+    Args:
+        pipe: the base model; its tokenizer/text encoder gain the token, its UNet keeps the identity adapter.
+        images: folder of photos (``images/`` + ``masks/`` subfolders are recognised).
+        out: subject folder to write.
+        settings: :class:`SubjectSettings`.
+        masks: optional mask folder.
+        overwrite, resume: what to do with an existing ``out`` (see :func:`prepare_output`).
+        skip_identity: stop after textual inversion (the Textual Inversion baseline).
+
+    Returns:
+        The subject folder.
+    """
+    out = Path(out)
+    size = settings.resolution or native_resolution(pipe)
+    data = load_subject_images(images, size, masks)  # validates every file before any work
+    prepare_output(out, SUBJECT_FILE, overwrite, resume)
+    device = _device_of(pipe)
+    started = time.perf_counter()
+
+    latents = LatentCache.encode(pipe, data.images)
+    lh, lw = latents.mean.shape[-2:]
+    mask = None
+    if settings.use_masks and data.masks is not None:  # mask loss at latent resolution
+        mask = F.interpolate(data.masks, size=(lh, lw), mode="area").to(device)
+    word = settings.init_word
+    token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, settings.token, word)
+    caption = settings.caption.format(token=settings.token, word=word)
+    ids = pipe.tokenizer(
+        caption, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+
+    def batch(config: StageConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = torch.randint(0, len(data), (config.batch_size,), generator=generator)
+        x = latents.sample(index, generator).unsqueeze(2)  # images are 1-frame videos
+        return x, (mask[index].unsqueeze(2) if mask is not None else None)
+
+    # Stage 1: textual inversion, only the new token's embedding row is trained.
+    embed = wrap_placeholder(pipe.text_encoder, token_id)
+    ti = settings.textual_inversion
+    meta = {"token": settings.token, "init_word": word}
+
+    def ti_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+        x, m = batch(ti, generator)
+        text = pipe.text_encoder(ids)[0].expand(ti.batch_size, -1, -1)
+        return diffusion_loss(pipe.unet, pipe.scheduler, x, text, generator, ti.offset_noise, m)
+
+    def ti_save(folder: Path) -> None:
+        save_learned_embeds(folder / EMBEDS_FILE, settings.token, embed.vector, meta)
+
+    def ti_load(folder: Path) -> None:
+        from dreamvideo.textual_inversion import load_learned_embeds
+
+        with torch.no_grad():
+            embed.vector.copy_(load_learned_embeds(folder / EMBEDS_FILE)[1])
+
+    ti_trainer = Trainer(
+        "textual inversion",
+        [embed.vector],
+        ti_loss,
+        ti_save,
+        ti_load,
+        out / "checkpoints" / "textual_inversion",
+        ti if settings.train_token else StageConfig(steps=0, lr=ti.lr),
+        device=device,
+    )
+    if resume:
+        ti_trainer.resume()
+    _maybe_checkpointing(pipe, ti)
+    try:
+        ti_trainer.train(progress)
+    finally:
+        _undo_checkpointing(pipe, ti)
+    vector = unwrap_placeholder(pipe.text_encoder)
+    ti_losses = ti_trainer.losses
+
+    # Stage 2: identity adapter, embedding frozen (text features computed once).
+    staging = out / ".final"
+    staging.mkdir(exist_ok=True)
+    files = {EMBEDS_FILE: staging / EMBEDS_FILE, SUBJECT_FILE: staging / SUBJECT_FILE}
+    save_learned_embeds(files[EMBEDS_FILE], settings.token, vector, meta)
+    identity_info = None
+    id_trainer = None
+    if not skip_identity:
+        idc = settings.identity
+        with torch.no_grad():
+            text = pipe.text_encoder(ids)[0]
+        config = settings.identity_adapter
+        if config.name in ad.adapter_names(pipe.unet):
+            ad.detach_adapter(pipe.unet, config.name)
+        ad.attach_adapter(pipe.unet, config)
+        params = ad.adapter_parameters(pipe.unet, config.name)
+        for p in params:
+            p.requires_grad_(True)
+
+        def id_loss(step: int, generator: torch.Generator) -> torch.Tensor:
+            x, m = batch(idc, generator)
+            return diffusion_loss(pipe.unet, pipe.scheduler, x, text.expand(idc.batch_size, -1, -1), generator,
+                                  idc.offset_noise, m)
+
+        def id_save(folder: Path) -> None:
+            save_safetensors(ad.adapter_state_dict(pipe.unet, config.name), folder / IDENTITY_FILE,
+                             {"adapter": config.to_dict()})
+
+        def id_load(folder: Path) -> None:
+            from dreamvideo.fileio import load_safetensors
+
+            ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / IDENTITY_FILE)[0])
+
+        id_trainer = Trainer("identity adapter", params, id_loss, id_save, id_load,
+                             out / "checkpoints" / "identity_adapter", idc, device=device)
+        if resume:
+            id_trainer.resume()
+        _maybe_checkpointing(pipe, idc)
+        try:
+            id_trainer.train(progress)
+        finally:
+            _undo_checkpointing(pipe, idc)
+        for p in params:
+            p.requires_grad_(False)
+        id_save(staging)
+        files[IDENTITY_FILE] = staging / IDENTITY_FILE
+        identity_info = config.to_dict()
+
+    info: dict[str, Any] = {
+        "type": "dreamvideo-subject",
+        "format_version": FORMAT_VERSION,
+        "token": settings.token,
+        "init_word": word,
+        "class_word": word,
+        "caption": caption,
+        "identity_adapter": identity_info,
+        "identity_adapter_parameters": (
+            ad.count_adapter_parameters(pipe.unet, settings.identity_adapter.name) if identity_info else 0
+        ),
+        "base": pipe.base_description(),
+        "images": [str(p) for p in data.paths],
+        "masks_used": mask is not None,
+        "resolution": size,
+        "training": {
+            "textual_inversion": ti.to_dict() | {"steps_done": ti_trainer.step, "seconds": round(ti_trainer.seconds, 2)},
+            "identity_adapter": (
+                settings.identity.to_dict() | {"steps_done": id_trainer.step, "seconds": round(id_trainer.seconds, 2)}
+                if id_trainer else None
+            ),
+            "wall_seconds": round(time.perf_counter() - started, 2),
+        },
+        "losses": {"textual_inversion": ti_losses, "identity_adapter": id_trainer.losses if id_trainer else []},
+    }
+    write_json(info, files[SUBJECT_FILE])
+    publish(out, files, SUBJECT_FILE)
+    shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- motion
+
+
+@dataclass
+class MotionSettings:
+    """Motion learning (section 5). Defaults are the authors' (lr 1e-5, batch 1-2, 8 fps clips).
+
+    Args:
+        num_frames: clip length (authors: 32; 16 fits smaller GPUs).
+        frame_stride: take every n-th frame of the source videos (choose for ~8 fps).
+        resolution: clip side (the base's native size when ``None``).
+        stage: optimisation settings.
+        caption_dropout: probability of training on the empty prompt (0.5).
+        appearance_dropout: probability of replacing the appearance embedding by the zero vector (0.5).
+        appearance_guidance: condition the adapter on a random frame's image embedding.
+        motion_adapter: adapter placement; ``None`` gives the paper's (temporal attn1/attn2/ff).
+        short_videos: ``"loop"`` (ping-pong) or ``"error"`` for videos shorter than a clip.
+    """
+
+    num_frames: int = 16
+    frame_stride: int = 1
+    resolution: int | None = None
+    stage: StageConfig = None  # type: ignore[assignment]
+    caption_dropout: float = 0.5
+    appearance_dropout: float = 0.5
+    appearance_guidance: bool = True
+    motion_adapter: ad.AdapterConfig | None = None
+    short_videos: str = "loop"
+
+    def __post_init__(self) -> None:
+        if self.stage is None:
+            self.stage = StageConfig(steps=2000, lr=1e-5, batch_size=1)
+
+
+def learn_motion(
+    pipe: DreamVideoPipeline,
+    videos: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: MotionSettings,
+    captions: str | dict[str, str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Learn a motion from a few videos: the motion adapter with appearance guidance (section 5).
+
+    Args:
+        pipe: the base model (with an image encoder unless ``settings.appearance_guidance`` is off).
+        videos: a folder of videos (with optional ``captions.json``) or one video file.
+        out: motion folder to write.
+        settings: :class:`MotionSettings`.
+        captions: one caption for all videos, or a file-name -> caption mapping.
+        overwrite, resume: what to do with an existing ``out``.
+
+    Returns:
+        The motion folder.
+    """
+    out = Path(out)
+    if settings.appearance_guidance and pipe.image_encoder is None:
+        raise DreamVideoError(
+            "appearance guidance needs an image encoder: the base has no image_encoder/ folder; pass "
+            "--image-encoder PATH (a CLIPVisionModelWithProjection) or --no-appearance-guidance"
+        )
+    size = settings.resolution or native_resolution(pipe)
+    min_frames = None if settings.short_videos == "loop" else (settings.num_frames - 1) * settings.frame_stride + 1
+    data = load_motion_videos(videos, size, captions, min_frames=min_frames)
+    prepare_output(out, MOTION_FILE, overwrite, resume)
+    device = _device_of(pipe)
+    started = time.perf_counter()
+
+    caches = [LatentCache.encode(pipe, v) for v in data.videos]
+    captions_list = sorted(set(data.captions))
+    with torch.no_grad():
+        text_table = pipe.encode_prompt(captions_list + [""])
+    text_of = {c: text_table[i] for i, c in enumerate(captions_list)}
+    empty = text_table[-1]
+    appearance = None
+    if settings.appearance_guidance:
+        appearance = [_frame_embeddings(pipe, v) for v in data.videos]
+    config = settings.motion_adapter or ad.motion_adapter_config(
+        pipe.condition_dim if settings.appearance_guidance else None
+    )
+    if config.name in ad.adapter_names(pipe.unet):
+        ad.detach_adapter(pipe.unet, config.name)
+    ad.attach_adapter(pipe.unet, config)
+    params = ad.adapter_parameters(pipe.unet, config.name)
+    for p in params:
+        p.requires_grad_(True)
+    st = settings.stage
+
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        xs, texts, embeds = [], [], []
+        for _ in range(st.batch_size):
+            v = int(torch.randint(0, len(data), (1,), generator=generator))
+            index = sample_clip(torch.arange(caches[v].mean.shape[0]), settings.num_frames, settings.frame_stride,
+                                generator, settings.short_videos, data.paths[v])
+            xs.append(caches[v].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
+            drop_caption = torch.rand((), generator=generator) < settings.caption_dropout
+            texts.append(empty if drop_caption else text_of[data.captions[v]])
+            if appearance is not None:  # appearance guidance: a random frame of this clip
+                frame = index[int(torch.randint(0, len(index), (1,), generator=generator))]
+                e = appearance[v][frame]
+                if torch.rand((), generator=generator) < settings.appearance_dropout:
+                    e = torch.zeros_like(e)
+                embeds.append(e)
+        if appearance is not None:
+            ad.set_adapter_condition(pipe.unet, config.name, torch.stack(embeds), 1.0)
+        return diffusion_loss(pipe.unet, pipe.scheduler, torch.stack(xs), torch.stack(texts), generator, st.offset_noise)
+
+    def save(folder: Path) -> None:
+        save_safetensors(ad.adapter_state_dict(pipe.unet, config.name), folder / MOTION_ADAPTER_FILE,
+                         {"adapter": config.to_dict()})
+
+    def load(folder: Path) -> None:
+        from dreamvideo.fileio import load_safetensors
+
+        ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / MOTION_ADAPTER_FILE)[0])
+
+    trainer = Trainer("motion adapter", params, loss_fn, save, load, out / "checkpoints" / "motion_adapter", st,
+                      device=device)
+    if resume:
+        trainer.resume()
+    _maybe_checkpointing(pipe, st)
+    try:
+        trainer.train(progress)
+    finally:
+        _undo_checkpointing(pipe, st)
+        ad.clear_adapter_condition(pipe.unet, config.name)
+    for p in params:
+        p.requires_grad_(False)
+
+    staging = out / ".final"
+    staging.mkdir(exist_ok=True)
+    save(staging)
+    info = {
+        "type": "dreamvideo-motion",
+        "format_version": FORMAT_VERSION,
+        "motion_adapter": config.to_dict(),
+        "motion_adapter_parameters": ad.count_adapter_parameters(pipe.unet, config.name),
+        "base": pipe.base_description(),
+        "videos": [str(p) for p in data.paths],
+        "captions": data.captions,
+        "num_frames": settings.num_frames,
+        "frame_stride": settings.frame_stride,
+        "resolution": size,
+        "caption_dropout": settings.caption_dropout,
+        "appearance_dropout": settings.appearance_dropout,
+        "appearance_guidance": settings.appearance_guidance,
+        "training": st.to_dict() | {"steps_done": trainer.step, "seconds": round(trainer.seconds, 2),
+                                    "wall_seconds": round(time.perf_counter() - started, 2)},
+        "losses": trainer.losses,
+    }
+    write_json(info, staging / MOTION_FILE)
+    publish(out, {MOTION_ADAPTER_FILE: staging / MOTION_ADAPTER_FILE, MOTION_FILE: staging / MOTION_FILE}, MOTION_FILE)
+    shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+@torch.no_grad()
+def _frame_embeddings(pipe: DreamVideoPipeline, video: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """CLIP image embeddings of every frame of a video (F, 3, H, W) in [-1, 1], computed once."""
+    frames = ((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return torch.cat([pipe.encode_image(list(frames[i:i + chunk])).float() for i in range(0, len(frames), chunk)])

@@ -1,0 +1,110 @@
+"""Textual inversion: one new word whose embedding is learned while the whole model stays frozen (section 4)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from dreamvideo.fileio import DreamVideoError, load_safetensors, save_safetensors
+
+
+class TokenError(DreamVideoError):
+    pass
+
+
+def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str) -> int:
+    """Add ``token`` to the vocabulary with its embedding initialised from ``init_word``; return its id.
+
+    Args:
+        tokenizer: a transformers CLIP tokenizer (slow or fast).
+        text_encoder: the matching text model (``get_input_embeddings`` / ``resize_token_embeddings``).
+        token: the placeholder, e.g. ``"<sks>"``; must be new to the vocabulary and a single token once added.
+        init_word: a word of the vocabulary that encodes to exactly one token, e.g. ``"dog"``.
+    """
+    if not token or any(c.isspace() for c in token):
+        raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
+    if token in tokenizer.get_vocab():
+        raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
+    init_ids = tokenizer.encode(init_word, add_special_tokens=False)
+    if len(init_ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(init_ids)
+        raise TokenError(f"init word {init_word!r} is {len(init_ids)} tokens {pieces}; choose a single-token word")
+    if init_ids[0] == tokenizer.unk_token_id:
+        raise TokenError(f"init word {init_word!r} is not in the tokenizer's vocabulary")
+    tokenizer.add_tokens([token])
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        weight = text_encoder.get_input_embeddings().weight
+        weight[token_id] = weight[init_ids[0]]
+    return token_id
+
+
+class PlaceholderEmbedding(nn.Module):
+    """Wraps a token-embedding table so that only the placeholder's row is a trainable parameter.
+
+    Every other row is read from the frozen table, so it stays bit-identical however the optimiser behaves.
+    """
+
+    def __init__(self, base: nn.Embedding, token_id: int) -> None:
+        super().__init__()
+        self.base = base
+        self.token_id = token_id
+        self.vector = nn.Parameter(base.weight[token_id].detach().clone().float())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.base(input_ids)
+        is_token = (input_ids == self.token_id).unsqueeze(-1)
+        return torch.where(is_token, self.vector.to(embeds.dtype), embeds)
+
+
+def wrap_placeholder(text_encoder, token_id: int) -> PlaceholderEmbedding:
+    wrapper = PlaceholderEmbedding(text_encoder.get_input_embeddings(), token_id)
+    text_encoder.set_input_embeddings(wrapper)
+    return wrapper
+
+
+def unwrap_placeholder(text_encoder) -> torch.Tensor:
+    """Write the learned vector back into the table, restore the plain embedding, and return the vector."""
+    wrapper = text_encoder.get_input_embeddings()
+    if not isinstance(wrapper, PlaceholderEmbedding):
+        raise TypeError("text encoder has no placeholder embedding to unwrap")
+    with torch.no_grad():
+        wrapper.base.weight[wrapper.token_id] = wrapper.vector.to(wrapper.base.weight.dtype)
+    text_encoder.set_input_embeddings(wrapper.base)
+    return wrapper.vector.detach().clone()
+
+
+def save_learned_embeds(path: str | os.PathLike, token: str, vector: torch.Tensor, metadata: dict | None = None) -> None:
+    """Write the diffusers textual-inversion format: ``{token: tensor (1, dim)}`` (loads with ``load_textual_inversion``)."""
+    save_safetensors({token: vector.detach().float().reshape(1, -1)}, path, metadata)
+
+
+def load_learned_embeds(path: str | os.PathLike) -> tuple[str, torch.Tensor]:
+    tensors, _ = load_safetensors(path)
+    if len(tensors) != 1:
+        raise TokenError(f"{path}: expected one learned token, found {len(tensors)}")
+    token, vector = next(iter(tensors.items()))
+    return token, vector.reshape(-1)
+
+
+def insert_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tensor, source: str = "") -> int:
+    """Add a learned token to a tokenizer/text encoder pair (inference); its width must match the text encoder."""
+    weight = text_encoder.get_input_embeddings().weight
+    if vector.numel() != weight.shape[1]:
+        raise TokenError(f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}")
+    if token in tokenizer.get_vocab():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+    else:
+        tokenizer.add_tokens([token])
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        text_encoder.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight[token_id] = vector.to(weight.dtype)
+    return token_id
