@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
+from diffusers.loaders import TextualInversionLoaderMixin
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPVisionModelWithProjection
 
@@ -36,7 +37,7 @@ class DreamVideoOutput:
     frames: list[np.ndarray]
 
 
-class DreamVideoPipeline(DiffusionPipeline):
+class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
     """Generate videos from text with optional learned subjects (token + identity adapter) and motions.
 
     Args:

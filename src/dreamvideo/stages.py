@@ -250,7 +250,7 @@ def learn_subject(
         config = settings.identity_adapter
         if config.name in ad.adapter_names(pipe.unet):
             ad.detach_adapter(pipe.unet, config.name)
-        ad.attach_adapter(pipe.unet, config)
+        ad.attach_adapter(pipe.unet, config, seed=idc.seed)
         params = ad.adapter_parameters(pipe.unet, config.name)
         for p in params:
             p.requires_grad_(True)
@@ -399,7 +399,7 @@ def learn_motion(
     )
     if config.name in ad.adapter_names(pipe.unet):
         ad.detach_adapter(pipe.unet, config.name)
-    ad.attach_adapter(pipe.unet, config)
+    ad.attach_adapter(pipe.unet, config, seed=settings.stage.seed)
     params = ad.adapter_parameters(pipe.unet, config.name)
     for p in params:
         p.requires_grad_(True)

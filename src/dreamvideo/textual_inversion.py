@@ -25,7 +25,9 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str) -
     """
     if not token or any(c.isspace() for c in token):
         raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
-    if token in tokenizer.get_vocab():
+    pieces = tokenizer.tokenize(token)
+    known_word = len(pieces) == 1 and pieces[0] != tokenizer.unk_token
+    if token in tokenizer.get_vocab() or known_word:
         raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1:

@@ -47,10 +47,11 @@ def _conditions(unet: nn.Module) -> dict[str, AdapterCondition]:
     return getattr(unet, _CONDITIONS_ATTR)
 
 
-def attach_adapter(unet: nn.Module, config: AdapterConfig) -> nn.ModuleDict:
+def attach_adapter(unet: nn.Module, config: AdapterConfig, seed: int = 0) -> nn.ModuleDict:
     """Add adapters described by ``config`` to ``unet`` and return them (``path -> site -> Adapter``).
 
     The base weights are untouched; each targeted block is wrapped once in an :class:`AdaptedTransformerBlock`.
+    ``seed`` makes the (non-zero) initialisation of ``W_down`` and ``W_cond`` reproducible.
     """
     if config.name in adapter_names(unet):
         raise ValueError(f"an adapter named {config.name!r} is already attached")
@@ -61,21 +62,29 @@ def attach_adapter(unet: nn.Module, config: AdapterConfig) -> nn.ModuleDict:
         raise ValueError(f"no {config.target} transformer blocks match adapter {config.name!r}")
     added = nn.ModuleDict()
     ref = next(unet.parameters())
-    for path, block in blocks:
-        if not isinstance(block, AdaptedTransformerBlock):
-            wrapper = AdaptedTransformerBlock(block, path)
-            wrapper.conditions = _conditions(unet)
-            parent, name = _parent_and_name(unet, _module_path(unet, block))
-            parent._modules[name] = wrapper
-            block = wrapper
-        dim = block.block.norm1.normalized_shape[0]
-        hidden = max(1, int(dim * config.hidden_ratio))
-        sites = nn.ModuleDict({s: Adapter(dim, hidden, config.condition_dim) for s in config.sites})
-        sites.to(device=ref.device, dtype=torch.float32)
-        block.adapters[config.name] = sites
-        block.placement[config.name] = config.placement
-        added[path.replace(".", "/")] = sites
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for path, block in blocks:
+            _attach_to_block(unet, path, block, config, added, ref)
     return added
+
+
+def _attach_to_block(
+    unet: nn.Module, path: str, block: nn.Module, config: AdapterConfig, added: nn.ModuleDict, ref: torch.Tensor
+) -> None:
+    if not isinstance(block, AdaptedTransformerBlock):
+        wrapper = AdaptedTransformerBlock(block, path)
+        wrapper.conditions = _conditions(unet)
+        parent, name = _parent_and_name(unet, _module_path(unet, block))
+        parent._modules[name] = wrapper
+        block = wrapper
+    dim = block.block.norm1.normalized_shape[0]
+    hidden = max(1, int(dim * config.hidden_ratio))
+    sites = nn.ModuleDict({s: Adapter(dim, hidden, config.condition_dim) for s in config.sites})
+    sites.to(device=ref.device, dtype=torch.float32)
+    block.adapters[config.name] = sites
+    block.placement[config.name] = config.placement
+    added[path.replace(".", "/")] = sites
 
 
 def _module_path(root: nn.Module, module: nn.Module) -> str:

@@ -1,0 +1,116 @@
+"""Shared fixtures: a tiny random text-to-video base model in the diffusers layout, built from configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+WORDS = ["a", "dog", "cat", "star", "red", "blue", "on", "grass", "moves", "left", "right", "playing", "guitar"]
+
+
+def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int = 12) -> CLIPTokenizer:
+    """A real BPE CLIPTokenizer in which each of ``words`` is one token (merges built letter by letter)."""
+    letters = sorted(set("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters]
+    merges = []
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            merges.append(f"{symbols[0]} {symbols[1]}")
+            symbols = [symbols[0] + symbols[1]] + symbols[2:]
+            if symbols[0] not in vocab:
+                vocab.append(symbols[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
+    tok = CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
+    )
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: bool = True) -> Path:
+    torch.manual_seed(seed)
+    tok = write_word_tokenizer(root / "tokenizer")
+    text = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=12, eos_token_id=1, bos_token_id=0, pad_token_id=1)
+    )
+    text.save_pretrained(root / "text_encoder")
+    UNet3DConditionModel(
+        sample_size=8,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(width, 2 * width),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).save_pretrained(root / "unet")
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    ).save_pretrained(root / "vae")
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
+    if image_encoder:
+        CLIPVisionModelWithProjection(
+            CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, projection_dim=24)
+        ).save_pretrained(root / "image_encoder")
+        CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+            root / "feature_extractor"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A random 16x16-pixel text-to-video model with an image encoder, in the diffusers folder layout."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Four subject photos with masks and two short motion videos with captions."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamvideo.video_io import write_video
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    rng = np.random.default_rng(0)
+    (root / "subject" / "images").mkdir(parents=True)
+    (root / "subject" / "masks").mkdir(parents=True)
+    for i in range(4):
+        img = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "subject" / "images" / f"{i}.png")
+        mask = np.zeros((24, 24), np.uint8)
+        mask[6:18, 6:18] = 255
+        Image.fromarray(mask).save(root / "subject" / "masks" / f"{i}.png")
+    (root / "motion").mkdir()
+    for i in range(2):
+        frames = np.zeros((6, 16, 16, 3), np.uint8)
+        for f in range(6):
+            frames[f, 4:10, 2 + f : 8 + f] = 255
+        write_video(frames, root / "motion" / f"clip{i}.gif", fps=8)
+    (root / "motion" / "captions.json").write_text(json.dumps({"clip0.gif": "a red star moves left",
+                                                                 "clip1.gif": "a blue dog moves right"}))
+    return {"subject": root / "subject", "motion": root / "motion"}

@@ -1,0 +1,267 @@
+"""Subject and motion learning end to end on a tiny model: what trains, what stays frozen, files, resume, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamvideo import adapters as ad
+from dreamvideo import training
+from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json
+from dreamvideo.pipeline import DreamVideoPipeline
+from dreamvideo.stages import MotionSettings, SubjectSettings, learn_motion, learn_subject
+from dreamvideo.textual_inversion import TokenError
+from dreamvideo.training import StageConfig, TrainingDiverged
+
+
+def subject_settings(**kw) -> SubjectSettings:
+    base = dict(
+        token="<sks>",
+        init_word="dog",
+        textual_inversion=StageConfig(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2),
+        identity=StageConfig(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2),
+    )
+    return SubjectSettings(**(base | kw))
+
+
+def motion_settings(**kw) -> MotionSettings:
+    base = dict(num_frames=4, stage=StageConfig(steps=4, lr=1e-2, batch_size=2, checkpoint_every=2))
+    return MotionSettings(**(base | kw))
+
+
+@pytest.fixture()
+def pipe(tiny_base):
+    return DreamVideoPipeline.from_pretrained(str(tiny_base))
+
+
+def test_subject_trains_only_the_token_row_then_only_the_identity_adapter(pipe, tiny_base, tiny_data, tmp_path):
+    table_before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    unet_before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    out = learn_subject(pipe, tiny_data["subject"], tmp_path / "dog", subject_settings(), progress=False)
+
+    info = read_json(out / "subject.json")
+    assert info["token"] == "<sks>" and info["masks_used"] is True
+    assert info["training"]["textual_inversion"]["steps_done"] == 4
+    fresh = DreamVideoPipeline.from_pretrained(str(tiny_base))
+    token = fresh.load_subject(out)
+    table = fresh.text_encoder.get_input_embeddings().weight
+    token_id = fresh.tokenizer.convert_tokens_to_ids(token)
+    assert token_id == table_before.shape[0]  # a new row
+    assert torch.equal(table[:token_id], table_before)  # every other row bit-identical
+    dog = fresh.tokenizer.convert_tokens_to_ids("dog</w>")
+    assert not torch.equal(table[token_id], table_before[dog])  # the token moved away from its init word
+
+    # the embedding was frozen in stage 2: final vector == last textual-inversion checkpoint
+    final = load_safetensors(out / "learned_embeds.safetensors")[0]["<sks>"]
+    ckpt = load_safetensors(out / "checkpoints/textual_inversion/step-000004/learned_embeds.safetensors")[0]["<sks>"]
+    assert torch.equal(final, ckpt)
+    # base UNet weights untouched; the identity adapter is non-zero after training
+    for key, value in unet_before.items():
+        inner = key.replace("transformer_blocks.0.", "transformer_blocks.0.block.")
+        current = pipe.unet.state_dict().get(key, pipe.unet.state_dict().get(inner))
+        assert torch.equal(current, value), key
+    adapter = load_safetensors(out / "identity_adapter.safetensors")[0]
+    assert any(k.endswith("attn2.up.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    assert all(".attn2." in k for k in adapter)
+
+
+def test_learned_embeds_load_with_diffusers_textual_inversion_loader(pipe, tiny_base, tiny_data, tmp_path):
+    out = learn_subject(pipe, tiny_data["subject"], tmp_path / "s", subject_settings(identity_adapter=None),
+                        progress=False, skip_identity=True)
+    fresh = DreamVideoPipeline.from_pretrained(str(tiny_base))
+    fresh.load_textual_inversion(str(out / "learned_embeds.safetensors"))
+    vector = load_safetensors(out / "learned_embeds.safetensors")[0]["<sks>"][0]
+    token_id = fresh.tokenizer.convert_tokens_to_ids("<sks>")
+    assert torch.equal(fresh.text_encoder.get_input_embeddings().weight[token_id], vector)
+
+
+def test_mask_loss_counts_only_inside_the_mask():
+    class Echo(torch.nn.Module):  # predicts a fixed field so the loss is checkable by hand
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.ones_like(x)})()
+
+    from diffusers import DDIMScheduler
+
+    latents = torch.zeros(1, 1, 1, 2, 2)
+    mask = torch.tensor([1.0, 0.0, 0.0, 0.0]).reshape(1, 1, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    loss = training.diffusion_loss(Echo(), DDIMScheduler(), latents, torch.zeros(1, 1, 1), g, 0.0, mask)
+    noise = torch.randn((1, 1, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(((1 - noise.flatten()[0]) ** 2).item(), rel=1e-5)
+
+
+def test_offset_noise_adds_a_constant_per_sample_and_channel(monkeypatch):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": x})()
+
+    from diffusers import DDIMScheduler
+
+    class Sched(DDIMScheduler):
+        def add_noise(self, original, noise, timesteps):
+            seen.append(noise)
+            return noise
+
+    latents = torch.zeros(64, 2, 4, 8, 8)
+    training.diffusion_loss(Spy(), Sched(), latents, torch.zeros(64, 1, 1), torch.Generator().manual_seed(0), 0.0)
+    training.diffusion_loss(Spy(), Sched(), latents, torch.zeros(64, 1, 1), torch.Generator().manual_seed(0), 1.0)
+    plain, offset = (n.mean(dim=(2, 3, 4)).var().item() for n in seen)
+    assert plain < 0.01 and offset > 0.5  # per-(sample, channel) means spread by the offset term
+
+
+def test_motion_uses_frame_embeddings_and_dropouts(pipe, tiny_data, tmp_path, monkeypatch):
+    recorded, texts = [], []
+    real_set = ad.set_adapter_condition
+
+    def spy_set(unet, name, embeds, strength=1.0):
+        recorded.append(embeds.clone())
+        real_set(unet, name, embeds, strength)
+
+    real_loss = training.diffusion_loss
+
+    def spy_loss(unet, scheduler, latents, text, *a, **k):
+        texts.append(text.clone())
+        assert latents.shape[2] == 4  # all frames of the clip
+        return real_loss(unet, scheduler, latents, text, *a, **k)
+
+    import dreamvideo.stages as stages
+
+    monkeypatch.setattr(stages.ad, "set_adapter_condition", spy_set)
+    monkeypatch.setattr(stages, "diffusion_loss", spy_loss)
+    settings = motion_settings(stage=StageConfig(steps=24, lr=1e-3, batch_size=2, checkpoint_every=24))
+    out = learn_motion(pipe, tiny_data["motion"], tmp_path / "m", settings, progress=False)
+
+    from dreamvideo.data import load_motion_videos
+    from dreamvideo.stages import _frame_embeddings
+
+    videos = load_motion_videos(tiny_data["motion"], 16).videos
+    table = torch.cat([_frame_embeddings(pipe, v) for v in videos])
+    embeds = torch.cat(recorded)
+    zero = embeds.abs().sum(1) == 0
+    assert 0.25 < zero.float().mean() < 0.75  # appearance dropout 0.5
+    for e in embeds[~zero]:
+        assert (table - e).abs().amax(1).min() < 1e-6  # each is the embedding of a training frame
+    empty = pipe.encode_prompt([""])[0]
+    dropped = torch.tensor([torch.equal(t, empty) for batch in texts for t in batch])
+    assert 0.25 < dropped.float().mean() < 0.75  # caption dropout 0.5
+    info = read_json(out / "motion.json")
+    assert info["motion_adapter"]["sites"] == ["attn1", "attn2", "ff"]
+    assert info["motion_adapter"]["condition_dim"] == pipe.condition_dim
+
+
+def test_motion_without_image_encoder_is_a_clear_error(tiny_data, tmp_path):
+    from conftest import build_tiny_base
+
+    base = build_tiny_base(tmp_path / "noenc", image_encoder=False)
+    pipe = DreamVideoPipeline.from_pretrained(str(base))
+    with pytest.raises(DreamVideoError, match="image encoder"):
+        learn_motion(pipe, tiny_data["motion"], tmp_path / "m", motion_settings(), progress=False)
+    assert not (tmp_path / "m").exists()
+    out = learn_motion(pipe, tiny_data["motion"], tmp_path / "m", motion_settings(appearance_guidance=False),
+                       progress=False)
+    assert read_json(out / "motion.json")["motion_adapter"]["condition_dim"] is None
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path, monkeypatch):
+    settings = motion_settings(stage=StageConfig(steps=4, lr=1e-2, batch_size=1, checkpoint_every=2))
+    full = learn_motion(DreamVideoPipeline.from_pretrained(str(tiny_base)), tiny_data["motion"], tmp_path / "full",
+                        settings, progress=False)
+
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed after the step-2 checkpoint
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        learn_motion(DreamVideoPipeline.from_pretrained(str(tiny_base)), tiny_data["motion"], tmp_path / "cut",
+                     settings, progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert not (tmp_path / "cut" / "motion.json").exists()
+    with pytest.raises(DreamVideoError, match="--resume"):
+        learn_motion(DreamVideoPipeline.from_pretrained(str(tiny_base)), tiny_data["motion"], tmp_path / "cut",
+                     settings, progress=False)
+    learn_motion(DreamVideoPipeline.from_pretrained(str(tiny_base)), tiny_data["motion"], tmp_path / "cut",
+                 settings, resume=True, progress=False)
+    a = load_safetensors(full / "motion_adapter.safetensors")[0]
+    b = load_safetensors(tmp_path / "cut" / "motion_adapter.safetensors")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(pipe, tiny_data, tmp_path, monkeypatch):
+    import dreamvideo.stages as stages
+
+    real = stages.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_after_two(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(stages, "diffusion_loss", nan_after_two)
+    with pytest.raises(TrainingDiverged, match="step-000002"):
+        learn_motion(pipe, tiny_data["motion"], tmp_path / "m", motion_settings(), progress=False)
+    assert (tmp_path / "m" / "checkpoints/motion_adapter/step-000002/motion_adapter.safetensors").is_file()
+    assert not (tmp_path / "m" / "motion.json").exists()
+
+
+def test_finished_output_is_never_clobbered(pipe, tiny_data, tmp_path):
+    out = learn_motion(pipe, tiny_data["motion"], tmp_path / "m", motion_settings(), progress=False)
+    before = (out / "motion_adapter.safetensors").read_bytes()
+    with pytest.raises(DreamVideoError, match="--overwrite"):
+        learn_motion(pipe, tiny_data["motion"], out, motion_settings(), progress=False)
+    assert (out / "motion_adapter.safetensors").read_bytes() == before
+    with pytest.raises(DreamVideoError, match="no videos|not found"):
+        learn_motion(pipe, tmp_path / "missing", tmp_path / "m2", motion_settings(), progress=False)
+    assert not (tmp_path / "m2").exists()
+
+
+def test_bad_tokens_are_refused_before_training(pipe, tiny_data, tmp_path):
+    with pytest.raises(TokenError, match="already in the tokenizer"):
+        learn_subject(pipe, tiny_data["subject"], tmp_path / "a", subject_settings(token="dog"), progress=False)
+    with pytest.raises(TokenError, match="single-token"):
+        learn_subject(pipe, tiny_data["subject"], tmp_path / "b", subject_settings(init_word="red dog"),
+                      progress=False)
+
+
+def test_subject_from_another_architecture_is_refused(pipe, tiny_data, tmp_path):
+    from conftest import build_tiny_base
+
+    out = learn_subject(pipe, tiny_data["subject"], tmp_path / "s", subject_settings(), progress=False)
+    other = DreamVideoPipeline.from_pretrained(str(build_tiny_base(tmp_path / "wide", width=48)))
+    with pytest.raises(DreamVideoError, match="does not fit base"):
+        other.load_subject(out)
+
+
+def test_generate_with_subject_checkpoint_motion_and_both(pipe, tiny_base, tiny_data, tmp_path):
+    subject = learn_subject(pipe, tiny_data["subject"], tmp_path / "s", subject_settings(), progress=False)
+    motion = learn_motion(DreamVideoPipeline.from_pretrained(str(tiny_base)), tiny_data["motion"], tmp_path / "m",
+                          motion_settings(), progress=False)
+    gen = DreamVideoPipeline.from_pretrained(str(tiny_base))
+    kw = dict(num_frames=4, num_inference_steps=3, progress=False)
+    plain = gen("a dog", generator=torch.Generator().manual_seed(0), **kw).frames[0]
+    gen.load_subject(subject, step=2)
+    early = ad.adapter_state_dict(gen.unet, "identity")
+    gen.load_subject(subject)
+    assert any(not torch.equal(early[k], v) for k, v in ad.adapter_state_dict(gen.unet, "identity").items())
+    gen.load_motion(motion)
+    from PIL import Image
+
+    image = Image.open(next((tiny_data["subject"] / "images").iterdir()))
+    both = gen("a <sks> dog", appearance_image=image, generator=torch.Generator().manual_seed(0), **kw).frames[0]
+    assert both.shape == plain.shape == (4, 16, 16, 3) and both.dtype == plain.dtype
+    with pytest.raises(DreamVideoError, match="no identity_adapter checkpoint at step 3"):
+        gen.load_subject(subject, step=3)
+    shutil.rmtree(subject / "checkpoints")
+    gen.unload("motion")
+    assert ad.adapter_names(gen.unet) == ["identity"]
