@@ -11,6 +11,7 @@ from dreamvideo.fileio import DreamVideoError
 # Modules that define ``register_cli(subparsers)``; each adds its sub-commands with ``set_defaults(func=...)``.
 COMMAND_MODULES = [
     "dreamvideo.commands",
+    "dreamvideo.toy.demo",
     "dreamvideo.metrics",
     "dreamvideo.convert",
 ]

@@ -88,6 +88,15 @@ def test_static_and_noise_videos():
     assert tc_clean > 0.95 and tc_noise < 0.75 and tc_flicker < 0.85
 
 
+def test_background_only_video_has_no_foreground():
+    frames = np.stack([w.render_background("green grass", seed=4)] * w.NUM_FRAMES)
+    frames = degrade(frames, np.random.default_rng(3))
+    assert o.segment_foreground(frames).sum() == 0 and o.segment_foreground(frames[0]).sum() == 0
+    assert o.motion_class(frames) == "stays still" and o.background_class(frames) == "green grass"
+    photos = w.subject_images("eye", 2)
+    assert o.subject_fidelity(frames, *zip(*photos, strict=True)) == 0.0
+
+
 def test_subject_fidelity_separates_subjects():
     rng = np.random.default_rng(1)
     refs = {name: w.subject_images(name, 5, seed=0) for name in w.NOVEL_SUBJECTS}

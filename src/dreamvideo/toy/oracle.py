@@ -25,10 +25,11 @@ from dreamvideo.toy.world import (
 
 FG_THRESHOLD = 50.0  # RGB distance from the background model; sprites are >= ~90 away, textures < ~40
 SCALE_WEIGHT = 25.0  # pixels of displacement per unit of log-size change in motion features
+MIN_BLOB = 8  # smaller foreground blobs are texture or noise specks: the frame is taken as empty
+NOISY_DISTANCE = 14.0  # median border distance above which pixel noise is averaged out before thresholding
 CONFIDENT_DISTANCE = 60.0  # pixels nearer than this to a palette colour vote for the dominant colour
 STILL_SPEED = 1.0  # mean pixels per frame (incl. weighted size change) below which a clip "stays still"
-# Colours a sprite pixel can have: the vocabulary plus the dark pattern colour.
-_PALETTE_NAMES = [*COLORS, "dark"]
+# Colours a sprite pixel can have: the vocabulary plus the near-black pattern colour of light sprites.
 _PALETTE = np.array([*COLORS.values(), (20, 20, 20)], dtype=np.float64)
 
 
@@ -78,13 +79,13 @@ def _label(mask: np.ndarray) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest 4-connected blob of each frame."""
+    """Keep the largest 4-connected blob of each frame, if it has at least MIN_BLOB pixels."""
     labels = _label(mask)
     out = np.zeros_like(mask)
     for f in range(len(mask)):
         counts = np.bincount(labels[f].ravel())
         counts[0] = 0
-        if counts.max() > 0:
+        if counts.max() >= MIN_BLOB:
             out[f] = labels[f] == counts.argmax()
     return out
 
@@ -92,9 +93,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill background regions not connected to the frame border."""
     labels = _label(~mask)
-    ring = np.ones(mask.shape[1:], dtype=bool)
-    ring[1:-1, 1:-1] = False
-    return mask | ~np.isin(labels, labels[:, ring])
+    return mask | ~np.isin(labels, labels[:, _ring(mask.shape[1:], 1)])
 
 
 def _close(mask: np.ndarray) -> np.ndarray:
@@ -105,10 +104,24 @@ def _close(mask: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- segmentation and classes
 
 
-def _border_pixels(video: np.ndarray, width: int = 2) -> np.ndarray:
-    ring = np.ones(video.shape[1:3], dtype=bool)
+def _ring(shape: tuple[int, int], width: int = 2) -> np.ndarray:
+    """Boolean (H,W) mask of the frame border."""
+    ring = np.ones(shape, dtype=bool)
     ring[width:-width, width:-width] = False
-    return video[:, ring].reshape(-1, 3)
+    return ring
+
+
+def _border_pixels(video: np.ndarray) -> np.ndarray:
+    return video[:, _ring(video.shape[1:3])].reshape(-1, 3)
+
+
+def _box3(video: np.ndarray) -> np.ndarray:
+    """3x3 box average over the H and W axes of (F,H,W,C), edges replicated."""
+    for axis in (1, 2):
+        p = np.pad(video, [(1, 1) if a == axis else (0, 0) for a in range(video.ndim)], mode="edge")
+        n = video.shape[axis]
+        video = sum(np.take(p, range(i, i + n), axis=axis) for i in range(3)) / 3
+    return video
 
 
 def background_class(frames: np.ndarray) -> str:
@@ -138,7 +151,11 @@ def segment_foreground(frames: np.ndarray) -> np.ndarray:
     median = np.median(video, axis=0)
     looks_bg = np.linalg.norm(median - base, axis=-1, keepdims=True) < FG_THRESHOLD
     background = np.where(looks_bg, median, base) if len(video) > 2 else base
-    far = np.linalg.norm(video - background, axis=-1) > FG_THRESHOLD
+    residual = video - background
+    distance = np.linalg.norm(residual, axis=-1)
+    if np.median(distance[:, _ring(video.shape[1:3])]) > NOISY_DISTANCE:  # pixel noise: average 3x3 first
+        distance = np.linalg.norm(_box3(residual), axis=-1)
+    far = distance > FG_THRESHOLD
     # closing bridges one-pixel pattern lines whose colour is close to the background's
     return _fill_holes(_largest_component(_close(far)))
 
