@@ -1,0 +1,48 @@
+"""The three user commands end to end through the CLI, plus info and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+from dreamvideo.cli import main
+
+FAST = ["--checkpoint-every", "2", "--quiet"]
+
+
+def test_learn_subject_motion_generate(tiny_base, tiny_data, tmp_path, capsys):
+    base = str(tiny_base)
+    assert main(["learn-subject", "--base", base, "--images", str(tiny_data["subject"]), "--token", "<sks>",
+                 "--init-word", "dog", "--out", str(tmp_path / "dog"), "--ti-steps", "2", "--adapter-steps", "2",
+                 "--ti-batch-size", "1", "--adapter-batch-size", "1", *FAST]) == 0
+    assert main(["learn-motion", "--base", base, "--videos", str(tiny_data["motion"]), "--out",
+                 str(tmp_path / "move"), "--steps", "2", "--num-frames", "3", *FAST]) == 0
+    image = next((tiny_data["subject"] / "images").iterdir())
+    assert main(["generate", "--base", base, "--subject", str(tmp_path / "dog"), "--motion", str(tmp_path / "move"),
+                 "--prompt", "a <sks> dog moves left", "--out", str(tmp_path / "v.mp4"), "--steps", "2",
+                 "--frames", "3", "--appearance-image", str(image), "--png-frames", "--quiet"]) == 0
+    assert (tmp_path / "v.mp4").stat().st_size > 0 and (tmp_path / "v.gif").stat().st_size > 0
+    assert len(list((tmp_path / "v").glob("*.png"))) == 3
+    # subject only, motion only (with an earlier checkpoint), plain base
+    for extra in (["--subject", str(tmp_path / "dog")], ["--motion", str(tmp_path / "move"), "--motion-step", "2"], []):
+        assert main(["generate", "--base", base, *extra, "--prompt", "a dog", "--out", str(tmp_path / "w.gif"),
+                     "--steps", "2", "--frames", "2", "--quiet"]) == 0
+    assert json.loads((tmp_path / "dog" / "subject.json").read_text())["identity_adapter"]["sites"] == ["attn2"]
+
+
+def test_errors_name_the_problem(tiny_base, tiny_data, tmp_path, capsys):
+    code = main(["learn-subject", "--base", str(tiny_base), "--images", str(tmp_path / "nope"), "--init-word", "dog",
+                 "--out", str(tmp_path / "s"), "--quiet"])
+    assert code == 2 and str(tmp_path / "nope") in capsys.readouterr().err
+    code = main(["learn-motion", "--base", str(tmp_path / "missing_base"), "--videos", str(tiny_data["motion"]),
+                 "--out", str(tmp_path / "m"), "--quiet"])
+    assert code == 2 and "missing_base" in capsys.readouterr().err
+    code = main(["generate", "--base", str(tiny_base), "--prompt", "x", "--out", str(tmp_path / "x.avi")])
+    assert code == 2 and "x.avi" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+
+
+def test_info_prints_modelscope_counts(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "16 spatial blocks" in out and "17 temporal blocks" in out
+    assert "12,409,120" in out and "77,966,496" in out
