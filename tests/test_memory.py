@@ -44,7 +44,11 @@ def tiny_unet(seed: int = 0) -> UNet3DConditionModel:
 
 def inputs(frames: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    return torch.randn(1, 4, frames, 8, 8, generator=g), torch.tensor([10]), torch.randn(1, 3, 32, generator=g)
+    return (
+        torch.randn(1, 4, frames, 8, 8, generator=g),
+        torch.tensor([10]),
+        torch.randn(1, 3, 32, generator=g),
+    )
 
 
 def forward_backward(unet: torch.nn.Module) -> torch.Tensor:
@@ -83,13 +87,15 @@ def test_checkpointing_keeps_outputs_and_gradients():
 
 
 def test_frozen_base_with_small_trainable_parameter_gets_gradients():
-    """Input needs no grad, base frozen, eval mode: non-reentrant checkpointing still trains the extra parameter."""
+    """No input needs grad, base frozen, eval mode: non-reentrant checkpointing still trains the extra."""
     models = []
     for checkpointing in (False, True):
         unet = freeze(tiny_unet()).eval()
         bias = torch.nn.Parameter(torch.full((32,), 0.1))
         block = unet.down_blocks[0].temp_attentions[0].transformer_blocks[0]
-        block.register_forward_pre_hook(lambda m, args, kw, b=bias: ((args[0] + b,) + args[1:], kw), with_kwargs=True)
+        block.register_forward_pre_hook(
+            lambda m, args, kw, b=bias: ((args[0] + b,) + args[1:], kw), with_kwargs=True
+        )
         unet.register_parameter("extra_bias", bias)
         if checkpointing:
             enable_gradient_checkpointing(unet)
@@ -133,7 +139,10 @@ def test_state_dict_keys_unchanged_and_disable_restores_modules():
     plain2 = tiny_unet(seed=6)
     plain2.load_state_dict(other.state_dict(), strict=True)  # and back
     assert torch.equal(plain2.conv_out.weight, plain.conv_out.weight)
-    assert torch.equal(other.down_blocks[0].attentions[0].module.proj_in.weight, plain.down_blocks[0].attentions[0].proj_in.weight)
+    assert torch.equal(
+        other.down_blocks[0].attentions[0].module.proj_in.weight,
+        plain.down_blocks[0].attentions[0].proj_in.weight,
+    )
 
     assert disable_gradient_checkpointing(ckpt) == 25
     assert not is_gradient_checkpointing(ckpt)
@@ -153,7 +162,9 @@ def test_composes_with_adapters():
         with torch.no_grad():
             for p in ad.adapter_parameters(unet, "motion") + ad.adapter_parameters(unet, "identity"):
                 p.add_(0.1)  # move the zero-initialised up projections
-        ad.set_adapter_condition(unet, "motion", torch.randn(1, 24, generator=torch.Generator().manual_seed(4)))
+        ad.set_adapter_condition(
+            unet, "motion", torch.randn(1, 24, generator=torch.Generator().manual_seed(4))
+        )
         if mode == "attach_then_checkpoint":
             enable_gradient_checkpointing(unet)
         out = forward_backward(unet)

@@ -1,11 +1,12 @@
-"""Convert the authors' (VGen) checkpoints: the ModelScopeT2V V1.5 UNet and DreamVideo identity/motion adapters.
+"""Convert the authors' (VGen) checkpoints: ModelScopeT2V V1.5 UNet, DreamVideo identity/motion adapters.
 
-VGen (github.com/ali-vilab/VGen, ``tools/modules/unet/unet_dreamvideo.py`` and ``util.py``) names its UNet like the
-original ModelScope one: ``input_blocks.{n}.{0: ResBlock, 1: spatial transformer, 2: temporal transformer}``,
-``middle_block.{0..3}``, ``output_blocks.{n}.{...}``, ``time_embed``, ``out``; every ResBlock carries its temporal
-conv as ``temopral_conv`` (sic) and the temporal transformers use 1x1 ``Conv1d`` projections where diffusers uses
-``Linear``. Adapters sit in the transformer blocks as ``attn_adapter`` / ``cross_attn_adapter`` / ``ff_adapter`` with
-``down_linear`` / ``up_linear`` / ``condition_linear``, and VGen saves them as ``{"state_dict": ..., "step": ...}``.
+VGen (github.com/ali-vilab/VGen, ``tools/modules/unet/unet_dreamvideo.py`` and ``util.py``) names its UNet
+like the original ModelScope one: ``input_blocks.{n}.{0: ResBlock, 1: spatial transformer, 2: temporal
+transformer}``, ``middle_block.{0..3}``, ``output_blocks.{n}.{...}``, ``time_embed``, ``out``; every ResBlock
+carries its temporal conv as ``temopral_conv`` (sic) and the temporal transformers use 1x1 ``Conv1d``
+projections where diffusers uses ``Linear``. Adapters sit in the transformer blocks as ``attn_adapter`` /
+``cross_attn_adapter`` / ``ff_adapter`` with ``down_linear`` / ``up_linear`` / ``condition_linear``, and VGen
+saves them as ``{"state_dict": ..., "step": ...}``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ ADAPTER_SITES = {"attn_adapter": "attn1", "cross_attn_adapter": "attn2", "ff_ada
 ADAPTER_LINEARS = {"down_linear": "down", "up_linear": "up", "condition_linear": "cond"}
 WRAPPER_PREFIXES = ("module.", "model.diffusion_model.", "diffusion_model.")
 TORCH_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-# diffusers keys whose VGen counterpart is a 1x1 Conv1d weight (out, in, 1) instead of a Linear weight (out, in)
+# diffusers keys whose VGen counterpart is a 1x1 Conv1d weight (out, in, 1), not a Linear weight (out, in)
 _CONV1D_KEY = re.compile(r"^(transformer_in|.*\.temp_attentions\.\d+)\.proj_(in|out)\.weight$")
 _ADAPTER_KEY = re.compile(
     r"^(?P<block>.+\.transformer_blocks\.\d+)\.(?P<site>attn_adapter|cross_attn_adapter|ff_adapter)\."
@@ -70,7 +71,7 @@ _ADAPTER_KEY = re.compile(
 
 
 def full_unet_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The complete ``UNet3DConditionModel`` config (defaults filled in); ``None`` means ModelScopeT2V-1.7B."""
+    """The complete ``UNet3DConditionModel`` config (with defaults); ``None`` means ModelScopeT2V-1.7B."""
     return dict(_architecture(config)[0])
 
 
@@ -91,12 +92,15 @@ _ARCHITECTURES: dict[str, tuple[dict[str, Any], dict[str, torch.Size]]] = {}
 
 
 def _architecture(config: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, torch.Size]]:
-    """Full config and ``{diffusers_key: shape}`` of a UNet config, cached (ModelScope-1.7B on meta takes ~1 s)."""
+    """Full config and ``{diffusers_key: shape}`` of a UNet config, cached (ModelScope-1.7B takes ~1 s)."""
     key = _config_json(config)
     if key not in _ARCHITECTURES:
         unet = _empty_unet(config)
         full = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-        _ARCHITECTURES[key] = _ARCHITECTURES[_config_json(full)] = (full, {k: v.shape for k, v in unet.state_dict().items()})
+        _ARCHITECTURES[key] = _ARCHITECTURES[_config_json(full)] = (
+            full,
+            {k: v.shape for k, v in unet.state_dict().items()},
+        )
     return _ARCHITECTURES[key]
 
 
@@ -112,7 +116,7 @@ def diffusers_to_vgen_key(key: str, config: dict[str, Any]) -> str:
     """
     for new, old in TOP_LEVEL_NAMES.items():
         if key.startswith(new + "."):
-            return old + key[len(new):]
+            return old + key[len(new) :]
     layers = int(config["layers_per_block"])
     up_attn = ["CrossAttn" in t for t in config["up_block_types"]]
     parts = key.split(".")
@@ -127,8 +131,11 @@ def diffusers_to_vgen_key(key: str, config: dict[str, Any]) -> str:
             return f"input_blocks.{1 + b * (layers + 1) + layers}.op.{rest.removeprefix('conv.')}"
         if kind == "upsamplers":  # the last module of the block's last entry: after resnet (+ transformers)
             return f"output_blocks.{b * (layers + 1) + layers}.{3 if up_attn[b] else 1}.{rest}"
-        entry = f"input_blocks.{1 + b * (layers + 1) + j}" if parts[0] == "down_blocks" else \
-            f"output_blocks.{b * (layers + 1) + j}"
+        entry = (
+            f"input_blocks.{1 + b * (layers + 1) + j}"
+            if parts[0] == "down_blocks"
+            else f"output_blocks.{b * (layers + 1) + j}"
+        )
         slot = {"resnets": 0, "temp_convs": 0, "attentions": 1, "temp_attentions": 2}.get(kind)
         if slot is not None:
             return _inside(kind, f"{entry}.{slot}", rest)
@@ -146,7 +153,7 @@ def _inside(kind: str, module: str, rest: str) -> str:
 
 
 def vgen_key_map(config: dict[str, Any] | None = None) -> dict[str, tuple[str, torch.Size]]:
-    """``{vgen_key: (diffusers_key, diffusers_shape)}`` for every parameter of the UNet described by ``config``."""
+    """``{vgen_key: (diffusers_key, diffusers_shape)}`` for every parameter of the UNet of ``config``."""
     config, shapes = _architecture(config)
     mapping: dict[str, tuple[str, torch.Size]] = {}
     for key, shape in shapes.items():
@@ -206,7 +213,8 @@ def _check_keys(state_dict: dict[str, Any], mapping: dict[str, Any], source: str
         hint = " It contains adapter weights: convert those with `dreamvideo convert vgen-adapter`."
     raise CheckpointError(
         f"{source}: does not fit the UNet ({len(state_dict)} tensors given, {len(mapping)} expected): "
-        f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).{hint}"
+        f"{len(missing)} missing (e.g. {missing[:3]}), "
+        f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}).{hint}"
     )
 
 
@@ -214,10 +222,11 @@ def _check_keys(state_dict: dict[str, Any], mapping: dict[str, Any], source: str
 
 
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or PyTorch (``.pth/.pt/.ckpt/.bin``) checkpoint, without arbitrary unpickling.
+    """Tensors of a ``.safetensors`` or PyTorch (``.pth/.pt/.ckpt/.bin``) file, with no arbitrary unpickling.
 
     PyTorch files are read with ``torch.load(weights_only=True)``; a ``{"state_dict": ...}`` wrapper (VGen's
-    ``{"state_dict": ..., "step": ...}``) and a common ``module.`` / ``model.diffusion_model.`` prefix are removed.
+    ``{"state_dict": ..., "step": ...}``) and a common ``module.`` / ``model.diffusion_model.`` prefix are
+    removed.
     """
     path = Path(path)
     if not path.is_file():
@@ -225,16 +234,27 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return _strip_prefixes(load_safetensors(path)[0])
     if path.suffix not in TORCH_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown checkpoint type; expected .safetensors or {', '.join(TORCH_SUFFIXES)}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint type; expected .safetensors or {', '.join(TORCH_SUFFIXES)}"
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: holds Python objects other than tensors, which are not loaded (no arbitrary unpickling). "
-            f"Re-save it as a plain dict of tensors or as safetensors. ({str(err).splitlines()[0]})"
-        ) from err
+        found = re.search(
+            r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed| Please|\n\n|$)", str(err), re.S
+        )
+        detail = " ".join(found.group(1).split()) if found else "unpickling failed"
+        if "Unsupported global" in detail:
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors ({detail.split('GLOBAL')[-1].strip()}), "
+                "which are not loaded (no arbitrary unpickling); re-save its tensors as a plain dict or as "
+                "safetensors"
+            ) from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
     except Exception as err:  # truncated zip, not a torch file, ...
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -251,7 +271,7 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if all(k.startswith(prefix) for k in state_dict):
-                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+                state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
                 changed = True
     return state_dict
 
@@ -278,9 +298,10 @@ def convert_vgen_base(
     Args:
         ckpt_path: VGen UNet checkpoint, e.g. ``model_scope_v1-5_0632000.pth`` (ModelScopeT2V V1.5).
         out_dir: folder to create (``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``).
-        template_dir: a diffusers text-to-video folder (e.g. a ``damo-vilab/text-to-video-ms-1.7b`` snapshot) whose
-            other components (vae, text_encoder, tokenizer, scheduler, ...) are copied and whose ``unet/config.json``
-            gives the architecture; ``None`` writes only ``unet/`` for the ModelScopeT2V-1.7B architecture.
+        template_dir: a diffusers text-to-video folder (e.g. a ``damo-vilab/text-to-video-ms-1.7b``
+            snapshot) whose other components (vae, text_encoder, tokenizer, scheduler, ...) are copied and
+            whose ``unet/config.json`` gives the architecture; ``None`` writes only ``unet/`` for the
+            ModelScopeT2V-1.7B architecture.
         dtype: cast the weights (e.g. ``torch.float16``); ``None`` keeps the checkpoint's dtype.
         overwrite: replace an existing ``out_dir``.
     """
@@ -303,10 +324,15 @@ def convert_vgen_base(
                 if item.name == "unet" or item.name.startswith("."):
                     continue
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
-        write_json({"_class_name": "UNet3DConditionModel", "_diffusers_version": diffusers.__version__} | config,
-                   staging / "unet" / "config.json")
-        save_safetensors(tensors, staging / "unet" / "diffusion_pytorch_model.safetensors",
-                         {"format": "pt", "converted_from": str(ckpt_path)})
+        write_json(
+            {"_class_name": "UNet3DConditionModel", "_diffusers_version": diffusers.__version__} | config,
+            staging / "unet" / "config.json",
+        )
+        save_safetensors(
+            tensors,
+            staging / "unet" / "diffusion_pytorch_model.safetensors",
+            {"format": "pt", "converted_from": str(ckpt_path)},
+        )
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -325,9 +351,9 @@ def vgen_adapters_to_dreamvideo(
     """Map VGen adapter tensors to dreamvideo's adapter layout and infer the matching :class:`AdapterConfig`.
 
     VGen ``input_blocks.1.1.transformer_blocks.0.cross_attn_adapter.down_linear.weight`` becomes
-    ``down_blocks.0.attentions.0.transformer_blocks.0.attn2.down.weight`` (sites: ``attn_adapter`` -> ``attn1``,
-    ``cross_attn_adapter`` -> ``attn2``, ``ff_adapter`` -> ``ff``; ``down_linear`` / ``up_linear`` /
-    ``condition_linear`` -> ``down`` / ``up`` / ``cond``).
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn2.down.weight``. Sites: ``attn_adapter`` ->
+    ``attn1``, ``cross_attn_adapter`` -> ``attn2``, ``ff_adapter`` -> ``ff``; layers: ``down_linear`` /
+    ``up_linear`` / ``condition_linear`` -> ``down`` / ``up`` / ``cond``.
 
     Args:
         state_dict: VGen adapter tensors (the ``state_dict`` of VGen's ``adapter_XXXXXXXX.pth``).
@@ -342,8 +368,11 @@ def vgen_adapters_to_dreamvideo(
     other = [k for k in state_dict if not _ADAPTER_KEY.match(k)]
     if other or not state_dict:
         raise CheckpointError(
-            f"{source}: expected only VGen adapter tensors (...transformer_blocks.N.{{attn,cross_attn,ff}}_adapter...), "
-            f"found {len(other)} other keys (e.g. {other[:3]})" if other else f"{source}: holds no tensors"
+            f"{source}: expected only VGen adapter tensors "
+            "(...transformer_blocks.N.{attn,cross_attn,ff}_adapter...), "
+            f"found {len(other)} other keys (e.g. {other[:3]})"
+            if other
+            else f"{source}: holds no tensors"
         )
     tensors: dict[str, torch.Tensor] = {}
     widths: dict[str, int] = {}
@@ -357,8 +386,8 @@ def vgen_adapters_to_dreamvideo(
         temporal = _is_temporal(block)
         if temporal != (kind == "motion"):
             raise CheckpointError(
-                f"{source}: {key} is in a {'temporal' if temporal else 'spatial'} block, which does not fit a "
-                f"{kind} adapter (try --kind {'motion' if temporal else 'identity'})"
+                f"{source}: {key} is in a {'temporal' if temporal else 'spatial'} block, which does not fit "
+                f"a {kind} adapter (try --kind {'motion' if temporal else 'identity'})"
             )
         site = ADAPTER_SITES[m["site"]]
         widths[block] = norm[1][0]
@@ -376,28 +405,40 @@ def _infer_adapter_config(
     config: dict[str, Any],
     source: str,
 ) -> ad.AdapterConfig:
-    """Check that every adapter is complete and shaped as dreamvideo builds it, and describe them in one config."""
+    """Check that every adapter is complete and shaped as dreamvideo builds it; describe all in one config."""
     site_sets = {frozenset(s) for s in sites.values()}
     if len(site_sets) != 1:
-        raise CheckpointError(f"{source}: blocks have adapters at different sites ({sorted(map(sorted, site_sets))})")
+        raise CheckpointError(
+            f"{source}: blocks have adapters at different sites ({sorted(map(sorted, site_sets))})"
+        )
     block_sites = tuple(s for s in ad.SITES if s in next(iter(site_sets)))
     ratios, cond_dims = set(), set()
     for block, dim in widths.items():
         for site in block_sites:
             p = f"{block}.{site}"
             has_cond = f"{p}.cond.weight" in tensors or f"{p}.cond.bias" in tensors
-            names = ["down.weight", "down.bias", "up.weight", "up.bias"] + (["cond.weight", "cond.bias"] * has_cond)
+            names = ["down.weight", "down.bias", "up.weight", "up.bias"] + (
+                ["cond.weight", "cond.bias"] * has_cond
+            )
             lost = [f"{p}.{n}" for n in names if f"{p}.{n}" not in tensors]
             if lost:
                 raise CheckpointError(f"{source}: adapter at {p} is incomplete, missing {lost}")
             hidden = tensors[f"{p}.down.weight"].shape[0]
             cond_dim = tensors[f"{p}.cond.weight"].shape[-1] if has_cond else None
-            expected = {"down.weight": (hidden, dim), "down.bias": (hidden,), "up.weight": (dim, hidden),
-                        "up.bias": (dim,), "cond.weight": (dim, cond_dim), "cond.bias": (dim,)}
+            expected = {
+                "down.weight": (hidden, dim),
+                "down.bias": (hidden,),
+                "up.weight": (dim, hidden),
+                "up.bias": (dim,),
+                "cond.weight": (dim, cond_dim),
+                "cond.bias": (dim,),
+            }
             for n in names:
                 if tuple(tensors[f"{p}.{n}"].shape) != expected[n]:
-                    raise CheckpointError(f"{source}: {p}.{n} has shape {tuple(tensors[f'{p}.{n}'].shape)}, "
-                                          f"expected {expected[n]} (block width {dim})")
+                    raise CheckpointError(
+                        f"{source}: {p}.{n} has shape {tuple(tensors[f'{p}.{n}'].shape)}, "
+                        f"expected {expected[n]} (block width {dim})"
+                    )
             ratios.add(hidden / dim)
             cond_dims.add(cond_dim)
     if len(ratios) != 1 or len(cond_dims) != 1:
@@ -406,25 +447,39 @@ def _infer_adapter_config(
             f"{sorted(cond_dims, key=str)}); dreamvideo adapters use one ratio and one condition size"
         )
     ratio = ratios.pop()
-    if any(max(1, int(d * ratio)) != tensors[f"{b}.{block_sites[0]}.down.weight"].shape[0] for b, d in widths.items()):
+    if any(
+        max(1, int(d * ratio)) != tensors[f"{b}.{block_sites[0]}.down.weight"].shape[0]
+        for b, d in widths.items()
+    ):
         raise CheckpointError(f"{source}: bottleneck widths are not block width x {ratio}")
     target = "temporal" if kind == "motion" else "spatial"
     every = [
         k.removesuffix(".norm1.weight")
         for k in _architecture(config)[1]
-        if k.endswith(".norm1.weight") and ".transformer_blocks." in k and _is_temporal(k) == (kind == "motion")
+        if k.endswith(".norm1.weight")
+        and ".transformer_blocks." in k
+        and _is_temporal(k) == (kind == "motion")
     ]
     blocks = None if set(widths) == set(every) else [p for p in every if p in widths]
-    # VGen's default adapter_position_list is all 'parallel', as in the paper; the weights cannot tell otherwise.
-    return ad.AdapterConfig(name=kind, target=target, sites=block_sites, hidden_ratio=ratio,
-                            condition_dim=cond_dims.pop(), placement="parallel", blocks=blocks)
+    # VGen's default adapter_position_list is all 'parallel' (the paper's); weights cannot tell otherwise.
+    return ad.AdapterConfig(
+        name=kind,
+        target=target,
+        sites=block_sites,
+        hidden_ratio=ratio,
+        condition_dim=cond_dims.pop(),
+        placement="parallel",
+        blocks=blocks,
+    )
 
 
 def _is_temporal(key: str) -> bool:
     return key.startswith("transformer_in.") or ".temp_attentions." in key
 
 
-def dreamvideo_adapters_to_vgen(tensors: dict[str, torch.Tensor], config: dict[str, Any] | None = None) -> dict:
+def dreamvideo_adapters_to_vgen(
+    tensors: dict[str, torch.Tensor], config: dict[str, Any] | None = None
+) -> dict:
     """The inverse of :func:`vgen_adapters_to_dreamvideo`: dreamvideo adapter tensors with VGen names."""
     config = full_unet_config(config)
     sites = {v: k for k, v in ADAPTER_SITES.items()}
@@ -437,7 +492,9 @@ def dreamvideo_adapters_to_vgen(tensors: dict[str, torch.Tensor], config: dict[s
     return out
 
 
-def adapter_info(kind: str, adapter_config: ad.AdapterConfig, base: dict[str, Any], source: str) -> dict[str, Any]:
+def adapter_info(
+    kind: str, adapter_config: ad.AdapterConfig, base: dict[str, Any], source: str
+) -> dict[str, Any]:
     """The JSON written next to converted adapter tensors (``subject.json`` / ``motion.json``)."""
     return {
         "type": f"dreamvideo-{'subject' if kind == 'identity' else 'motion'}",
@@ -460,8 +517,9 @@ def convert_vgen_adapters(
 ) -> Path:
     """Convert a VGen DreamVideo adapter checkpoint (``adapter_XXXXXXXX.pth``) to dreamvideo's adapter files.
 
-    Writes ``identity_adapter.safetensors`` + ``subject.json`` (``kind="identity"``) or ``motion_adapter.safetensors``
-    + ``motion.json`` (``kind="motion"``) into ``out_dir``. VGen's textual-inversion embedding is not converted.
+    Writes ``identity_adapter.safetensors`` + ``subject.json`` (``kind="identity"``) or
+    ``motion_adapter.safetensors`` + ``motion.json`` (``kind="motion"``) into ``out_dir``. VGen's
+    textual-inversion embedding is not converted.
 
     Args:
         ckpt_path: VGen adapter checkpoint (``.pth``, or ``.safetensors`` with VGen key names).
@@ -475,7 +533,9 @@ def convert_vgen_adapters(
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass overwrite / --overwrite to replace it)")
     config = _unet_config_of(base_dir)
-    tensors, adapter_config = vgen_adapters_to_dreamvideo(load_checkpoint(ckpt_path), kind, config, str(ckpt_path))
+    tensors, adapter_config = vgen_adapters_to_dreamvideo(
+        load_checkpoint(ckpt_path), kind, config, str(ckpt_path)
+    )
     text_width = config["cross_attention_dim"]
     if base_dir is not None and (Path(base_dir) / "text_encoder" / "config.json").is_file():
         text_width = read_json(Path(base_dir) / "text_encoder" / "config.json").get("hidden_size", text_width)
@@ -486,9 +546,14 @@ def convert_vgen_adapters(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        stem, info_file = ("identity_adapter", "subject.json") if kind == "identity" else ("motion_adapter", "motion.json")
-        save_safetensors(tensors, staging / f"{stem}.safetensors",
-                         {"adapter": adapter_config.to_dict(), "converted_from": str(ckpt_path)})
+        stem, info_file = (
+            ("identity_adapter", "subject.json") if kind == "identity" else ("motion_adapter", "motion.json")
+        )
+        save_safetensors(
+            tensors,
+            staging / f"{stem}.safetensors",
+            {"adapter": adapter_config.to_dict(), "converted_from": str(ckpt_path)},
+        )
         write_json(adapter_info(kind, adapter_config, base, str(ckpt_path)), staging / info_file)
         replace_dir(staging, out_dir)
     finally:
@@ -500,23 +565,32 @@ def convert_vgen_adapters(
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("convert", help="convert the authors' (VGen) checkpoints to dreamvideo's layout")
+    parser = subparsers.add_parser(
+        "convert", help="convert the authors' (VGen) checkpoints to dreamvideo's layout"
+    )
     sub = parser.add_subparsers(dest="convert_command", required=True)
 
     p = sub.add_parser("vgen-base", help="VGen / ModelScope UNet checkpoint -> diffusers base folder")
     p.add_argument("--ckpt", required=True, help="VGen UNet checkpoint, e.g. model_scope_v1-5_0632000.pth")
-    p.add_argument("--template", required=True,
-                   help="diffusers base folder to copy the other components from (text-to-video-ms-1.7b snapshot)")
+    p.add_argument(
+        "--template",
+        required=True,
+        help="diffusers base folder to copy the other components from (text-to-video-ms-1.7b snapshot)",
+    )
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--dtype", choices=("keep", "fp16", "bf16", "fp32"), default="keep", help="weight dtype")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_run_base)
 
-    p = sub.add_parser("vgen-adapter", help="VGen DreamVideo identity/motion adapter -> dreamvideo adapter files")
+    p = sub.add_parser(
+        "vgen-adapter", help="VGen DreamVideo identity/motion adapter -> dreamvideo adapter files"
+    )
     p.add_argument("--ckpt", required=True, help="VGen adapter checkpoint (checkpoints/adapter_XXXXXXXX.pth)")
     p.add_argument("--kind", required=True, choices=("identity", "motion"))
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--base", default=None, help="diffusers base folder the adapter is for (default: ModelScope-1.7B)")
+    p.add_argument(
+        "--base", default=None, help="diffusers base folder the adapter is for (default: ModelScope-1.7B)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=_run_adapter)
 

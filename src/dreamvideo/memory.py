@@ -1,10 +1,11 @@
-"""Memory and speed helpers for diffusers' ``UNet3DConditionModel``: gradient checkpointing, attention backend,
-freezing and autocast.
+"""Memory and speed helpers for diffusers' ``UNet3DConditionModel``: gradient checkpointing, attention
+backend, freezing and autocast.
 
-diffusers' UNet3D has no gradient checkpointing (``_supports_gradient_checkpointing = False``), so we wrap its heavy
-sub-modules -- every ``ResnetBlock2D``, ``TemporalConvLayer``, ``Transformer2DModel`` and ``TransformerTemporalModel``
-(``transformer_in`` included) -- in :class:`CheckpointedModule`. Wrapping at the transformer level composes with the
-adapters, which replace the ``BasicTransformerBlock``s inside those transformers.
+diffusers' UNet3D has no gradient checkpointing (``_supports_gradient_checkpointing = False``), so we wrap its
+heavy sub-modules -- every ``ResnetBlock2D``, ``TemporalConvLayer``, ``Transformer2DModel`` and
+``TransformerTemporalModel`` (``transformer_in`` included) -- in :class:`CheckpointedModule`. Wrapping at the
+transformer level composes with the adapters, which replace the ``BasicTransformerBlock``s inside those
+transformers.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ PRECISIONS = ("no", "bf16", "fp16")
 class CheckpointedModule(nn.Module):
     """Runs ``module`` under non-reentrant activation checkpointing whenever autograd is recording.
 
-    We checkpoint in eval mode too: adapter training keeps the frozen base in eval mode and still wants the memory
-    saving. Non-reentrant checkpointing gives gradients to trainable parameters inside ``module`` even when no input
-    requires grad (frozen base + adapters), accepts keyword arguments and restores the RNG state for dropout.
+    We checkpoint in eval mode too: adapter training keeps the frozen base in eval mode and still wants the
+    memory saving. Non-reentrant checkpointing gives gradients to trainable parameters inside ``module`` even
+    when no input requires grad (frozen base + adapters), accepts keyword arguments and restores the RNG state
+    for dropout.
 
-    ``state_dict()`` keys are those of the unwrapped model (no ``.module.``), and state dicts of the unwrapped model
-    load into the wrapped one; ``named_parameters()`` names do contain ``.module.``.
+    ``state_dict()`` keys are those of the unwrapped model (no ``.module.``), and state dicts of the unwrapped
+    model load into the wrapped one; ``named_parameters()`` names do contain ``.module.``.
     """
 
     def __init__(self, module: nn.Module) -> None:
@@ -62,13 +64,13 @@ class CheckpointedModule(nn.Module):
 def _drop_wrapper_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     inner = prefix + "module."
     for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
 def _add_wrapper_prefix(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     inner = prefix + "module."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _children(root: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
@@ -82,7 +84,7 @@ def _children(root: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Module]]:
 
 
 def enable_gradient_checkpointing(unet: nn.Module) -> int:
-    """Wrap the UNet's resnets, temporal convs and (spatial and temporal) transformers in :class:`CheckpointedModule`.
+    """Wrap the UNet's resnets, temporal convs and transformers in :class:`CheckpointedModule`.
 
     Args:
         unet: a ``UNet3DConditionModel`` (adapters may already be attached, or be attached later).
@@ -99,7 +101,7 @@ def enable_gradient_checkpointing(unet: nn.Module) -> int:
 
 
 def disable_gradient_checkpointing(unet: nn.Module) -> int:
-    """Put the original modules back in place of their :class:`CheckpointedModule` wrappers; returns how many."""
+    """Put the original modules back in place of their wrappers; return how many."""
     unwrapped = 0
     for parent, name, child in list(_children(unet)):
         if isinstance(child, CheckpointedModule):
@@ -116,8 +118,8 @@ def set_attention_backend(unet: nn.Module, backend: str = "sdpa") -> int:
     """Choose the attention implementation of every ``Attention`` layer of ``unet``.
 
     In diffusers 0.42 a freshly built or loaded ``Attention`` already uses ``AttnProcessor2_0`` (PyTorch
-    ``scaled_dot_product_attention``, flash / memory-efficient kernels where available), so ``"sdpa"`` only matters
-    after something else changed the processors. ``"default"`` (alias ``"classic"``) is diffusers'
+    ``scaled_dot_product_attention``, flash / memory-efficient kernels where available), so ``"sdpa"`` only
+    matters after something else changed the processors. ``"default"`` (alias ``"classic"``) is diffusers'
     ``set_default_attn_processor`` choice: ``AttnProcessor``, which materialises the attention matrix.
 
     Args:
@@ -150,7 +152,7 @@ def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 def autocast_context(device: torch.device | str, precision: str = "no") -> contextlib.AbstractContextManager:
-    """A context for the forward pass: ``"no"`` (full precision), ``"bf16"`` or ``"fp16"`` autocast on ``device``.
+    """A forward-pass context: ``"no"`` (full precision), ``"bf16"`` or ``"fp16"`` autocast on ``device``.
 
     Args:
         device: the device the model runs on (its type picks the autocast backend).
