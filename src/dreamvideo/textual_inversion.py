@@ -37,7 +37,7 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str) -
         raise TokenError(f"init word {init_word!r} is not in the tokenizer's vocabulary")
     tokenizer.add_tokens([token])
     token_id = tokenizer.convert_tokens_to_ids(token)
-    text_encoder.resize_token_embeddings(len(tokenizer))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         weight = text_encoder.get_input_embeddings().weight
         weight[token_id] = weight[init_ids[0]]
@@ -106,7 +106,7 @@ def insert_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tens
     else:
         tokenizer.add_tokens([token])
         token_id = tokenizer.convert_tokens_to_ids(token)
-        text_encoder.resize_token_embeddings(len(tokenizer))
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         text_encoder.get_input_embeddings().weight[token_id] = vector.to(weight.dtype)
     return token_id

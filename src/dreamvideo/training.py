@@ -85,7 +85,7 @@ def diffusion_loss(
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = opt.state_dict()
     tensors, scalars = {}, {}
     for idx, entry in state["state"].items():
@@ -97,7 +97,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
@@ -169,7 +169,7 @@ class Trainer:
         self.load_weights(folder)
         tensors, meta = load_safetensors(folder / "optimizer.safetensors")
         rng = tensors.pop("generator_state")
-        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
+        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
         self.generator.set_state(rng)
         self.step, self.losses, self.seconds = info["step"], info["losses"], info.get("seconds", 0.0)
         return True
@@ -181,7 +181,7 @@ class Trainer:
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         self.save_weights(staging)
-        tensors, meta = _flatten_optimizer(self.optimizer)
+        tensors, meta = flatten_optimizer_state(self.optimizer)
         tensors["generator_state"] = self.generator.get_state()
         save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
         write_json(

@@ -144,18 +144,22 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     rows = []
     from tqdm.auto import tqdm
 
+    generated: dict[tuple, np.ndarray] = {}  # the base model's video for a prompt and seed is made once
     for i, case in enumerate(tqdm(cases, desc="generate", disable=not progress)):
-        ad.enable_adapter(pipe.unet, "identity", case.subject)
-        ad.enable_adapter(pipe.unet, "motion", case.motion)
-        frames = pipe(
-            case.prompt,
-            num_frames=world.NUM_FRAMES,
-            num_inference_steps=cfg.sample_steps,
-            guidance_scale=cfg.guidance_scale,
-            appearance_image=ref_images[0] if case.appearance else None,
-            generator=torch.Generator().manual_seed(case.seed),
-            progress=False,
-        ).frames[0]
+        key = (case.prompt, case.seed, case.subject, case.motion, case.appearance)
+        if key not in generated:
+            ad.enable_adapter(pipe.unet, "identity", case.subject)
+            ad.enable_adapter(pipe.unet, "motion", case.motion)
+            generated[key] = pipe(
+                case.prompt,
+                num_frames=world.NUM_FRAMES,
+                num_inference_steps=cfg.sample_steps,
+                guidance_scale=cfg.guidance_scale,
+                appearance_image=ref_images[0] if case.appearance else None,
+                generator=torch.Generator().manual_seed(case.seed),
+                progress=False,
+            ).frames[0]
+        frames = generated[key]
         name = f"{i:02d}_{case.case}_seed{case.seed}"
         write_video(frames, out / "videos" / f"{name}.mp4")
         write_video(frames, out / "videos" / f"{name}.gif")

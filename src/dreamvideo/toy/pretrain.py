@@ -1,0 +1,611 @@
+"""Pretrain the toy base model on the procedural world, in three resumable phases: CLIP, the VAE, the UNet.
+
+    python -m dreamvideo.toy.pretrain --out toy_train                 # about 8 minutes on one H100
+    python -m dreamvideo.toy.pretrain --out toy_train --resume        # continue after an interruption
+    python -m dreamvideo.toy.pretrain --out /tmp/t --device cpu --steps-scale 0.001 --workers 0  # smoke test
+
+Writes ``OUT/model`` (the diffusers-layout base model, see :func:`dreamvideo.toy.model.save_base_model`),
+``OUT/checkpoints/<phase>/`` (safetensors + JSON, no pickle), ``OUT/train_log.json``, ``OUT/loss_curve.png``,
+``OUT/vae_reconstruction.png`` and ``OUT/samples.png`` (generated videos, one row of frames per prompt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from dreamvideo.fileio import (
+    DreamVideoError,
+    load_safetensors,
+    read_json,
+    replace_dir,
+    save_safetensors,
+    write_json,
+)
+from dreamvideo.toy import world
+from dreamvideo.toy.model import (
+    build_toy_tokenizer,
+    clip_pixels,
+    num_params,
+    save_base_model,
+    toy_clip,
+    toy_scheduler,
+    toy_unet,
+    toy_vae,
+    vae_pixels,
+)
+from dreamvideo.training import flatten_optimizer_state, unflatten_optimizer_state
+
+PHASES = ("clip", "vae", "unet")
+
+
+class PretrainError(DreamVideoError):
+    pass
+
+
+class StopRun(Exception):
+    """Raised after the checkpoint once ``--max-steps`` or ``--time-limit`` is reached."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class WorldClips(IterableDataset):
+    """Endless random pretraining clips ``(frames uint8 (F,H,W,3) or one frame (H,W,3), caption)``.
+
+    Args:
+        seed: list of ints seeding the generator; the worker id is appended so workers differ.
+        single_frame: yield one random frame of each clip instead of the clip.
+    """
+
+    def __init__(self, seed: list[int], single_frame: bool = False) -> None:
+        self.seed, self.single_frame = seed, single_frame
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+        info = get_worker_info()
+        rng = np.random.default_rng([*self.seed, 0 if info is None else info.id])
+        while True:
+            spec = world.sample_pretraining_spec(rng)
+            frames = world.render_clip(spec).frames
+            if self.single_frame:
+                frames = frames[rng.integers(len(frames))]
+            yield torch.from_numpy(np.ascontiguousarray(frames)), world.caption(spec)
+
+
+def make_loader(seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool) -> Iterator:
+    extra = {"prefetch_factor": 4} if workers > 0 else {}
+    loader = DataLoader(
+        WorldClips(seed, single_frame), batch_size=batch_size, num_workers=workers, pin_memory=pin, **extra
+    )
+    return iter(loader)
+
+
+# ----------------------------------------------------------------------------- one resumable phase
+
+
+class Phase:
+    """The optimisation loop of one phase with checkpoints in ``OUT/checkpoints/<name>/``.
+
+    Args:
+        name: phase name.
+        out: output folder of the run.
+        modules: everything whose state is checkpointed, by name (e.g. ``{"unet": ..., "ema": ...}``).
+        params: the trained parameters.
+        steps, lr, warmup: schedule (linear warmup, then cosine decay to 10 % of ``lr``).
+        args: the command-line arguments (checkpoint interval, device, limits).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        out: Path,
+        modules: dict[str, nn.Module],
+        params: list[nn.Parameter],
+        steps: int,
+        lr: float,
+        warmup: int,
+        args: argparse.Namespace,
+    ) -> None:
+        self.name, self.modules, self.params, self.args = name, modules, params, args
+        self.steps, self.lr, self.warmup = steps, lr, min(warmup, max(1, steps // 10))
+        self.folder = out / "checkpoints" / name
+        fused = {"fused": True} if torch.device(args.device).type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01, **fused)
+        self.step, self.seconds, self.losses, self.done = 0, 0.0, [], False
+        self.extra: dict[str, Any] = {}
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def save(self) -> None:
+        staging = self.folder.with_name(f".{self.name}.partial")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        weights = {
+            f"{m}.{k}": v for m, module in self.modules.items() for k, v in module.state_dict().items()
+        }
+        save_safetensors(weights, staging / "weights.safetensors")
+        tensors, meta = flatten_optimizer_state(self.optimizer)
+        save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
+        state = {"phase": self.name, "step": self.step, "steps": self.steps, "done": self.done,
+                 "seconds": self.seconds, "extra": self.extra, "losses": self.losses}  # fmt: skip
+        write_json(state, staging / "state.json")
+        replace_dir(staging, self.folder)
+
+    def load(self) -> bool:
+        """Restore the checkpoint if there is one; return whether one was found."""
+        old = self.folder.with_name(f".{self.folder.name}.old")
+        if not self.folder.exists() and old.is_dir():  # interrupted inside replace_dir: the previous one
+            os.replace(old, self.folder)
+        if not (self.folder / "state.json").is_file():
+            return False
+        state = read_json(self.folder / "state.json")
+        weights, _ = load_safetensors(self.folder / "weights.safetensors")
+        for m, module in self.modules.items():
+            part = {k[len(m) + 1 :]: v for k, v in weights.items() if k.startswith(f"{m}.")}
+            try:
+                module.load_state_dict(part)
+            except RuntimeError as err:
+                raise PretrainError(f"{self.folder}: checkpoint does not fit the model ({err})") from err
+        tensors, meta = load_safetensors(self.folder / "optimizer.safetensors")
+        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
+        self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
+        self.done, self.extra = state["done"], state["extra"]
+        if state["steps"] != self.steps and not self.done:
+            print(
+                f"{self.name}: resuming at step {self.step} with {self.steps} steps instead of {state['steps']}"
+            )
+        return True
+
+    def run(self, batches: Iterator, step_fn: Callable[[Any], torch.Tensor], after_step: Callable[[int], None],
+            budget: Budget) -> None:  # fmt: skip
+        """Train the remaining steps; ``step_fn(batch) -> loss`` (autocast is on), ``after_step(step)`` e.g. EMA."""
+        device = torch.device(self.args.device)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True, mininterval=1.0)
+        pending: list[torch.Tensor] = []  # losses still on the device (read in groups: fewer syncs)
+        start = time.perf_counter()
+        try:
+            while self.step < self.steps:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(self.step)
+                batch = next(batches)
+                with autocast:
+                    loss = step_fn(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+                self.optimizer.step()
+                after_step(self.step)
+                self.step += 1
+                budget.steps += 1
+                pending.append(loss.detach().float())
+                bar.update(1)
+                end = self.step == self.steps
+                if len(pending) == 25 or end or self.step % self.args.checkpoint_every == 0 or budget.over():
+                    values = torch.stack(pending).tolist()
+                    pending.clear()
+                    if not all(math.isfinite(v) for v in values):
+                        raise PretrainError(f"{self.name}: loss became {values[-1]} near step {self.step}; "
+                                            f"lower the learning rate and --resume from the last checkpoint")  # fmt: skip
+                    self.losses += [round(v, 6) for v in values]
+                    bar.set_postfix(loss=f"{np.mean(self.losses[-100:]):.4f}")
+                if end or self.step % self.args.checkpoint_every == 0 or budget.over():
+                    self.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.done = end
+                    self.save()
+                    if not end and budget.over():
+                        raise StopRun(f"{self.name} step {self.step}")
+        except KeyboardInterrupt:
+            if pending:  # losses of finished steps
+                self.losses += [round(v, 6) for v in torch.stack(pending).tolist()]
+            self.seconds += time.perf_counter() - start
+            self.save()
+            raise
+        finally:
+            bar.close()
+
+
+class Budget:
+    """Stops a run after ``max_steps`` optimisation steps or ``time_limit`` seconds (both optional)."""
+
+    def __init__(self, max_steps: int | None, time_limit: float | None) -> None:
+        self.max_steps, self.time_limit = max_steps, time_limit
+        self.steps, self.start = 0, time.perf_counter()
+
+    def over(self) -> bool:
+        if self.max_steps is not None and self.steps >= self.max_steps:
+            return True
+        return self.time_limit is not None and time.perf_counter() - self.start > self.time_limit
+
+
+# ----------------------------------------------------------------------------- the three phases
+
+
+def _steps(n: int, args: argparse.Namespace) -> int:
+    return max(1, round(n * args.steps_scale))
+
+
+def _seed(args: argparse.Namespace, phase: str, step: int) -> list[int]:
+    return [args.seed, PHASES.index(phase), step]
+
+
+def _tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    return tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)  # fmt: skip
+
+
+def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Phase:
+    """Symmetric InfoNCE on (random frame, caption) pairs; identical captions in a batch count as matches."""
+    device = torch.device(args.device)
+    phase = Phase("clip", args.out, {"clip": clip}, list(clip.parameters()), _steps(args.clip_steps, args),
+                  args.clip_lr, args.warmup, args)  # fmt: skip
+    if phase.load() and phase.done:
+        return phase
+    clip.train()
+
+    def step_fn(batch) -> torch.Tensor:
+        frames, captions = batch
+        ids = _tokenize(tokenizer, captions, device)
+        img = clip.visual_projection(
+            clip.vision_model(pixel_values=clip_pixels(frames.to(device))).pooler_output
+        )
+        txt = clip.text_projection(clip.text_model(input_ids=ids).pooler_output)
+        logits = (
+            clip.logit_scale.exp() * F.normalize(img.float(), dim=-1) @ F.normalize(txt.float(), dim=-1).T
+        )
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1).float()
+        target = same / same.sum(1, keepdim=True)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+    def after_step(step: int) -> None:
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(100))
+
+    batches = make_loader(
+        _seed(args, "clip", phase.step), args.clip_batch, args.workers, True, device.type == "cuda"
+    )
+    phase.run(batches, step_fn, after_step, budget)
+    return phase
+
+
+def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Phase:
+    """L1 + MSE reconstruction of frames plus a small KL; then ``scaling_factor`` = 1 / std of the latents."""
+    device = torch.device(args.device)
+    phase = Phase("vae", args.out, {"vae": vae}, list(vae.parameters()), _steps(args.vae_steps, args),
+                  args.vae_lr, args.warmup, args)  # fmt: skip
+    phase.load()
+    if not phase.done:
+        vae.train()
+
+        def step_fn(batch) -> torch.Tensor:
+            x = vae_pixels(batch[0].to(device))
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample.float()
+            mean, logvar = posterior.mean.float(), posterior.logvar.float()
+            kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
+            return (rec - x).abs().mean() + (rec - x).square().mean() + args.kl_weight * kl
+
+        pin = device.type == "cuda"
+        batches = make_loader(_seed(args, "vae", phase.step), args.vae_batch, args.workers, True, pin)
+        phase.run(batches, step_fn, lambda step: None, budget)
+    vae.eval()
+    if "scaling_factor" not in phase.extra:
+        phase.extra = measure_vae(vae, args)
+        phase.save()
+    vae.register_to_config(scaling_factor=phase.extra["scaling_factor"])
+    return phase
+
+
+@torch.no_grad()
+def measure_vae(vae: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    """Latent statistics on fresh frames (-> ``scaling_factor`` = 1 / std) and the reconstruction error.
+
+    Also writes ``OUT/vae_reconstruction.png`` (true frames above their reconstructions).
+    """
+    device = torch.device(args.device)
+    count = min(1024, 16 * args.vae_batch)
+    batches = make_loader(_seed(args, "vae", 10**9), min(64, count), 0, True, False)
+    frames = torch.cat([next(batches)[0] for _ in range(max(1, count // 64))])
+    latents, recs = [], []
+    for chunk in frames.split(256):
+        posterior = vae.encode(vae_pixels(chunk.to(device))).latent_dist
+        latents.append(posterior.sample().float())
+        recs.append(vae.decode(posterior.mode()).sample.float().clamp(-1, 1))
+    latents, rec = torch.cat(latents), torch.cat(recs)
+    std = latents.std().item()
+    _save_reconstructions(frames[:8], rec[:8], args.out / "vae_reconstruction.png")
+    return {
+        "scaling_factor": round(1.0 / std, 6),
+        "latent_std": std,
+        "latent_channel_means": latents.mean((0, 2, 3)).tolist(),
+        "reconstruction_l1_0_255": (rec - vae_pixels(frames.to(device))).abs().mean().item() * 127.5,
+    }
+
+
+def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module, tokenizer, scheduler,
+               args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
+    """Text-to-video epsilon-MSE with offset noise, caption dropout and some 1-frame videos; EMA of the weights."""
+    device = torch.device(args.device)
+    phase = Phase("unet", args.out, {"unet": unet, "ema": ema}, list(unet.parameters()), _steps(args.unet_steps, args),
+                  args.unet_lr, args.warmup, args)  # fmt: skip
+    if phase.load() and phase.done:
+        return phase
+    unet.train()
+    rng = np.random.default_rng(_seed(args, "unet", phase.step))
+    torch.manual_seed(args.seed * 1_000_003 + phase.step)
+    scaling = vae.config.scaling_factor
+    ema_params, params = list(ema.parameters()), list(unet.parameters())
+
+    def step_fn(batch) -> torch.Tensor:
+        frames, captions = batch
+        b, f = frames.shape[:2]
+        if rng.random() < args.image_prob:  # a batch of images as 1-frame videos, as the subject stage uses
+            frames, f = frames[torch.arange(b), torch.from_numpy(rng.integers(f, size=b))][:, None], 1
+        captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
+        with torch.no_grad():
+            x = vae_pixels(frames.to(device, non_blocking=True).flatten(0, 1))
+            latents = vae.encode(x).latent_dist.sample().float() * scaling
+            latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (b, 4, f, h, w)
+            text = clip.text_model(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
+        offset = torch.randn(b, latents.shape[1], 1, 1, 1, device=device)  # ModelScope's offset noise
+        noise = torch.randn_like(latents) + args.offset_noise * offset
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text).sample
+        return F.mse_loss(pred.float(), noise)
+
+    def after_step(step: int) -> None:
+        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+    batches = make_loader(
+        _seed(args, "unet", phase.step), args.unet_batch, args.workers, False, device.type == "cuda"
+    )
+    phase.run(batches, step_fn, after_step, budget)
+    return phase
+
+
+# ----------------------------------------------------------------------------- previews and plots
+
+
+def _strip_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack videos (F,H,W,3) as rows of frames, with 2-pixel white gutters."""
+    padded = [np.pad(r, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in padded], axis=0)
+
+
+def _save_reconstructions(frames: torch.Tensor, rec: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    rec = ((rec.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1).cpu().numpy()
+    Image.fromarray(_strip_rows([frames.numpy(), rec])).save(path)
+
+
+@torch.no_grad()
+def generate(unet, vae, clip, tokenizer, scheduler, prompts: list[str], num_frames: int = world.NUM_FRAMES,
+             steps: int = 25, guidance: float = 9.0, seed: int = 0) -> np.ndarray:  # fmt: skip
+    """DDIM sampling with classifier-free guidance (no pipeline needed); returns uint8 (N,F,H,W,3)."""
+    device = next(unet.parameters()).device
+    text = clip.text_model(
+        input_ids=_tokenize(tokenizer, prompts + [""] * len(prompts), device)
+    ).last_hidden_state
+    size = unet.config.sample_size
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(prompts), unet.config.in_channels, num_frames, size, size, generator=generator).to(
+        device
+    )
+    scheduler = copy.deepcopy(scheduler)
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        eps_cond, eps_uncond = unet(torch.cat([x, x]), t, encoder_hidden_states=text).sample.chunk(2)
+        x = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, x).prev_sample
+    latents = x.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor
+    pixels = torch.cat([vae.decode(chunk).sample for chunk in latents.split(64)])
+    pixels = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(1, -1)
+    return pixels.unflatten(0, (len(prompts), num_frames)).cpu().numpy()
+
+
+def save_samples(unet, vae, clip, tokenizer, scheduler, path: Path, steps: int, seed: int = 0) -> list[str]:
+    """Generate a few training-distribution and held-out prompts; save them with the true renderings."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    specs = [world.sample_pretraining_spec(rng) for _ in range(3)] + world.held_out_specs(n=3, seed=seed)
+    prompts = [world.caption(s) for s in specs]
+    videos = generate(unet, vae, clip, tokenizer, scheduler, prompts, steps=steps, seed=seed)
+    rows = [
+        v for spec, video in zip(specs, videos, strict=True) for v in (world.render_clip(spec).frames, video)
+    ]
+    Image.fromarray(_strip_rows(rows)).save(path)
+    return prompts
+
+
+def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.5))
+    for ax, (name, phase) in zip(np.atleast_1d(axes), phases.items(), strict=True):
+        losses = np.asarray(phase.losses)
+        ax.plot(losses, alpha=0.3, lw=0.8)
+        if len(losses) >= 50:
+            ax.plot(np.arange(24, len(losses)), np.convolve(losses, np.ones(25) / 25, mode="valid"), lw=1.5)
+        ax.set(title=f"{name} ({phase.seconds:.0f} s)", xlabel="step", ylabel="loss")
+        if len(losses) and losses.min() > 0:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def pretrain(args: argparse.Namespace) -> Path | None:
+    """Run (or resume) all phases and save the base model; ``None`` when ``--max-steps``/``--time-limit`` stopped it.
+
+    Args:
+        args: the parsed command line (see :func:`build_parser`).
+    """
+    out: Path = args.out
+    if (out / "checkpoints").exists() and not args.resume:
+        raise PretrainError(
+            f"{out / 'checkpoints'} exists: pass --resume to continue that run, or choose another --out"
+        )
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest convolution kernels once
+    torch.manual_seed(args.seed)
+    tokenizer = build_toy_tokenizer()
+    clip, vae, unet, scheduler = (
+        toy_clip(tokenizer).to(device),
+        toy_vae().to(device),
+        toy_unet().to(device),
+        toy_scheduler(),
+    )
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.max_steps, args.time_limit)
+    phases: dict[str, Phase] = {}
+    try:
+        phases["clip"] = train_clip(clip, tokenizer, args, budget)
+        clip.eval().requires_grad_(False)
+        phases["vae"] = train_vae(vae, args, budget)
+        vae.eval().requires_grad_(False)
+        phases["unet"] = train_unet(unet, ema, vae, clip, tokenizer, scheduler, args, budget)
+    except StopRun as stop:
+        print(f"stopped after {stop} (limit reached); continue with --resume")
+        return None
+    for name, phase in phases.items():
+        print(
+            f"{name}: {phase.step} steps in {phase.seconds:.1f} s ({1000 * phase.seconds / max(1, phase.step):.1f} ms/step)"
+        )
+    ema.eval()
+    model_dir = save_base_model(out / "model", ema.cpu(), vae.cpu(), clip.cpu(), tokenizer, scheduler)
+    ema.to(device), vae.to(device), clip.to(device)
+    prompts = []
+    if args.preview_steps > 0:
+        prompts = save_samples(
+            ema, vae, clip, tokenizer, scheduler, out / "samples.png", args.preview_steps, args.seed
+        )
+    save_loss_curve(phases, out / "loss_curve.png")
+    log = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
+        "parameters": {"unet": num_params(unet), "vae": num_params(vae), "clip": num_params(clip)},
+        "phases": {name: {"steps": p.step, "seconds": round(p.seconds, 2), "final_loss": float(np.mean(p.losses[-100:])),
+                          **p.extra, "losses": p.losses} for name, p in phases.items()},
+        "sample_prompts": prompts,
+        "model_dir": str(model_dir),
+    }  # fmt: skip
+    write_json(log, out / "train_log.json")
+    print(f"saved the base model to {model_dir}")
+    return model_dir
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The command-line options; defaults are for one H100 (about 8 minutes in all).
+
+    Args:
+        parser: a parser to add the options to (default: a new one).
+    """
+    p = parser or argparse.ArgumentParser(
+        prog="python -m dreamvideo.toy.pretrain", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder (model/, checkpoints/, logs)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out (finished phases are skipped)"
+    )
+    p.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every phase's steps (e.g. 0.001: smoke test)"
+    )
+    p.add_argument("--clip-steps", type=int, default=800)
+    p.add_argument("--vae-steps", type=int, default=2500)
+    p.add_argument("--unet-steps", type=int, default=1600)
+    p.add_argument("--clip-batch", type=int, default=256)
+    p.add_argument("--vae-batch", type=int, default=128)
+    p.add_argument("--unet-batch", type=int, default=64, help="videos per step")
+    p.add_argument("--clip-lr", type=float, default=5e-4)
+    p.add_argument("--vae-lr", type=float, default=5e-4)
+    p.add_argument("--unet-lr", type=float, default=3e-4)
+    p.add_argument(
+        "--warmup", type=int, default=200, help="warmup steps of each phase (at most a tenth of it)"
+    )
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="VAE KL weight (per-sample KL sum / pixels)")
+    p.add_argument(
+        "--image-prob", type=float, default=0.15, help="share of UNet batches made of 1-frame videos"
+    )
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (guidance)")
+    p.add_argument("--offset-noise", type=float, default=0.1)
+    p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
+    p.add_argument(
+        "--workers", type=int, default=min(12, max(0, (os.cpu_count() or 1) - 2)), help="rendering processes"
+    )
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument(
+        "--preview-steps",
+        type=int,
+        default=25,
+        help="DDIM steps of the sample videos in samples.png (0: none)",
+    )
+    p.add_argument("--max-steps", type=int, help="stop this run after this many steps in all (resume later)")
+    p.add_argument(
+        "--time-limit", type=float, help="stop this run after about this many seconds (resume later)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        pretrain(args)
+    except DreamVideoError as err:
+        print(f"pretrain: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; the last checkpoint is in {args.out / 'checkpoints'}: continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

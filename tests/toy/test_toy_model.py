@@ -1,0 +1,166 @@
+"""The toy base model: word-level tokenizer, tiny configs, the saved layout and the resumable pretraining script."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPTextModel,
+    CLIPTokenizer,
+    CLIPTokenizerFast,
+    CLIPVisionModelWithProjection,
+)
+
+from dreamvideo.fileio import load_safetensors, read_json
+from dreamvideo.toy import world
+from dreamvideo.toy.model import (
+    MAX_LENGTH,
+    build_toy_tokenizer,
+    clip_pixels,
+    num_params,
+    toy_clip,
+    toy_feature_extractor,
+    toy_scheduler,
+    toy_unet,
+    toy_vae,
+    toy_vocabulary,
+)
+from dreamvideo.toy.pretrain import generate
+from dreamvideo.toy.pretrain import main as pretrain_main
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_toy_tokenizer()
+
+
+def test_vocabulary_covers_every_caption_word(tokenizer):
+    vocab = set(toy_vocabulary())
+    rng = np.random.default_rng(0)
+    specs = [world.sample_pretraining_spec(rng) for _ in range(300)] + world.held_out_specs(n=32)
+    for spec in specs:
+        text = world.caption(spec)
+        assert set(text.split()) <= vocab, text
+        ids = tokenizer(text).input_ids
+        assert len(ids) == len(text.split()) + 2  # one token a word, plus start and end
+        assert len(ids) + 1 <= MAX_LENGTH  # room for a placeholder token
+    assert tokenizer.unk_token_id not in tokenizer("a red star").input_ids[1:-1]  # CLIP: unk == end token
+
+
+def test_tokenizer_saves_and_loads_slow_and_fast_alike(tmp_path, tokenizer):
+    build_toy_tokenizer(tmp_path)
+    assert (tmp_path / "merges.txt").read_text().startswith("#version: 0.2\n")
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    assert {"a", "a</w>", "z", "z</w>", "star</w>", "<|startoftext|>", "<|endoftext|>"} <= set(vocab)
+    slow, fast = CLIPTokenizer.from_pretrained(tmp_path), CLIPTokenizerFast.from_pretrained(tmp_path)
+    texts = ["a red striped star bounces on green grass", "a zebra does a figure-eight", "", "A  RED star!"]
+    assert slow(texts).input_ids == fast(texts).input_ids == tokenizer(texts).input_ids
+    assert slow.model_max_length == MAX_LENGTH
+    # unknown words fall back to characters, never to the unknown token
+    pieces = fast.tokenize("zebra")
+    assert len(pieces) > 1 and "".join(pieces) == "zebra</w>"
+    # a placeholder token can be added and is then a single token
+    before = len(fast)
+    assert fast.add_tokens("<sks>") == 1 and len(fast) == before + 1
+    ids = fast("a <sks> star moves up on blue sky").input_ids
+    assert fast.convert_tokens_to_ids("<sks>") in ids and len(ids) == 10
+
+
+def test_component_shapes_and_sizes(tokenizer):
+    torch.manual_seed(0)
+    unet, vae, clip = toy_unet().eval(), toy_vae().eval(), toy_clip(tokenizer).eval()
+    total = (
+        num_params(unet) + num_params(vae) + 2 * num_params(clip)
+    )  # clip/ plus text_encoder/ + image_encoder/
+    assert 4 * total < 30 * 2**20, total  # fp32 bytes, well under the 60 MB limit
+    assert unet.config.cross_attention_dim == clip.config.text_config.hidden_size == 64
+    assert clip.config.text_config.vocab_size == len(tokenizer)
+    assert clip.config.text_config.max_position_embeddings == tokenizer.model_max_length
+    with torch.no_grad():
+        frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+        latents = vae.encode(frames.permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mode()
+        assert latents.shape == (2, 4, 16, 16)
+        assert vae.decode(latents).sample.shape == (2, 3, 64, 64)
+        ids = tokenizer(["a red star", ""], padding="max_length", return_tensors="pt").input_ids
+        text = clip.text_model(input_ids=ids).last_hidden_state
+        assert text.shape == (2, MAX_LENGTH, 64)
+        for num_frames in (8, 1):  # videos and images as 1-frame videos
+            x = torch.randn(2, 4, num_frames, 16, 16)
+            assert unet(x, torch.tensor([10, 900]), encoder_hidden_states=text).sample.shape == x.shape
+    video = generate(unet, vae, clip, tokenizer, toy_scheduler(), ["a red star"], num_frames=2, steps=1)
+    assert video.shape == (1, 2, 64, 64, 3) and video.dtype == np.uint8
+
+
+def test_clip_pixels_match_the_feature_extractor():
+    frames = world.render_clip(world.sample_pretraining_spec(np.random.default_rng(1))).frames[:3]
+    expected = toy_feature_extractor()(images=list(frames), return_tensors="pt").pixel_values
+    torch.testing.assert_close(clip_pixels(torch.from_numpy(frames)), expected, atol=1e-5, rtol=0)
+
+
+def test_scheduler_has_modelscope_settings():
+    config = toy_scheduler().config
+    assert (config.beta_start, config.beta_end, config.beta_schedule) == (0.00085, 0.012, "scaled_linear")
+    assert (config.num_train_timesteps, config.prediction_type, config.steps_offset) == (1000, "epsilon", 1)
+    assert not config.clip_sample and not config.set_alpha_to_one
+
+
+def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
+    out = tmp_path / "run"
+    tiny = ["--out", str(out), "--device", "cpu", "--workers", "0", "--clip-steps", "1", "--vae-steps", "1",
+            "--unet-steps", "3", "--clip-batch", "4", "--vae-batch", "2", "--unet-batch", "1",
+            "--checkpoint-every", "1", "--preview-steps", "0", "--image-prob", "1"]  # fmt: skip
+    # a run stopped after 3 steps: CLIP and VAE done, the UNet (on 1-frame videos) checkpointed at its step 1
+    assert pretrain_main([*tiny, "--max-steps", "3"]) == 0
+    assert "continue with --resume" in capsys.readouterr().out
+    assert not (out / "model").exists()
+    clip_state = read_json(out / "checkpoints/clip/state.json")
+    unet_state = read_json(out / "checkpoints/unet/state.json")
+    assert clip_state["done"] and (unet_state["step"], unet_state["done"]) == (1, False)
+    assert read_json(out / "checkpoints/vae/state.json")["extra"]["scaling_factor"] > 0
+    # the same folder without --resume is refused
+    assert pretrain_main(tiny) == 2
+    # resume: finished phases are skipped, the UNet continues at step 1
+    assert pretrain_main([*tiny, "--resume"]) == 0
+    log = read_json(out / "train_log.json")
+    assert log["phases"]["clip"]["losses"] == clip_state["losses"]
+    unet_losses = log["phases"]["unet"]["losses"]
+    assert unet_losses[:1] == unet_state["losses"] and len(unet_losses) == 3
+    for name in ("loss_curve.png", "vae_reconstruction.png"):
+        assert (out / name).stat().st_size > 0
+
+    d = out / "model"
+    index = read_json(d / "model_index.json")
+    assert index["_class_name"] == "DreamVideoPipeline" and index["unet"] == [
+        "diffusers",
+        "UNet3DConditionModel",
+    ]
+    assert not [p for p in d.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    unet = UNet3DConditionModel.from_pretrained(d, subfolder="unet")
+    vae = AutoencoderKL.from_pretrained(d, subfolder="vae")
+    assert vae.config.scaling_factor == log["phases"]["vae"]["scaling_factor"]
+    assert DDIMScheduler.from_pretrained(d, subfolder="scheduler").config.steps_offset == 1
+    # the saved UNet is the EMA of the training weights
+    ckpt, _ = load_safetensors(out / "checkpoints/unet/weights.safetensors")
+    for key, value in unet.state_dict().items():
+        torch.testing.assert_close(value, ckpt[f"ema.{key}"], atol=0, rtol=0)
+    # text_encoder/ and image_encoder/ are exactly the towers of clip/
+    clip = CLIPModel.from_pretrained(d / "clip").eval()
+    text = CLIPTextModel.from_pretrained(d, subfolder="text_encoder").eval()
+    image = CLIPVisionModelWithProjection.from_pretrained(d, subfolder="image_encoder").eval()
+    tok = CLIPTokenizer.from_pretrained(d, subfolder="tokenizer")
+    frames = world.render_clip(world.sample_pretraining_spec(np.random.default_rng(2))).frames[:2]
+    pixels = CLIPImageProcessor.from_pretrained(d, subfolder="feature_extractor")(
+        images=list(frames), return_tensors="pt"
+    )
+    ids = tok(["a red star moves up on blue sky"], padding="max_length", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(text(ids)[0], clip.text_model(input_ids=ids).last_hidden_state)
+        expected = clip.visual_projection(clip.vision_model(pixel_values=pixels.pixel_values).pooler_output)
+        torch.testing.assert_close(image(pixel_values=pixels.pixel_values).image_embeds, expected)
+    assert image.config.projection_dim == 64
