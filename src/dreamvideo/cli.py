@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "dreamvideo.toy.demo",
     "dreamvideo.metrics",
     "dreamvideo.convert",
+    "dreamvideo.benchmark",
 ]
 
 

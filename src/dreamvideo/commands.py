@@ -13,15 +13,20 @@ DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)"
 
 
 def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from dreamvideo.distributed import local_device
+
+    return local_device(name)  # under accelerate launch: this process's GPU
 
 
 def _load_pipe(args: argparse.Namespace):
     from dreamvideo.pipeline import DreamVideoPipeline
 
-    return DreamVideoPipeline.from_pretrained(
+    pipe = DreamVideoPipeline.from_pretrained(
         args.base, image_encoder=getattr(args, "image_encoder", None), device=_device(args.device)
     )
+    if getattr(args, "compile", False):
+        pipe.unet.compile()  # in place: module names and adapter attachment unchanged; traced at the first call
+    return pipe
 
 
 def _stage(prefix: str, args: argparse.Namespace):
@@ -49,6 +54,7 @@ def _common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-noise", type=float, default=0.1)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
     p.add_argument("--hidden-ratio", type=float, default=0.5, help="adapter bottleneck width / block width")
     p.add_argument("--placement", choices=["parallel", "serial"], default="parallel")
     p.add_argument("--device", help=DEVICE_HELP)
@@ -75,6 +81,16 @@ def cmd_learn_subject(args: argparse.Namespace) -> int:
     )
     _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
     pipe = _load_pipe(args)
+    if args.method != "dreamvideo":  # a baseline: its one training stage takes the --adapter-* settings
+        from dreamvideo import baselines
+        from dreamvideo.fileio import read_json
+
+        out = baselines.learn_subject(args.method, pipe, args.images, args.out, settings, _stage("adapter_", args),
+                                      masks=args.masks, overwrite=args.overwrite, resume=args.resume,
+                                      progress=not args.quiet)
+        words = read_json(out / "subject.json").get("token") or args.init_word
+        print(f"subject ({args.method}) written to {out} (use '{words}' in prompts)")
+        return 0
     out = learn_subject(pipe, args.images, args.out, settings, masks=args.masks, overwrite=args.overwrite,
                         resume=args.resume, progress=not args.quiet, skip_identity=args.no_identity_adapter)
     print(f"subject written to {out} (use '{args.token}' in prompts)")
@@ -111,6 +127,13 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
         ),
         short_videos=args.short_videos,
     )
+    if args.method != "dreamvideo":
+        from dreamvideo import baselines
+
+        out = baselines.learn_motion(args.method, pipe, args.videos, args.out, settings, captions=args.caption,
+                                     overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+        print(f"motion ({args.method}) written to {out}")
+        return 0
     out = learn_motion(pipe, args.videos, args.out, settings, captions=args.caption, overwrite=args.overwrite,
                        resume=args.resume, progress=not args.quiet)
     print(f"motion written to {out}")
@@ -145,7 +168,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         video = load_motion_videos(args.init_video, args.height or size).videos[0]
         init_video = video[: args.frames]
-    for i, prompt in enumerate(args.prompt):
+    from dreamvideo.distributed import shard
+
+    for i, prompt in shard(list(enumerate(args.prompt))):  # under accelerate launch: each process some prompts
         generator = torch.Generator().manual_seed(args.seed + i)
         result = pipe(
             prompt,
@@ -201,6 +226,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _method_argument(p: argparse.ArgumentParser, kind: str) -> None:
+    from dreamvideo import baselines
+
+    names = baselines.subject_methods() if kind == "subject" else baselines.motion_methods()
+    extra = " (other methods train one stage with the --adapter-* settings)" if kind == "subject" else ""
+    p.add_argument("--method", default="dreamvideo", choices=names,
+                   help=f"learning method: DreamVideo or a baseline of the paper's comparisons{extra}")
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("learn-subject", help="learn a subject (token + identity adapter) from a few photos")
     p.add_argument("--images", required=True, type=Path, help="folder of photos (or with images/ and masks/)")
@@ -220,6 +254,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)")
     p.add_argument("--no-textual-inversion", action="store_true", help="ablation: keep the init word's embedding")
     p.add_argument("--no-identity-adapter", action="store_true", help="ablation / baseline: token only")
+    _method_argument(p, "subject")
     _common_training(p)
     p.set_defaults(func=cmd_learn_subject)
 
@@ -239,6 +274,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption-dropout", type=float, default=0.5)
     p.add_argument("--appearance-dropout", type=float, default=0.5)
     p.add_argument("--adapter-sites", nargs="+", default=["attn1", "attn2", "ff"], choices=["attn1", "attn2", "ff"])
+    _method_argument(p, "motion")
     _common_training(p)
     p.set_defaults(func=cmd_learn_motion)
 
@@ -268,6 +304,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init-video", type=Path, help="training video whose DDIM-inverted latents start sampling")
     p.add_argument("--init-strength", type=float, default=0.0, help="mix of inverted latents, 0-0.5")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_generate)
 

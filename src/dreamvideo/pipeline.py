@@ -137,6 +137,10 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         path = Path(path)
         info = read_json(path / SUBJECT_FILE)
         check_same_architecture(info["base"], self.base_description(), f"subject {path}")
+        if info.get("method", "dreamvideo") != "dreamvideo":  # a baseline's folder
+            from dreamvideo.baselines import load_learned
+
+            return load_learned(self, path, info, "subject", step, scale)
         token, vector = load_learned_embeds(path / EMBEDS_FILE)
         insert_learned_token(self.tokenizer, self.text_encoder, token, vector, str(path / EMBEDS_FILE))
         adapter_config = info.get("identity_adapter")
@@ -151,6 +155,11 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         path = Path(path)
         info = read_json(path / MOTION_FILE)
         check_same_architecture(info["base"], self.base_description(), f"motion {path}")
+        if info.get("method", "dreamvideo") != "dreamvideo":  # a baseline's folder
+            from dreamvideo.baselines import load_learned
+
+            load_learned(self, path, info, "motion", step, scale)
+            return
         file = _checkpoint_file(path, "motion_adapter", step, MOTION_ADAPTER_FILE)
         self._load_adapter(ad.AdapterConfig.from_dict(info["motion_adapter"]), file, scale)
         self.motion = info | {"path": str(path)}

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from dreamvideo import adapters as ad
-from dreamvideo.data import load_motion_videos, load_subject_images, sample_clip
+from dreamvideo import distributed
+from dreamvideo.data import MotionData, SubjectData, load_motion_videos, load_subject_images, sample_clip
 from dreamvideo.fileio import DreamVideoError, save_safetensors, write_json
 from dreamvideo.pipeline import (
     EMBEDS_FILE,
@@ -48,18 +49,30 @@ def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> Non
         raise OutputExistsError(f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it")
     if started and not finished and not (resume or overwrite):
         raise OutputExistsError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
-    if overwrite and not resume and started:
+    if overwrite and not resume and started and distributed.is_main_process():
         shutil.rmtree(out / "checkpoints")
     out.mkdir(parents=True, exist_ok=True)
+    distributed.wait_for_everyone()
 
 
 def publish(out: Path, files: dict[str, Path], marker: str) -> None:
-    """Move finished files into ``out``; the marker JSON goes last, so a folder without it reads as unfinished."""
-    (out / marker).unlink(missing_ok=True)
-    for name, src in files.items():
-        if name != marker:
-            os.replace(src, out / name)
-    os.replace(files[marker], out / marker)
+    """Move finished files into ``out``; the marker JSON goes last, so a folder without it reads as unfinished.
+
+    With several processes only the main one publishes (all trained the same weights); the others wait for it.
+    """
+    if distributed.is_main_process():
+        (out / marker).unlink(missing_ok=True)
+        for name, src in files.items():
+            if name != marker:
+                os.replace(src, out / name)
+        os.replace(files[marker], out / marker)
+    distributed.wait_for_everyone()
+
+
+def staging_dir(out: Path) -> Path:
+    """Where a process assembles the final files before :func:`publish` (one folder per process)."""
+    rank = distributed.process_index()
+    return out / (".final" if rank == 0 else f".final-rank{rank}")
 
 
 def _device_of(pipe: DreamVideoPipeline) -> torch.device:
@@ -102,6 +115,36 @@ class LatentCache:
     def sample(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         mean, std = self.mean[index], self.std[index]
         return mean + std * torch.randn(mean.shape, generator=generator).to(mean)
+
+
+def tokenize(pipe: DreamVideoPipeline, caption: str) -> torch.Tensor:
+    """Token ids (1, max_length) of one caption, padded as the text encoder expects."""
+    tok = pipe.tokenizer
+    ids = tok(caption, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    return ids.input_ids.to(_device_of(pipe))
+
+
+@dataclass
+class SubjectBatches:
+    """A subject's photos as cached latents (and masks at latent resolution); draws 1-frame-video batches."""
+
+    latents: LatentCache
+    mask: torch.Tensor | None
+
+    @classmethod
+    def encode(cls, pipe: DreamVideoPipeline, data: SubjectData, use_masks: bool) -> SubjectBatches:
+        latents = LatentCache.encode(pipe, data.images)
+        mask = None
+        if use_masks and data.masks is not None:  # mask loss at latent resolution
+            size = tuple(latents.mean.shape[-2:])
+            mask = F.interpolate(data.masks, size=size, mode="area").to(_device_of(pipe))
+        return cls(latents, mask)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents (batch, C, 1, h, w) and masks (batch, 1, 1, h, w) or ``None``."""
+        index = torch.randint(0, len(self.latents.mean), (batch_size,), generator=generator)
+        x = self.latents.sample(index, generator).unsqueeze(2)  # images are 1-frame videos
+        return x, (self.mask[index].unsqueeze(2) if self.mask is not None else None)
 
 
 # --------------------------------------------------------------------------------------------- subject
@@ -180,22 +223,15 @@ def learn_subject(
     device = _device_of(pipe)
     started = time.perf_counter()
 
-    latents = LatentCache.encode(pipe, data.images)
-    lh, lw = latents.mean.shape[-2:]
-    mask = None
-    if settings.use_masks and data.masks is not None:  # mask loss at latent resolution
-        mask = F.interpolate(data.masks, size=(lh, lw), mode="area").to(device)
+    batches = SubjectBatches.encode(pipe, data, settings.use_masks)
+    mask = batches.mask
     word = settings.init_word
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, settings.token, word)
     caption = settings.caption.format(token=settings.token, word=word)
-    ids = pipe.tokenizer(
-        caption, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(device)
+    ids = tokenize(pipe, caption)
 
     def batch(config: StageConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        index = torch.randint(0, len(data), (config.batch_size,), generator=generator)
-        x = latents.sample(index, generator).unsqueeze(2)  # images are 1-frame videos
-        return x, (mask[index].unsqueeze(2) if mask is not None else None)
+        return batches.sample(config.batch_size, generator)
 
     # Stage 1: textual inversion, only the new token's embedding row is trained.
     embed = wrap_placeholder(pipe.text_encoder, token_id)
@@ -237,7 +273,7 @@ def learn_subject(
     ti_losses = ti_trainer.losses
 
     # Stage 2: identity adapter, embedding frozen (text features computed once).
-    staging = out / ".final"
+    staging = staging_dir(out)
     staging.mkdir(exist_ok=True)
     files = {EMBEDS_FILE: staging / EMBEDS_FILE, SUBJECT_FILE: staging / SUBJECT_FILE}
     save_learned_embeds(files[EMBEDS_FILE], settings.token, vector, meta)
@@ -379,21 +415,12 @@ def learn_motion(
             "--image-encoder PATH (a CLIPVisionModelWithProjection) or --no-appearance-guidance"
         )
     size = settings.resolution or native_resolution(pipe)
-    min_frames = None if settings.short_videos == "loop" else (settings.num_frames - 1) * settings.frame_stride + 1
-    data = load_motion_videos(videos, size, captions, min_frames=min_frames)
+    data = load_motion_data(videos, size, settings, captions)
     prepare_output(out, MOTION_FILE, overwrite, resume)
     device = _device_of(pipe)
     started = time.perf_counter()
 
-    caches = [LatentCache.encode(pipe, v) for v in data.videos]
-    captions_list = sorted(set(data.captions))
-    with torch.no_grad():
-        text_table = pipe.encode_prompt(captions_list + [""])
-    text_of = {c: text_table[i] for i, c in enumerate(captions_list)}
-    empty = text_table[-1]
-    appearance = None
-    if settings.appearance_guidance:
-        appearance = [_frame_embeddings(pipe, v) for v in data.videos]
+    batches = MotionBatches.encode(pipe, data, settings)
     config = settings.motion_adapter or ad.motion_adapter_config(
         pipe.condition_dim if settings.appearance_guidance else None
     )
@@ -406,23 +433,10 @@ def learn_motion(
     st = settings.stage
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        xs, texts, embeds = [], [], []
-        for _ in range(st.batch_size):
-            v = int(torch.randint(0, len(data), (1,), generator=generator))
-            index = sample_clip(torch.arange(caches[v].mean.shape[0]), settings.num_frames, settings.frame_stride,
-                                generator, settings.short_videos, data.paths[v])
-            xs.append(caches[v].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
-            drop_caption = torch.rand((), generator=generator) < settings.caption_dropout
-            texts.append(empty if drop_caption else text_of[data.captions[v]])
-            if appearance is not None:  # appearance guidance: a random frame of this clip
-                frame = index[int(torch.randint(0, len(index), (1,), generator=generator))]
-                e = appearance[v][frame]
-                if torch.rand((), generator=generator) < settings.appearance_dropout:
-                    e = torch.zeros_like(e)
-                embeds.append(e)
-        if appearance is not None:
-            ad.set_adapter_condition(pipe.unet, config.name, torch.stack(embeds), 1.0)
-        return diffusion_loss(pipe.unet, pipe.scheduler, torch.stack(xs), torch.stack(texts), generator, st.offset_noise)
+        x, text, embeds = batches.sample(st.batch_size, generator)
+        if embeds is not None:
+            ad.set_adapter_condition(pipe.unet, config.name, embeds, 1.0)
+        return diffusion_loss(pipe.unet, pipe.scheduler, x, text, generator, st.offset_noise)
 
     def save(folder: Path) -> None:
         save_safetensors(ad.adapter_state_dict(pipe.unet, config.name), folder / MOTION_ADAPTER_FILE,
@@ -446,7 +460,7 @@ def learn_motion(
     for p in params:
         p.requires_grad_(False)
 
-    staging = out / ".final"
+    staging = staging_dir(out)
     staging.mkdir(exist_ok=True)
     save(staging)
     info = {
@@ -471,6 +485,63 @@ def learn_motion(
     publish(out, {MOTION_ADAPTER_FILE: staging / MOTION_ADAPTER_FILE, MOTION_FILE: staging / MOTION_FILE}, MOTION_FILE)
     shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def load_motion_data(videos: str | os.PathLike, size: int, settings: MotionSettings,
+                     captions: str | dict[str, str] | None = None) -> MotionData:
+    """Load and validate the motion videos; short ones are refused unless ``settings.short_videos == "loop"``."""
+    min_frames = None if settings.short_videos == "loop" else (settings.num_frames - 1) * settings.frame_stride + 1
+    return load_motion_videos(videos, size, captions, min_frames=min_frames)
+
+
+@dataclass
+class MotionBatches:
+    """Motion videos as cached latents, caption features and, with appearance guidance, frame embeddings.
+
+    ``sample`` draws clips as section 5 prescribes: a random video, a random clip of it, caption dropout, and (with
+    appearance guidance) the embedding of a random frame of that clip with appearance dropout.
+    """
+
+    data: MotionData
+    caches: list[LatentCache]
+    text_of: dict[str, torch.Tensor]
+    empty: torch.Tensor
+    appearance: list[torch.Tensor] | None
+    settings: MotionSettings
+
+    @classmethod
+    def encode(cls, pipe: DreamVideoPipeline, data: MotionData, settings: MotionSettings) -> MotionBatches:
+        caches = [LatentCache.encode(pipe, v) for v in data.videos]
+        captions_list = sorted(set(data.captions))
+        with torch.no_grad():
+            text_table = pipe.encode_prompt(captions_list + [""])
+        text_of = {c: text_table[i] for i, c in enumerate(captions_list)}
+        appearance = None
+        if settings.appearance_guidance:
+            appearance = [_frame_embeddings(pipe, v) for v in data.videos]
+        return cls(data, caches, text_of, text_table[-1], appearance, settings)
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Latents (batch, C, F, h, w), text features (batch, tokens, dim), embeddings (batch, dim) or ``None``."""
+        s, data = self.settings, self.data
+        xs, texts, embeds = [], [], []
+        for _ in range(batch_size):
+            v = int(torch.randint(0, len(data), (1,), generator=generator))
+            frames = torch.arange(self.caches[v].mean.shape[0])
+            index = sample_clip(frames, s.num_frames, s.frame_stride, generator, s.short_videos, data.paths[v])
+            xs.append(self.caches[v].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
+            drop_caption = torch.rand((), generator=generator) < s.caption_dropout
+            texts.append(self.empty if drop_caption else self.text_of[data.captions[v]])
+            if self.appearance is not None:  # appearance guidance: a random frame of this clip
+                frame = index[int(torch.randint(0, len(index), (1,), generator=generator))]
+                e = self.appearance[v][frame]
+                if torch.rand((), generator=generator) < s.appearance_dropout:
+                    e = torch.zeros_like(e)
+                embeds.append(e)
+        e = torch.stack(embeds) if self.appearance is not None else None
+        return torch.stack(xs), torch.stack(texts), e
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dreamvideo import distributed
 from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json, save_safetensors, write_json
 
 
@@ -116,6 +117,10 @@ def latest_checkpoint(folder: Path) -> Path | None:
 class Trainer:
     """Optimise ``params`` on ``loss_fn`` for ``config.steps`` steps with checkpoints that resume exactly.
 
+    Under ``accelerate launch`` / ``torchrun`` each process draws its own batches (seed + process index), the
+    gradients are averaged over processes after ``backward()`` (DDP's update), and only the main process writes
+    checkpoints.
+
     Args:
         name: stage name (progress bar and messages).
         params: the trainable tensors; nothing else is given to the optimiser.
@@ -146,7 +151,9 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.device = torch.device(device)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.rank = distributed.process_index()
+        self.generator = torch.Generator().manual_seed(config.seed + self.rank)  # each process its own batches
+        distributed.broadcast_parameters(params)
         self.losses: list[float] = []
         self.step = 0
         self.seconds = 0.0
@@ -161,6 +168,9 @@ class Trainer:
     def resume(self) -> bool:
         """Load the latest checkpoint if any; return whether one was found."""
         folder = latest_checkpoint(self.checkpoint_dir)
+        if not distributed.same_everywhere(str(folder)):
+            raise DreamVideoError(f"{self.name}: the processes see different checkpoints in {self.checkpoint_dir}; "
+                                  "put --out on a filesystem shared by every machine")
         if folder is None:
             return False
         info = read_json(folder / "trainer.json")
@@ -169,20 +179,31 @@ class Trainer:
         self.load_weights(folder)
         tensors, meta = load_safetensors(folder / "optimizer.safetensors")
         rng = tensors.pop("generator_state")
+        ranks = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("generator_state.")]}
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
-        self.generator.set_state(rng)
+        if self.rank == 0:
+            self.generator.set_state(rng)
+        elif f"generator_state.rank{self.rank}" in ranks:
+            self.generator.set_state(ranks[f"generator_state.rank{self.rank}"])
+        else:  # saved by fewer processes: a fresh stream for this one
+            self.generator.manual_seed(self.config.seed + self.rank + 7919 * info["step"])
         self.step, self.losses, self.seconds = info["step"], info["losses"], info.get("seconds", 0.0)
         return True
 
     def checkpoint(self) -> Path:
         folder = self.checkpoint_dir / f"step-{self.step:06d}"
+        rng_states = distributed.gather_generator_states(self.generator)
+        if not distributed.is_main_process():
+            distributed.wait_for_everyone()  # the main process writes the (identical) weights
+            return folder
         staging = self.checkpoint_dir / f".step-{self.step:06d}.partial"
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
         self.save_weights(staging)
         tensors, meta = flatten_optimizer_state(self.optimizer)
-        tensors["generator_state"] = self.generator.get_state()
+        tensors["generator_state"] = rng_states[0]
+        tensors.update({f"generator_state.rank{r}": state for r, state in enumerate(rng_states) if r})
         save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
         write_json(
             {"step": self.step, "losses": self.losses, "seconds": self.seconds, "config": self.config.to_dict()},
@@ -193,29 +214,33 @@ class Trainer:
         staging.rename(folder)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.step, folder)
+        distributed.wait_for_everyone()
         return folder
 
     def train(self, progress: bool = True) -> list[float]:
         """Run the remaining steps; raise :class:`TrainingDiverged` (keeping earlier checkpoints) on a NaN loss."""
-        bar = tqdm(total=self.config.steps, initial=self.step, desc=self.name, disable=not progress, dynamic_ncols=True)
+        bar = tqdm(total=self.config.steps, initial=self.step, desc=self.name, disable=not progress or self.rank > 0,
+                   dynamic_ncols=True)
         while self.step < self.config.steps:
             start = time.perf_counter()
             with self._autocast():
                 loss = self.loss_fn(self.step, self.generator)
-            if not math.isfinite(loss.item()):
+            value = distributed.mean_loss(loss)  # loss.item(), averaged over processes
+            if not math.isfinite(value):
                 last = latest_checkpoint(self.checkpoint_dir)
                 raise TrainingDiverged(
-                    f"{self.name}: loss is {loss.item()} at step {self.step + 1}; stopped. Last good checkpoint: "
+                    f"{self.name}: loss is {value} at step {self.step + 1}; stopped. Last good checkpoint: "
                     f"{last or 'none'} (try a lower learning rate, then --resume)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.params)
             if self.config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
             self.optimizer.step()
             self.step += 1
             self.seconds += time.perf_counter() - start
-            self.losses.append(round(loss.item(), 6))
+            self.losses.append(round(value, 6))
             bar.update(1)
             bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:

@@ -1,0 +1,145 @@
+"""The benchmark end to end on the tiny model: a 2-method grid, its tables, and resumption cell by cell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dreamvideo import benchmark as bm
+from dreamvideo.fileio import DreamVideoError, read_json
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_base, tmp_path_factory) -> Path:
+    """A random CLIPModel that reads the tiny base's tokenizer and 16-pixel images."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path_factory.mktemp("clip")
+    vocab = len(json.loads((tiny_base / "tokenizer" / "vocab.json").read_text()))
+    CLIPModel(CLIPConfig(
+        text_config={"vocab_size": vocab, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 12, "eos_token_id": 1, "bos_token_id": 0,
+                     "pad_token_id": 1},
+        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=8,
+    )).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
+    return {
+        "base": str(tiny_base),
+        "clip": {"model": str(tiny_clip), "tokenizer": str(tiny_base / "tokenizer"),
+                 "image_processor": str(tiny_base / "feature_extractor")},
+        "oracle": True,
+        "subjects": [{"name": "dog", "images": str(tiny_data["subject"]), "class_word": "dog"}],
+        "motions": [{"name": "slide", "videos": str(tiny_data["motion"])}],
+        "prompts": {"subject": ["a {subject} on grass"], "motion": ["a red star moves"],
+                    "joint": ["a {subject} moves left"]},
+        "seeds": [0],
+        "methods": ["dreamvideo", "lora"],
+        "ablations": ["identity-ff"],
+        "training": {"ti_steps": 1, "identity_steps": 1, "motion_steps": 2, "subject_batch_size": 1,
+                     "motion_batch_size": 1, "num_frames": 2},
+        "sampling": {"steps": 2, "num_frames": 2},
+        "tradeoff": {"identity_steps": [1], "motion_steps": [1, 2]},
+    }  # fmt: skip
+
+
+def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tiny_clip, tmp_path, monkeypatch):
+    from dreamvideo.training import Trainer
+
+    calls, real_train = [], Trainer.train
+
+    def spy_train(self, progress=True):
+        calls.append((self.name, self.step, self.config.steps))
+        return real_train(self, progress)
+
+    monkeypatch.setattr(Trainer, "train", spy_train)
+    config = bm.BenchmarkConfig.from_dict(tiny_config(tiny_base, tiny_data, tiny_clip))
+    out = tmp_path / "bench"
+    results = bm.Benchmark(config, out, device="cpu", progress=False).run()
+
+    # 2 methods x (subject + motion) + the ablation's subject (its motion is DreamVideo's) trained once each;
+    # every case of each entry (+ trade-off cells) generated once, shared cells once
+    assert results["stats"]["trained"] == 5
+    entries = {(r["entry"], r["case"]) for r in results["rows"] if r["group"] == "method"}
+    assert entries == {(m, c) for m in ("dreamvideo", "lora") for c in ("subject", "motion", "joint")}
+    assert results["stats"]["generated"] == len({r["cell"] for r in results["rows"]})
+    joint = next(r for r in results["rows"] if r["entry"] == "dreamvideo" and r["case"] == "joint"
+                 and r["group"] == "method")  # fmt: skip
+    assert joint["prompt"] == "a <sks> dog moves left"
+    assert {"clip_t", "clip_i", "t_cons", "subject_fidelity", "motion_fidelity"} <= set(joint)
+    # the ablation reused DreamVideo's textual inversion run instead of repeating it
+    runs = {tuple(info["identity_adapter"]["sites"]): info for info in
+            (read_json(f) for f in out.glob("train/subject/dog/dreamvideo-*/subject.json"))}  # fmt: skip
+    assert set(runs) == {("attn2",), ("ff",)}
+    assert runs["ff",]["losses"]["textual_inversion"] == runs["attn2",]["losses"]["textual_inversion"]
+    ti_runs = [c for c in calls if c[0] == "textual inversion"]
+    assert ti_runs == [("textual inversion", 0, 1), ("textual inversion", 1, 1)]  # the second starts done
+    lora_motion = next(r for r in results["rows"] if r["entry"] == "lora" and r["case"] == "motion")
+    assert "subject_fidelity" not in lora_motion and "motion_fidelity" in lora_motion
+    table = {(t["entry"], t["case"]): t for t in results["summary"]["table"]}
+    assert table["dreamvideo", "joint"]["trainable_parameters"] == (
+        table["dreamvideo", "subject"]["trainable_parameters"] + table["dreamvideo", "motion"]["trainable_parameters"])
+    assert table["base", "subject"]["trainable_parameters"] == 0
+    assert [(p["identity_step"], p["motion_step"]) for p in results["summary"]["tradeoff"]] == [(1, 1), (1, 2)]
+    md = (out / "results.md").read_text()
+    for heading in ("Subject customization", "Motion customization", "Joint customization", "Identity vs motion"):
+        assert heading in md
+    for name in ("plots/metrics_joint.png", "plots/tradeoff.png", "contact_joint.png", "results.json"):
+        assert (out / name).is_file(), name
+
+    # a second run recomputes nothing and reproduces the numbers
+    again = bm.Benchmark(config, out, device="cpu", progress=False).run()
+    assert again["stats"]["trained"] == 0 and again["stats"]["generated"] == 0
+    assert again["rows"] == results["rows"]
+
+    # a lost video cell and an unfinished training run: only those are redone; the training run resumes from its
+    # checkpoint and reproduces the same result, so videos made from it stay valid
+    shutil.rmtree(out / joint["cell"])
+    lora_subject = next(out.glob("train/subject/dog/lora-*"))
+    before = read_json(lora_subject / "subject.json")
+    (lora_subject / "subject.json").unlink()
+    third = bm.Benchmark(config, out, device="cpu", progress=False).run()
+    assert third["stats"]["trained"] == 1 and third["stats"]["generated"] == 1
+    assert read_json(lora_subject / "subject.json")["losses"] == before["losses"]
+    assert third["rows"] == results["rows"]
+
+
+def test_config_errors_name_the_file_and_key(tmp_path, tiny_base, tiny_data, tiny_clip):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"methods": ["dreamvideo", "magic"]}))
+    with pytest.raises(DreamVideoError, match="grid.json: methods: unknown 'magic'"):
+        bm.BenchmarkConfig.from_file(path)
+    path.write_text(json.dumps({"subjects": [{"name": "dog", "images": "nowhere"}]}))
+    with pytest.raises(DreamVideoError, match="grid.json: subjects 'dog': .*nowhere not found"):
+        bm.BenchmarkConfig.from_file(path)
+    path.write_text(json.dumps({"sedes": [0]}))
+    with pytest.raises(DreamVideoError, match="unknown key"):
+        bm.BenchmarkConfig.from_file(path)
+
+
+def test_presets_cover_every_method_and_ablation():
+    quick, full = bm.quick_config(), bm.full_config()
+    names = {e.name for e in quick.entries()}
+    assert set(bm.builtin_methods()) <= names and set(bm.builtin_ablations()) <= names
+    assert len(full.seeds) == 3 and len(full.subjects) > 1 and len(full.motions) > 1
+    ablations = bm.builtin_ablations()
+    assert ablations["no-motion-adapter"].motion is None and ablations["no-motion-adapter"].cases == ("joint",)
+    assert ablations["no-identity-adapter"].subject.method == "textual-inversion"
+    assert ablations["serial"].subject.flag("placement") == ablations["serial"].motion.flag("placement") == "serial"
+
+
+def test_cli_runs_a_config(tiny_base, tiny_data, tiny_clip, tmp_path, capsys):
+    from dreamvideo.cli import main
+
+    cfg = tiny_config(tiny_base, tiny_data, tiny_clip) | {"methods": ["base"], "tradeoff": None}
+    (tmp_path / "grid.json").write_text(json.dumps(cfg))
+    assert main(["benchmark", "--config", str(tmp_path / "grid.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert "base model" in capsys.readouterr().out
+    assert read_json(tmp_path / "b" / "results.json")["stats"]["trained"] == 0
