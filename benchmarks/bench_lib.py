@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: model configs, interleaved timing, peak-memory measurement, activation counts.
+"""Shared pieces of the benchmarks: models, interleaved timing, peak memory, FLOPs and activation counts.
 
 Memory on CPU is the peak resident set size (RSS) above its value just before the measured step, sampled every
 0.5 ms from ``/proc/self/statm`` by a thread, with glibc's mmap threshold fixed at 64 KiB and ``malloc_trim``
@@ -40,7 +40,12 @@ MID_UNET: dict[str, Any] = {
     "sample_size": 16,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "down_block_types": [
+        "CrossAttnDownBlock3D",
+        "CrossAttnDownBlock3D",
+        "CrossAttnDownBlock3D",
+        "DownBlock3D",
+    ],
     "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
     "block_out_channels": [64, 128, 256, 256],
     "layers_per_block": 2,
@@ -80,13 +85,23 @@ def toy_model(device: torch.device) -> Model:
     pipe = DreamVideoPipeline.from_pretrained("toy", device=device)
     pipe.set_progress_bar_config(disable=True)
     cfg = pipe.unet.config
-    return Model("toy", pipe.unet, pipe.scheduler, cfg.sample_size, pipe.tokenizer.model_max_length,
-                 cfg.cross_attention_dim, pipe.condition_dim, 16, device, pipe,
-                 2 ** (len(pipe.vae.config.block_out_channels) - 1))
+    return Model(
+        "toy",
+        pipe.unet,
+        pipe.scheduler,
+        cfg.sample_size,
+        pipe.tokenizer.model_max_length,
+        cfg.cross_attention_dim,
+        pipe.condition_dim,
+        16,
+        device,
+        pipe,
+        2 ** (len(pipe.vae.config.block_out_channels) - 1),
+    )
 
 
 def mid_model(device: torch.device) -> Model:
-    """Random-weight mid-size pipeline: the UNet above, a 4-level VAE (x8), small CLIP text and image encoders."""
+    """Random-weight mid-size pipeline: the UNet above, a 4-level VAE (x8), small CLIP text/image encoders."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import (
         AutoTokenizer,
@@ -102,16 +117,38 @@ def mid_model(device: torch.device) -> Model:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(TOY_MODEL_DIR, subfolder="tokenizer")
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=1024,
-                                        num_hidden_layers=4, num_attention_heads=4,
-                                        max_position_embeddings=tokenizer.model_max_length,
-                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                        pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                        block_out_channels=[32, 64, 128, 128], latent_channels=4, norm_num_groups=32, sample_size=128)
-    image = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=64, patch_size=16, hidden_size=256,
-                                                           intermediate_size=1024, num_hidden_layers=4,
-                                                           num_attention_heads=4, projection_dim=256))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = AutoencoderKL(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[32, 64, 128, 128],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=128,
+    )
+    image = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            image_size=64,
+            patch_size=16,
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            projection_dim=256,
+        )
+    )
     processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
     unet = UNet3DConditionModel(**MID_UNET)
     scheduler = DDIMScheduler.from_pretrained(TOY_MODEL_DIR, subfolder="scheduler")
@@ -136,11 +173,14 @@ def full_model(device: torch.device) -> Model:
     return Model("modelscope", unet, scheduler, 32, 77, 1024, MODELSCOPE_IMAGE_EMBED_DIM, 16, device)
 
 
-def with_adapters(unet: nn.Module, cond_dim: int | None, identity: bool = True, motion: bool = True) -> nn.Module:
-    """A copy of ``unet`` with the paper's identity and/or motion adapters attached (non-zero up-projections)."""
+def with_adapters(
+    unet: nn.Module, cond_dim: int | None, identity: bool = True, motion: bool = True
+) -> nn.Module:
+    """A copy of ``unet`` with the paper's identity and/or motion adapters (non-zero up-projections)."""
     unet = copy.deepcopy(unet)
-    configs = ([ad.identity_adapter_config()] if identity else []) + ([ad.motion_adapter_config(cond_dim)] if motion
-                                                                     else [])
+    configs = ([ad.identity_adapter_config()] if identity else []) + (
+        [ad.motion_adapter_config(cond_dim)] if motion else []
+    )
     for config in configs:
         ad.attach_adapter(unet, config, seed=0)
         with torch.no_grad():  # a trained adapter: the zero-initialised up-projection is not special-cased
@@ -157,9 +197,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved(variants: dict[str, tuple[Callable[[], None], Callable[[], None]]], repeats: int,
-                device: torch.device, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds of each variant's ``run`` over ``repeats`` rounds, variants alternating A B / B A in every round.
+def interleaved(
+    variants: dict[str, tuple[Callable[[], None], Callable[[], None]]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+) -> dict[str, list[float]]:
+    """Seconds of each variant's ``run`` over ``repeats`` rounds, alternating A B / B A from round to round.
 
     Args:
         variants: name -> (setup, run); ``setup`` (untimed) puts the model in the variant's state.
@@ -182,7 +226,7 @@ def interleaved(variants: dict[str, tuple[Callable[[], None], Callable[[], None]
 
 
 def ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float]:
-    """Median and quartiles over rounds of time(a) / time(b) (per-round ratios cancel slow drifts of the machine)."""
+    """Median and quartiles of the per-round ratios time(a) / time(b) (cancels slow drifts)."""
     ratios = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
     if len(ratios) < 4:
         return statistics.median(ratios), ratios[0], ratios[-1]
@@ -191,8 +235,10 @@ def ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, float, 
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """Floating-point operations of ``fn()`` (matmuls, convolutions, attention; forward and backward), counted by
-    ``torch.utils.flop_counter`` (works on the meta device)."""
+    """Floating-point operations of ``fn()`` (matmuls, convolutions, attention; forward and backward).
+
+    Counted by ``torch.utils.flop_counter``, which also works on the meta device.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -240,7 +286,9 @@ class _RSSPeak:
         self.peak = max(self.peak, _rss())
 
 
-def peak_memory(setup: Callable[[], None], run: Callable[[], None], device: torch.device, tries: int = 2) -> int:
+def peak_memory(
+    setup: Callable[[], None], run: Callable[[], None], device: torch.device, tries: int = 2
+) -> int:
     """Bytes allocated at the peak of ``run()`` above what was allocated before it (largest of ``tries``)."""
     best = 0
     for _ in range(tries):
@@ -267,7 +315,8 @@ def peak_memory(setup: Callable[[], None], run: Callable[[], None], device: torc
 def count_saved(model: nn.Module) -> Iterator[dict[str, Any]]:
     """Count the tensors autograd saves for backward inside the block (works on the meta device).
 
-    Yields a dict filled on exit: ``total`` (bytes of distinct saved storages, parameters and buffers excluded),
+    Yields a dict filled on exit: ``total`` (bytes of distinct saved storages, parameters and buffers
+    excluded),
     ``checkpointed`` (bytes of the same graph with every :data:`CHECKPOINTED_TYPES` module under non-reentrant
     checkpointing: what is saved outside those modules, plus their inputs, plus the largest one module saves,
     which is recomputed in the backward pass) and ``largest_module``.
@@ -303,7 +352,9 @@ def count_saved(model: nn.Module) -> Iterator[dict[str, Any]]:
     top = [(n, m) for n, m in top if not any(n.startswith(o + ".") for o, _ in top)]
     handles = []
     for name, module in top:
-        handles.append(module.register_forward_pre_hook(lambda m, a, k, name=name: pre(name, a, k), with_kwargs=True))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, k, name=name: pre(name, a, k), with_kwargs=True)
+        )
         handles.append(module.register_forward_hook(lambda m, a, k, out: post(), with_kwargs=True))
     result: dict[str, Any] = {}
     try:

@@ -138,7 +138,7 @@ def test_presets_cover_every_method_and_ablation():
 def test_cli_runs_a_config(tiny_base, tiny_data, tiny_clip, tmp_path, capsys):
     from dreamvideo.cli import main
 
-    cfg = tiny_config(tiny_base, tiny_data, tiny_clip) | {"methods": ["base"], "tradeoff": None}
+    cfg = tiny_config(tiny_base, tiny_data, tiny_clip) | {"methods": ["base"], "ablations": [], "tradeoff": None}
     (tmp_path / "grid.json").write_text(json.dumps(cfg))
     assert main(["benchmark", "--config", str(tmp_path / "grid.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "base model" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Two CPU processes under ``accelerate launch`` (gloo): learn-motion, resume and generate on the tiny model."""
+"""Two CPU processes under ``accelerate launch`` (gloo): learn-motion, resume and generate, tiny model."""
 
 from __future__ import annotations
 
@@ -63,9 +63,26 @@ def launched(tiny_base, tiny_data, tmp_path_factory):
     worker = root / "worker.py"
     worker.write_text(WORKER)
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), str(worker), str(tiny_base), str(tiny_data["motion"]), str(root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(worker),
+        str(tiny_base),
+        str(tiny_data["motion"]),
+        str(root),
+    ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root, result.stdout
@@ -81,8 +98,12 @@ def test_both_processes_train_the_same_adapter_and_only_the_main_one_writes(laun
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
     info = read_json(root / "full" / "motion.json")
     assert info["training"]["steps_done"] == 4 and len(info["losses"]) == 4
-    assert not any(p.name.startswith(".final") for p in (root / "full").iterdir())  # staging folders cleaned up
-    opt = load_safetensors(root / "full" / "checkpoints" / "motion_adapter" / "step-000004" / "optimizer.safetensors")
+    assert not any(
+        p.name.startswith(".final") for p in (root / "full").iterdir()
+    )  # staging folders cleaned up
+    opt = load_safetensors(
+        root / "full" / "checkpoints" / "motion_adapter" / "step-000004" / "optimizer.safetensors"
+    )
     assert "generator_state.rank1" in opt[0]  # every process's batch stream is saved for exact resume
 
 
@@ -91,7 +112,10 @@ def test_resume_with_two_processes_matches_the_uninterrupted_run(launched):
     a = load_safetensors(root / "full" / "motion_adapter.safetensors")[0]
     b = load_safetensors(root / "cut" / "motion_adapter.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert read_json(root / "cut" / "motion.json")["losses"] == read_json(root / "full" / "motion.json")["losses"]
+    assert (
+        read_json(root / "cut" / "motion.json")["losses"]
+        == read_json(root / "full" / "motion.json")["losses"]
+    )
 
 
 def test_generate_splits_prompts_between_processes_and_the_result_loads(launched, tiny_base):

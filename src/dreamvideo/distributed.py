@@ -1,9 +1,9 @@
 """Several processes (``accelerate launch`` / ``torchrun``): who is who, gradient averaging, work sharding.
 
-Every function is a cheap no-op in a single process, so the training and generation code has one path. With
-``WORLD_SIZE > 1`` in the environment the first call sets up ``accelerate.PartialState`` (process group: NCCL on
-GPUs, gloo on CPUs). Only the adapters train while the UNet stays frozen, so instead of wrapping the UNet in
-``DistributedDataParallel`` we average the trainable gradients after ``backward()``: the same update as DDP.
+Every function is a cheap no-op in a single process, so the training and generation code has one path.
+With ``WORLD_SIZE > 1`` in the environment the first call sets up ``accelerate.PartialState`` (process group:
+NCCL on GPUs, gloo on CPUs). Only the adapters train while the UNet stays frozen, so instead of wrapping the
+UNet in ``DistributedDataParallel`` we average the trainable gradients after ``backward()``: DDP's update.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ def world_size() -> int:
 def _state() -> Any:
     from accelerate import PartialState
 
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    use_cpu = (
+        os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    )
     return PartialState(cpu=use_cpu)  # a singleton: initialises the process group on first use
 
 
