@@ -15,7 +15,9 @@ def test_learn_subject_motion_generate(tiny_base, tiny_data, tmp_path, capsys):
                  "--init-word", "dog", "--out", str(tmp_path / "dog"), "--ti-steps", "2", "--adapter-steps", "2",
                  "--ti-batch-size", "1", "--adapter-batch-size", "1", *FAST]) == 0
     assert main(["learn-motion", "--base", base, "--videos", str(tiny_data["motion"]), "--out",
-                 str(tmp_path / "move"), "--steps", "2", "--num-frames", "3", *FAST]) == 0
+                 str(tmp_path / "move"), "--steps", "2", "--num-frames", "3", "--preview-every", "1",
+                 "--preview-prompt", "a dog jumps", "--preview-steps", "1", "--preview-frames", "2", *FAST]) == 0
+    assert len(list((tmp_path / "move" / "previews").glob("*.mp4"))) == 2
     image = next((tiny_data["subject"] / "images").iterdir())
     assert main(["generate", "--base", base, "--subject", str(tmp_path / "dog"), "--motion", str(tmp_path / "move"),
                  "--prompt", "a <sks> dog moves left", "--out", str(tmp_path / "v.mp4"), "--steps", "2",

@@ -264,3 +264,30 @@ def test_generate_with_subject_checkpoint_motion_and_both(pipe, tiny_base, tiny_
     shutil.rmtree(subject / "checkpoints")
     gen.unload("motion")
     assert ad.adapter_names(gen.unet) == ["identity"]
+
+
+def test_previews_are_written_every_n_steps_and_do_not_change_training(tiny_base, tiny_data, tmp_path):
+    from dreamvideo.stages import PreviewSettings
+
+    def run(out, preview):
+        pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
+        learn_motion(pipe, tiny_data["motion"], out, motion_settings(), progress=False, preview=preview)
+        return load_safetensors(out / "motion_adapter.safetensors")[0]
+
+    plain = run(tmp_path / "plain", None)
+    previewed = run(tmp_path / "previewed", PreviewSettings(every=2, prompt="a ball", num_frames=4, steps=2))
+    assert sorted(p.name for p in (tmp_path / "previewed" / "previews").iterdir()) == [
+        f"motion_adapter-step-00000{s}.{ext}" for s in (2, 4) for ext in ("gif", "mp4")
+    ]
+    assert not (tmp_path / "plain" / "previews").exists()
+    assert plain.keys() == previewed.keys()
+    assert all(torch.equal(plain[k], previewed[k]) for k in plain)  # previews draw no training randomness
+
+
+def test_subject_previews_cover_both_stages(pipe, tiny_data, tmp_path):
+    from dreamvideo.stages import PreviewSettings
+
+    out = learn_subject(pipe, tiny_data["subject"], tmp_path / "s", subject_settings(), progress=False,
+                        preview=PreviewSettings(every=4, num_frames=2, steps=2))
+    names = sorted(p.name for p in (out / "previews").glob("*.gif"))
+    assert names == ["identity_adapter-step-000004.gif", "textual_inversion-step-000004.gif"]

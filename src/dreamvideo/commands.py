@@ -59,6 +59,22 @@ def _common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--placement", choices=["parallel", "serial"], default="parallel")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--preview-every", type=int, default=0,
+                   help="write a preview video to OUT/previews/ every N steps (default 0: none; dreamvideo method)")
+    p.add_argument("--preview-prompt", help="prompt of the previews (default: the training caption)")
+    p.add_argument("--preview-steps", type=int, default=25, help="DDIM steps of each preview")
+    p.add_argument("--preview-frames", type=int, default=8)
+
+
+def _preview(args: argparse.Namespace):
+    from dreamvideo.stages import PreviewSettings
+
+    if args.preview_every < 0:
+        raise DreamVideoError(f"--preview-every must be >= 0, got {args.preview_every}")
+    if args.preview_every and args.method != "dreamvideo":
+        raise DreamVideoError(f"--preview-every is supported by --method dreamvideo only, not {args.method}")
+    return PreviewSettings(every=args.preview_every, prompt=args.preview_prompt, num_frames=args.preview_frames,
+                           steps=args.preview_steps, seed=args.seed)
 
 
 # ---------------------------------------------------------------------------------------------- learn-subject
@@ -79,6 +95,7 @@ def cmd_learn_subject(args: argparse.Namespace) -> int:
         ),
         train_token=not args.no_textual_inversion,
     )
+    preview = _preview(args)
     _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
     pipe = _load_pipe(args)
     if args.method != "dreamvideo":  # a baseline: its one training stage takes the --adapter-* settings
@@ -92,7 +109,8 @@ def cmd_learn_subject(args: argparse.Namespace) -> int:
         print(f"subject ({args.method}) written to {out} (use '{words}' in prompts)")
         return 0
     out = learn_subject(pipe, args.images, args.out, settings, masks=args.masks, overwrite=args.overwrite,
-                        resume=args.resume, progress=not args.quiet, skip_identity=args.no_identity_adapter)
+                        resume=args.resume, progress=not args.quiet, skip_identity=args.no_identity_adapter,
+                        preview=preview)
     print(f"subject written to {out} (use '{args.token}' in prompts)")
     return 0
 
@@ -108,6 +126,7 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
     from dreamvideo import adapters as ad
     from dreamvideo.stages import MotionSettings, learn_motion
 
+    preview = _preview(args)
     _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
     pipe = _load_pipe(args)
     guidance = not args.no_appearance_guidance
@@ -135,7 +154,7 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
         print(f"motion ({args.method}) written to {out}")
         return 0
     out = learn_motion(pipe, args.videos, args.out, settings, captions=args.caption, overwrite=args.overwrite,
-                       resume=args.resume, progress=not args.quiet)
+                       resume=args.resume, progress=not args.quiet, preview=preview)
     print(f"motion written to {out}")
     return 0
 

@@ -51,6 +51,7 @@ def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> Non
         raise OutputExistsError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
     if overwrite and not resume and started and distributed.is_main_process():
         shutil.rmtree(out / "checkpoints")
+        shutil.rmtree(out / "previews", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     distributed.wait_for_everyone()
 
@@ -73,6 +74,39 @@ def staging_dir(out: Path) -> Path:
     """Where a process assembles the final files before :func:`publish` (one folder per process)."""
     rank = distributed.process_index()
     return out / (".final" if rank == 0 else f".final-rank{rank}")
+
+
+@dataclass
+class PreviewSettings:
+    """A short video rendered every ``every`` steps while training, written to ``OUT/previews/``.
+
+    Args:
+        every: steps between previews (0: no previews).
+        prompt: the prompt (default: the training caption, e.g. "a <sks> dog").
+        num_frames, steps, guidance_scale, seed: sampling settings (DDIM steps kept low: previews are for a glance).
+    """
+
+    every: int = 0
+    prompt: str | None = None
+    num_frames: int = 8
+    steps: int = 25
+    guidance_scale: float = 9.0
+    seed: int = 0
+
+    def renderer(self, pipe: DreamVideoPipeline, out: Path, stage: str, default_prompt: str):
+        """``render(step)`` writing ``OUT/previews/<stage>-step-NNNNNN.mp4`` and ``.gif``."""
+        from dreamvideo.video_io import write_video
+
+        def render(step: int) -> None:
+            frames = pipe(self.prompt or default_prompt, num_frames=self.num_frames, num_inference_steps=self.steps,
+                          guidance_scale=self.guidance_scale, generator=torch.Generator().manual_seed(self.seed),
+                          progress=False).frames[0]
+            folder = out / "previews"
+            folder.mkdir(exist_ok=True)
+            for ext in (".mp4", ".gif"):
+                write_video(frames, folder / f"{stage}-step-{step:06d}{ext}")
+
+        return render
 
 
 def _device_of(pipe: DreamVideoPipeline) -> torch.device:
@@ -201,6 +235,7 @@ def learn_subject(
     resume: bool = False,
     progress: bool = True,
     skip_identity: bool = False,
+    preview: PreviewSettings | None = None,
 ) -> Path:
     """Learn a subject from a few photos: textual inversion, then the identity adapter (section 4).
 
@@ -212,6 +247,7 @@ def learn_subject(
         masks: optional mask folder.
         overwrite, resume: what to do with an existing ``out`` (see :func:`prepare_output`).
         skip_identity: stop after textual inversion (the Textual Inversion baseline).
+        preview: optional :class:`PreviewSettings` (a video every N steps of each stage).
 
     Returns:
         The subject folder.
@@ -229,6 +265,7 @@ def learn_subject(
     token_id = add_placeholder_token(pipe.tokenizer, pipe.text_encoder, settings.token, word)
     caption = settings.caption.format(token=settings.token, word=word)
     ids = tokenize(pipe, caption)
+    preview = preview or PreviewSettings()
 
     def batch(config: StageConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         return batches.sample(config.batch_size, generator)
@@ -261,6 +298,8 @@ def learn_subject(
         out / "checkpoints" / "textual_inversion",
         ti if settings.train_token else StageConfig(steps=0, lr=ti.lr),
         device=device,
+        preview_every=preview.every,
+        on_preview=preview.renderer(pipe, out, "textual_inversion", caption),
     )
     if resume:
         ti_trainer.resume()
@@ -306,7 +345,9 @@ def learn_subject(
             ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / IDENTITY_FILE)[0])
 
         id_trainer = Trainer("identity adapter", params, id_loss, id_save, id_load,
-                             out / "checkpoints" / "identity_adapter", idc, device=device)
+                             out / "checkpoints" / "identity_adapter", idc, device=device,
+                             preview_every=preview.every,
+                             on_preview=preview.renderer(pipe, out, "identity_adapter", caption))
         if resume:
             id_trainer.resume()
         _maybe_checkpointing(pipe, idc)
@@ -394,6 +435,7 @@ def learn_motion(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    preview: PreviewSettings | None = None,
 ) -> Path:
     """Learn a motion from a few videos: the motion adapter with appearance guidance (section 5).
 
@@ -404,6 +446,8 @@ def learn_motion(
         settings: :class:`MotionSettings`.
         captions: one caption for all videos, or a file-name -> caption mapping.
         overwrite, resume: what to do with an existing ``out``.
+        preview: optional :class:`PreviewSettings` (default prompt: the first video's caption; the motion adapter
+            gets the zero appearance vector, as when generating without an appearance image).
 
     Returns:
         The motion folder.
@@ -447,8 +491,10 @@ def learn_motion(
 
         ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / MOTION_ADAPTER_FILE)[0])
 
+    preview = preview or PreviewSettings()
     trainer = Trainer("motion adapter", params, loss_fn, save, load, out / "checkpoints" / "motion_adapter", st,
-                      device=device)
+                      device=device, preview_every=preview.every,
+                      on_preview=preview.renderer(pipe, out, "motion_adapter", data.captions[0]))
     if resume:
         trainer.resume()
     _maybe_checkpointing(pipe, st)

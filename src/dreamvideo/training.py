@@ -129,7 +129,9 @@ class Trainer:
         load_weights: ``load_weights(folder)`` restores them from a checkpoint.
         checkpoint_dir: where ``step-NNNNNN/`` checkpoints go.
         config: the :class:`StageConfig`.
-        on_checkpoint: optional ``callback(step, folder)``, e.g. to render a preview video.
+        on_checkpoint: optional ``callback(step, folder)`` after each checkpoint is written.
+        preview_every: call ``on_preview(step)`` every this many steps (0: never), on the main process only.
+        on_preview: e.g. render a preview video; its time is not counted in :attr:`seconds`.
     """
 
     def __init__(
@@ -143,12 +145,15 @@ class Trainer:
         config: StageConfig,
         on_checkpoint: Callable[[int, Path], None] | None = None,
         device: torch.device | str = "cpu",
+        preview_every: int = 0,
+        on_preview: Callable[[int], None] | None = None,
     ) -> None:
         if not params:
             raise ValueError(f"{name}: nothing to train")
         self.name, self.params, self.loss_fn, self.config = name, params, loss_fn, config
         self.save_weights, self.load_weights, self.on_checkpoint = save_weights, load_weights, on_checkpoint
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.preview_every, self.on_preview = preview_every, on_preview
         self.device = torch.device(device)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.rank = distributed.process_index()
@@ -245,5 +250,7 @@ class Trainer:
             bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                 self.checkpoint()
+            if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
+                self.on_preview(self.step)
         bar.close()
         return self.losses

@@ -29,6 +29,7 @@ from dreamvideo.stages import (
     native_resolution,
     prepare_output,
     publish,
+    staging_dir,
     tokenize,
 )
 from dreamvideo.textual_inversion import add_placeholder_token, save_learned_embeds
@@ -187,7 +188,7 @@ def _train(name: str, pipe: DreamVideoPipeline, trainable: Trainable, loss_fn, o
 
 
 def _finish(out: Path, marker: str, trainable: Trainable, info: dict[str, Any], extra: dict[str, Path]) -> Path:
-    staging = out / ".final"
+    staging = staging_dir(out)
     staging.mkdir(exist_ok=True)
     trainable.save(staging / trainable.file)
     files = {trainable.file: staging / trainable.file, **extra, marker: staging / marker}

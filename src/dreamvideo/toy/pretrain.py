@@ -3,6 +3,10 @@
     python -m dreamvideo.toy.pretrain --out toy_train                 # about 8 minutes on one H100
     python -m dreamvideo.toy.pretrain --out toy_train --resume        # continue after an interruption
     python -m dreamvideo.toy.pretrain --out /tmp/t --device cpu --steps-scale 0.001 --workers 0  # smoke test
+    python -m dreamvideo.toy.pretrain --out more --init-from toy --unet-steps 1200 --unet-batch 16  # train on
+
+``--init-from`` warm-starts from a saved base model (``toy``: the shipped one): CLIP and the VAE are taken as they
+are and only the UNet trains further (its EMA restarts from the loaded weights).
 
 Writes ``OUT/model`` (the diffusers-layout base model, see :func:`dreamvideo.toy.model.save_base_model`),
 ``OUT/checkpoints/<phase>/`` (safetensors + JSON, no pickle), ``OUT/train_log.json``, ``OUT/loss_curve.png``,
@@ -473,6 +477,22 @@ def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
+def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module) -> None:
+    """Load CLIP, the VAE (with its ``scaling_factor``) and the UNet of a saved base model into the toy modules."""
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+
+    folder = TOY_MODEL_DIR if base == "toy" else Path(base)
+    parts = {"clip": (clip, "clip/model.safetensors"), "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
+             "unet": (unet, "unet/diffusion_pytorch_model.safetensors")}  # fmt: skip
+    for name, (module, file) in parts.items():
+        weights, _ = load_safetensors(folder / file)
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as err:
+            raise PretrainError(f"{folder / file}: does not fit the toy {name} ({err})") from err
+    vae.register_to_config(scaling_factor=read_json(folder / "vae" / "config.json")["scaling_factor"])
+
+
 def pretrain(args: argparse.Namespace) -> Path | None:
     """Run (or resume) all phases and save the base model; ``None`` when ``--max-steps``/``--time-limit`` stopped it.
 
@@ -497,14 +517,17 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         toy_unet().to(device),
         toy_scheduler(),
     )
+    if args.init_from is not None:
+        warm_start(args.init_from, clip, vae, unet)
     ema = copy.deepcopy(unet).requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.max_steps, args.time_limit)
     phases: dict[str, Phase] = {}
     try:
-        phases["clip"] = train_clip(clip, tokenizer, args, budget)
+        if args.init_from is None:
+            phases["clip"] = train_clip(clip, tokenizer, args, budget)
+            phases["vae"] = train_vae(vae, args, budget)
         clip.eval().requires_grad_(False)
-        phases["vae"] = train_vae(vae, args, budget)
         vae.eval().requires_grad_(False)
         phases["unet"] = train_unet(unet, ema, vae, clip, tokenizer, scheduler, args, budget)
     except StopRun as stop:
@@ -588,6 +611,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--time-limit", type=float, help="stop this run after about this many seconds (resume later)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", help="warm start from a saved base model ('toy' or a folder): train the UNet only")
     return p
 
 
