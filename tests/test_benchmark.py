@@ -4,50 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 
 from dreamvideo import benchmark as bm
 from dreamvideo.fileio import DreamVideoError, read_json
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tiny_base, tmp_path_factory) -> Path:
-    """A random CLIPModel that reads the tiny base's tokenizer and 16-pixel images."""
-    from transformers import CLIPConfig, CLIPModel
-
-    folder = tmp_path_factory.mktemp("clip")
-    vocab = len(json.loads((tiny_base / "tokenizer" / "vocab.json").read_text()))
-    CLIPModel(CLIPConfig(
-        text_config={"vocab_size": vocab, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 12, "eos_token_id": 1, "bos_token_id": 0,
-                     "pad_token_id": 1},
-        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
-        projection_dim=8,
-    )).save_pretrained(folder)  # fmt: skip
-    return folder
-
-
-def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
-    return {
-        "base": str(tiny_base),
-        "clip": {"model": str(tiny_clip), "tokenizer": str(tiny_base / "tokenizer"),
-                 "image_processor": str(tiny_base / "feature_extractor")},
-        "oracle": True,
-        "subjects": [{"name": "dog", "images": str(tiny_data["subject"]), "class_word": "dog"}],
-        "motions": [{"name": "slide", "videos": str(tiny_data["motion"])}],
-        "prompts": {"subject": ["a {subject} on grass"], "motion": ["a red star moves"],
-                    "joint": ["a {subject} moves left"]},
-        "seeds": [0],
-        "methods": ["dreamvideo", "lora"],
-        "ablations": ["identity-ff"],
-        "training": {"ti_steps": 1, "identity_steps": 1, "motion_steps": 2, "subject_batch_size": 1,
-                     "motion_batch_size": 1, "num_frames": 2},
-        "sampling": {"steps": 2, "num_frames": 2},
-        "tradeoff": {"identity_steps": [1], "motion_steps": [1, 2]},
-    }  # fmt: skip
 
 
 def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tiny_clip, tmp_path, monkeypatch):

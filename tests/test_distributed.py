@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from dreamvideo.fileio import load_safetensors, read_json
 from dreamvideo.pipeline import DreamVideoPipeline
@@ -43,6 +45,7 @@ WORKER = textwrap.dedent(
         ["learn-motion", *common, "--out", f"{root}/cut", "--steps", "4", "--resume"],
         ["generate", "--base", base, "--motion", f"{root}/full", "--prompt", "a red star", "a blue dog",
          "--frames", "2", "--steps", "2", "--out", f"{root}/video.gif", "--device", "cpu", "--quiet"],
+        ["benchmark", "--config", f"{root}/grid.json", "--out", f"{root}/bench", "--device", "cpu", "--quiet"],
     ]
     for argv in runs:
         if main(argv) != 0:
@@ -57,9 +60,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def grid(tiny_base, tiny_data, tiny_clip) -> dict:
+    """Two methods and a trade-off grid: five trainings and several generation groups to split."""
+    return tiny_config(tiny_base, tiny_data, tiny_clip) | {"ablations": []}
+
+
 @pytest.fixture(scope="module")
-def launched(tiny_base, tiny_data, tmp_path_factory):
+def launched(tiny_base, tiny_data, tiny_clip, tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
+    (root / "grid.json").write_text(json.dumps(grid(tiny_base, tiny_data, tiny_clip)))
     worker = root / "worker.py"
     worker.write_text(WORKER)
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -84,7 +93,7 @@ def launched(tiny_base, tiny_data, tmp_path_factory):
         str(root),
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-8000:]
     return root, result.stdout
 
 
@@ -121,8 +130,23 @@ def test_resume_with_two_processes_matches_the_uninterrupted_run(launched):
 def test_generate_splits_prompts_between_processes_and_the_result_loads(launched, tiny_base):
     root, stdout = launched
     assert (root / "video_00.gif").is_file() and (root / "video_01.gif").is_file()
-    assert stdout.count(" -> ") == 2  # each prompt generated once, not once per process
+    generated = [line for line in stdout.splitlines() if " -> " in line and not line.startswith("[benchmark]")]
+    assert len(generated) == 2  # each prompt generated once, not once per process
     pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
     pipe.load_motion(root / "full")
     frames = pipe("a red star", num_frames=2, num_inference_steps=2, progress=False).frames[0]
     assert frames.shape == (2, 16, 16, 3)
+
+
+def test_benchmark_splits_trainings_and_videos_between_processes(launched, tiny_base, tiny_data, tiny_clip, tmp_path):
+    from dreamvideo import benchmark as bm
+
+    root, stdout = launched
+    assert stdout.count("[benchmark] training ") == 4  # dreamvideo and lora, subject and motion: each once
+    results = read_json(root / "bench" / "results.json")
+    assert stdout.count("[benchmark] ") - 4 == len({r["cell"] for r in results["rows"]})  # each video once
+    single = bm.Benchmark(bm.BenchmarkConfig.from_dict(grid(tiny_base, tiny_data, tiny_clip)), tmp_path / "one",
+                          device="cpu", progress=False).run()  # fmt: skip
+    assert [r["cell"] for r in single["rows"]] == [r["cell"] for r in results["rows"]]
+    for a, b in zip(single["rows"], results["rows"], strict=True):  # same numbers as a single process
+        assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a if isinstance(a[k], float))

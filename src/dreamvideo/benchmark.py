@@ -14,6 +14,9 @@ cells instead of reusing stale ones.
 Outputs: ``results.md`` / ``results.json`` (tables in the paper's layout: mean ± std over seeds, trainable
 parameters, training time), ``plots/`` (metric bars, identity-vs-motion trade-off, weight-change analysis) and
 ``contact_<case>.png`` (every entry on the same prompt and seed).
+
+Under ``accelerate launch`` the processes split the distinct trainings and the generation groups between them (each
+works alone on its share, so results match a single-process run); the main process then analyses and reports.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamvideo import distributed
+from dreamvideo.distributed import shard as distributed_share
 from dreamvideo.fileio import DreamVideoError, atomic_path, read_json, write_json
 
 CASES = ("subject", "motion", "joint")
@@ -386,56 +391,78 @@ class Benchmark:
         options = {"rank": ms["rank"]} if part.method == "lora" and "rank" in ms else {}
         return settings, options
 
-    def _train(self, kind: str, part: Part, item: dict[str, Any], seed: int) -> Learned:
-        from dreamvideo import baselines
+    def _job(self, kind: str, part: Part, item: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Where one subject/motion of the grid is trained, and with what (nothing is run here)."""
         from dreamvideo.pipeline import MOTION_FILE, SUBJECT_FILE
 
-        marker = SUBJECT_FILE if kind == "subject" else MOTION_FILE
         if kind == "subject":
             data, class_word = self._subject_data(item)
             settings, stage, options = self._subject_spec(part, class_word, seed)
             spec = {"settings": settings, "stage": stage}
         else:
-            data = self._motion_data(item)
+            data, stage = self._motion_data(item), None
             settings, options = self._motion_spec(part, seed, None)
             spec = {"settings": settings}
         # The motion spec is hashed without the base's condition dim (known only once the base is loaded).
         key = _hash({"kind": kind, "method": part.method, "flags": part.flags, "data": self._rel(data),
                      "spec": spec, "options": options})  # fmt: skip
-        folder = self.out / "train" / kind / item["name"] / f"{part.method}-{key}-seed{seed}"
         ti_key = None
         if kind == "subject" and part.method in ("dreamvideo", "textual-inversion") and settings.train_token:
             ti = settings.textual_inversion  # DreamVideo variants share their (identical) textual inversion run
             ti_key = _hash({"data": self._rel(data), "ti": ti, "token": settings.token, "word": settings.init_word,
                             "caption": settings.caption, "masks": settings.use_masks})  # fmt: skip
-        if (folder / marker).is_file():
+        return {"kind": kind, "part": part, "item": item, "seed": seed, "data": data, "settings": settings,
+                "stage": stage, "options": options, "ti_key": ti_key,
+                "marker": SUBJECT_FILE if kind == "subject" else MOTION_FILE,
+                "folder": self.out / "train" / kind / item["name"] / f"{part.method}-{key}-seed{seed}"}  # fmt: skip
+
+    def _train(self, job: dict[str, Any]) -> None:
+        """Train one job unless its folder already holds the finished result."""
+        from dreamvideo import baselines
+
+        kind, part, item, seed, folder = job["kind"], job["part"], job["item"], job["seed"], job["folder"]
+        if (folder / job["marker"]).is_file():
             self.stats["training_skipped"] += 1
         else:
-            if ti_key in self._ti_runs:
-                _reuse_textual_inversion(self._ti_runs[ti_key], folder)
+            if job["ti_key"] in self._ti_runs:
+                _reuse_textual_inversion(self._ti_runs[job["ti_key"]], folder)
             pipe = self._pipe()
             flags = f" {dict(part.flags)}" if part.flags else ""
             print(f"[benchmark] training {kind} {item['name']} with {part.method}{flags} (seed {seed}) -> {folder}")
             if kind == "subject":
-                baselines.learn_subject(part.method, pipe, data, folder, settings, stage, resume=True,
-                                        progress=self.progress, **options)  # fmt: skip
+                baselines.learn_subject(part.method, pipe, job["data"], folder, job["settings"], job["stage"],
+                                        resume=True, progress=self.progress, **job["options"])  # fmt: skip
             else:
                 settings, options = self._motion_spec(part, seed, pipe.condition_dim)
-                baselines.learn_motion(part.method, pipe, data, folder, settings, resume=True,
+                baselines.learn_motion(part.method, pipe, job["data"], folder, settings, resume=True,
                                        progress=self.progress, **options)  # fmt: skip
             self.stats["trained"] += 1
-        if ti_key is not None:
-            self._ti_runs.setdefault(ti_key, folder)
-        if kind == "motion":
+        if job["ti_key"] is not None:
+            self._ti_runs.setdefault(job["ti_key"], folder)
+
+    @staticmethod
+    def _learned(job: dict[str, Any]) -> Learned:
+        folder = job["folder"]
+        if job["kind"] == "motion":
             return Learned(folder)
-        info = read_json(folder / marker)
+        info = read_json(folder / job["marker"])
         token = info.get("token")
         return Learned(folder, f"{token} {info['class_word']}" if token else info["class_word"], token)
 
     # ------------------------------------------------------------------ cells
     def _learn_all(self) -> dict[tuple, Learned]:
-        """Train (or find) every subject and motion the entries need, keyed ``(entry, kind, item, seed)``."""
-        learned: dict[tuple, Learned] = {}
+        """Train (or find) every subject and motion the entries need, keyed ``(entry, kind, item, seed)``.
+
+        Under ``accelerate launch`` the distinct trainings are split between the processes, each training its
+        share alone (as a single process would, so the results do not depend on the number of processes).
+        """
+        if distributed.is_main_process():  # bundled toy data is written once, before anyone reads it
+            for item in self.config.subjects:
+                self._subject_data(item)
+            for item in self.config.motions:
+                self._motion_data(item)
+        distributed.wait_for_everyone()
+        jobs: dict[tuple, dict[str, Any]] = {}
         for entry in self.config.entries():
             for seed in self.config.seeds:
                 for kind, part, items in (("subject", entry.subject, self.config.subjects),
@@ -443,8 +470,14 @@ class Benchmark:
                     if part is None:
                         continue
                     for item in items:
-                        learned[entry.name, kind, item["name"], seed] = self._train(kind, part, item, seed)
-        return learned
+                        jobs[entry.name, kind, item["name"], seed] = self._job(kind, part, item, seed)
+        distinct = list({str(job["folder"]): job for job in jobs.values()}.values())
+        mine = distributed_share(distinct)  # outside local_only(): split between the real processes
+        with distributed.local_only():
+            for job in mine:
+                self._train(job)
+        distributed.wait_for_everyone()
+        return {key: self._learned(job) for key, job in jobs.items()}
 
     def _cells(self, learned: dict[tuple, Learned]) -> list[dict[str, Any]]:
         """Every video of the grid (plus DreamVideo's checkpoint trade-off grid) as a cell description."""
@@ -585,66 +618,80 @@ class Benchmark:
 
     # ------------------------------------------------------------------ generation
     def _generate(self, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from dreamvideo.video_io import write_video
-
+        """Generate and score every cell; under ``accelerate launch`` the processes split the loaded models."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for cell in cells:
             groups.setdefault(json.dumps(cell["load"], sort_keys=True), []).append(cell)
         rows = []
         done: dict[str, dict[str, Any]] = {}
-        for load_key, members in groups.items():
-            todo = []
-            for cell in members:
-                folder = self.out / "videos" / cell["key"]
-                if cell["key"] in done or (folder / CELL_FILE).is_file():
-                    continue
-                todo.append(cell)
-                done[cell["key"]] = cell
-            self.stats["generation_skipped"] += len(members) - len(todo)
-            if todo:
-                load = json.loads(load_key)
-                pipe = self._pipe()
-                if load["subject"]:
-                    pipe.load_subject(self.out / load["subject"] if not Path(load["subject"]).is_absolute()
-                                      else load["subject"], step=load["subject_step"])  # fmt: skip
-                if load["motion"]:
-                    pipe.load_motion(self.out / load["motion"] if not Path(load["motion"]).is_absolute()
-                                     else load["motion"], step=load["motion_step"])  # fmt: skip
-                for cell in todo:
-                    row, folder = cell["row"], self.out / "videos" / cell["key"]
-                    appearance = None
-                    if cell["appearance"] is not None:
-                        appearance = self._subject_refs(cell["s_item"])["images"][0]
-                    sampling = self.config.sampling
-                    frames = pipe(row["prompt"], num_frames=sampling["num_frames"],
-                                  num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"],
-                                  appearance_image=appearance, generator=torch.Generator().manual_seed(row["seed"]),
-                                  progress=False).frames[0]  # fmt: skip
-                    scores = self._score(cell, frames)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    _save_strip(frames, folder / "frames.png")
-                    write_video(frames, folder / "video.gif")
-                    write_json({"load": cell["load"], "prompt": row["prompt"], "seed": row["seed"],
-                                "sampling": self.config.sampling, "metrics": scores}, folder / CELL_FILE)  # fmt: skip
-                    self.stats["generated"] += 1
-                    print(f"[benchmark] {row['title']} / {row['case']} / seed {row['seed']}: {row['prompt']!r} "
-                          + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))  # fmt: skip
-                del pipe
+        mine = distributed_share(list(groups))
+        with distributed.local_only():
+            for load_key in mine:
+                self._generate_group(json.loads(load_key), groups[load_key], done)
+        distributed.wait_for_everyone()
         for cell in cells:
             metrics = read_json(self.out / "videos" / cell["key"] / CELL_FILE)["metrics"]
             rows.append(cell["row"] | metrics)
         return rows
 
+    def _generate_group(self, load: dict[str, Any], members: list[dict[str, Any]], done: dict[str, Any]) -> None:
+        """Generate and score the cells that share one loaded subject/motion (finished cells are skipped)."""
+        from dreamvideo.video_io import write_video
+
+        todo = []
+        for cell in members:
+            folder = self.out / "videos" / cell["key"]
+            if cell["key"] in done or (folder / CELL_FILE).is_file():
+                continue
+            todo.append(cell)
+            done[cell["key"]] = cell
+        self.stats["generation_skipped"] += len(members) - len(todo)
+        if todo:
+            pipe = self._pipe()
+            if load["subject"]:
+                pipe.load_subject(self.out / load["subject"] if not Path(load["subject"]).is_absolute()
+                                  else load["subject"], step=load["subject_step"])  # fmt: skip
+            if load["motion"]:
+                pipe.load_motion(self.out / load["motion"] if not Path(load["motion"]).is_absolute()
+                                 else load["motion"], step=load["motion_step"])  # fmt: skip
+            for cell in todo:
+                row, folder = cell["row"], self.out / "videos" / cell["key"]
+                appearance = None
+                if cell["appearance"] is not None:
+                    appearance = self._subject_refs(cell["s_item"])["images"][0]
+                sampling = self.config.sampling
+                frames = pipe(row["prompt"], num_frames=sampling["num_frames"],
+                              num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"],
+                              appearance_image=appearance, generator=torch.Generator().manual_seed(row["seed"]),
+                              progress=False).frames[0]  # fmt: skip
+                scores = self._score(cell, frames)
+                folder.mkdir(parents=True, exist_ok=True)
+                _save_strip(frames, folder / "frames.png")
+                write_video(frames, folder / "video.gif")
+                write_json({"load": cell["load"], "prompt": row["prompt"], "seed": row["seed"],
+                            "sampling": self.config.sampling, "metrics": scores}, folder / CELL_FILE)  # fmt: skip
+                self.stats["generated"] += 1
+                print(f"[benchmark] {row['title']} / {row['case']} / seed {row['seed']}: {row['prompt']!r} "
+                      + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))  # fmt: skip
+            del pipe
+
     # ------------------------------------------------------------------ run
-    def run(self) -> dict[str, Any]:
-        """Train, generate, score, analyse and report; return the results (also in ``results.json``)."""
+    def run(self) -> dict[str, Any] | None:
+        """Train, generate, score, analyse and report; return the results (also in ``results.json``).
+
+        With several processes only the main one analyses, reports and returns the results (the others ``None``).
+        """
         started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(_config_dict(self.config), self.out / "config.json")
+        if distributed.is_main_process():
+            write_json(_config_dict(self.config), self.out / "config.json")
         learned = self._learn_all()
         cells = self._cells(learned)
         rows = self._generate(cells)
-        analysis = self._analysis()
+        if not distributed.is_main_process():
+            return None
+        with distributed.local_only():
+            analysis = self._analysis()
         records = {}
         from dreamvideo.baselines import training_record
 
@@ -949,6 +996,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         config, default_out = full_config(), Path("benchmark_full")
     out = Path(args.out or default_out)
     results = Benchmark(config, out, device=args.device, progress=not args.quiet).run()
+    if results is None:  # not the main process of a multi-process run
+        return 0
     print((out / "results.md").read_text())
     print(f"results.md, results.json, plots/ and contact sheets in {out} ({results['seconds']} s)")
     return 0

@@ -8,18 +8,35 @@ UNet in ``DistributedDataParallel`` we average the trainable gradients after ``b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+_alone = 0  # depth of nested local_only() blocks
+
 
 def world_size() -> int:
-    """Number of processes of this run (1 unless launched by ``accelerate launch`` / ``torchrun``)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Number of processes of this run (1 unless launched by ``accelerate launch`` / ``torchrun``, or alone)."""
+    return 1 if _alone else int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Inside the block this process works alone, as a single-process run would (rank 0, no collectives).
+
+    For independent jobs split with :func:`shard`: each process trains its own subjects and motions.
+    """
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def _state() -> Any:
