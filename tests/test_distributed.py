@@ -150,3 +150,27 @@ def test_benchmark_splits_trainings_and_videos_between_processes(launched, tiny_
     assert [r["cell"] for r in single["rows"]] == [r["cell"] for r in results["rows"]]
     for a, b in zip(single["rows"], results["rows"], strict=True):  # same numbers as a single process
         assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a if isinstance(a[k], float))
+
+
+def test_two_process_training_lowers_the_loss_on_its_videos(launched, tiny_base, tiny_data):
+    from dreamvideo import adapters as ad
+    from dreamvideo.stages import MotionBatches, MotionSettings, load_motion_data
+    from dreamvideo.training import diffusion_loss
+
+    root, _ = launched
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
+    pipe.load_motion(root / "full")
+    settings = MotionSettings(num_frames=4)
+    batches = MotionBatches.encode(pipe, load_motion_data(tiny_data["motion"], 16, settings), settings)
+
+    def held_loss(enabled: bool) -> float:  # the same 16 clips, noises and timesteps with and without the adapter
+        ad.enable_adapter(pipe.unet, "motion", enabled)
+        generator, total = torch.Generator().manual_seed(0), 0.0
+        with torch.no_grad():
+            for _ in range(16):
+                x, text, embeds = batches.sample(1, generator)
+                ad.set_adapter_condition(pipe.unet, "motion", embeds, 1.0)
+                total += diffusion_loss(pipe.unet, pipe.scheduler, x, text, generator).item()
+        return total / 16
+
+    assert held_loss(True) < 0.95 * held_loss(False)  # measured: 0.89 vs 1.11
