@@ -164,3 +164,23 @@ def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
         expected = clip.visual_projection(clip.vision_model(pixel_values=pixels.pixel_values).pooler_output)
         torch.testing.assert_close(image(pixel_values=pixels.pixel_values).image_embeds, expected)
     assert image.config.projection_dim == 64
+
+
+def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path):
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+
+    out = tmp_path / "more"
+    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
+                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0"]) == 0  # fmt: skip
+    log = read_json(out / "train_log.json")
+    assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1
+    for part in ("clip/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
+        shipped, new = load_safetensors(TOY_MODEL_DIR / part)[0], load_safetensors(out / "model" / part)[0]
+        assert shipped.keys() == new.keys() and all(torch.equal(shipped[k], new[k]) for k in shipped)
+    assert read_json(out / "model/vae/config.json")["scaling_factor"] == read_json(
+        TOY_MODEL_DIR / "vae/config.json")["scaling_factor"]
+    shipped = load_safetensors(TOY_MODEL_DIR / "unet/diffusion_pytorch_model.safetensors")[0]
+    new = load_safetensors(out / "model/unet/diffusion_pytorch_model.safetensors")[0]
+    changed = [k for k in shipped if not torch.equal(shipped[k], new[k])]
+    assert changed and all((shipped[k] - new[k]).abs().max() < 0.05 for k in shipped)  # one small step on
+    assert pretrain_main(["--out", str(tmp_path / "bad"), "--device", "cpu", "--init-from", str(tmp_path)]) == 2

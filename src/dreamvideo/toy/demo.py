@@ -45,6 +45,7 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0, 1)
     backgrounds: tuple[str, ...] = ("blue sky", "yellow sand")
     motion_sprites: tuple[str, ...] = ("red circle", "white star")
+    base: str = "toy"  # or a folder holding a retrained toy-world model (python -m dreamvideo.toy.pretrain)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,7 +108,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     phase("write bundled data", t0)
 
     t0 = time.perf_counter()
-    pipe = DreamVideoPipeline.from_pretrained("toy", device=device)
+    pipe = DreamVideoPipeline.from_pretrained(cfg.base, device=device)
     settings = SubjectSettings(
         token=token,
         init_word=class_word,
@@ -121,7 +122,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     phase("learn subject", t0)
 
     t0 = time.perf_counter()
-    pipe = DreamVideoPipeline.from_pretrained("toy", device=device)
+    pipe = DreamVideoPipeline.from_pretrained(cfg.base, device=device)
     motion_settings = MotionSettings(
         num_frames=world.NUM_FRAMES,
         stage=StageConfig(steps=cfg.motion_steps, lr=cfg.motion_lr, batch_size=cfg.motion_batch_size,
@@ -131,7 +132,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     phase("learn motion", t0)
 
     t0 = time.perf_counter()
-    pipe = DreamVideoPipeline.from_pretrained("toy", device=device)
+    pipe = DreamVideoPipeline.from_pretrained(cfg.base, device=device)
     pipe.load_subject(out / "subject")
     pipe.load_motion(out / "motion")
     pipe.set_progress_bar_config(disable=True)
@@ -174,7 +175,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     phase("generate", t0)
 
     t0 = time.perf_counter()
-    _add_clip_metrics(rows, videos, ref_images, token, class_word)
+    _add_clip_metrics(rows, videos, ref_images, token, class_word, cfg.base)
     summary = _summarize(rows)
     sheet_rows = [(f"{r['case']} s{r['seed']}: {r['prompt']}", videos[Path(r["video"]).stem]) for r in rows]
     contact_sheet(sheet_rows, out / "contact_sheet.png", scale=2)
@@ -188,10 +189,14 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
 
 
 def _add_clip_metrics(rows: list[dict], videos: dict[str, np.ndarray], refs: list[np.ndarray], token: str,
-                      class_word: str) -> None:
+                      class_word: str, base: str = "toy") -> None:
     from dreamvideo.metrics import ClipScorer
 
-    clip = ClipScorer.from_pretrained("toy", device="cpu")
+    if base == "toy":
+        clip = ClipScorer.from_pretrained("toy", device="cpu")
+    else:  # a toy-layout folder: clip/ next to its tokenizer and feature extractor
+        clip = ClipScorer.from_pretrained(Path(base) / "clip", Path(base) / "tokenizer",
+                                          Path(base) / "feature_extractor", device="cpu")
     for row in rows:
         frames = videos[Path(row["video"]).stem]
         row["clip_t"] = clip.clip_t(frames, row["prompt"], placeholder=token, class_word=class_word)
@@ -237,9 +242,9 @@ def format_markdown(result: dict[str, Any]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    cfg = DemoConfig()
+    cfg = DemoConfig(base=args.base)
     if args.fast:  # smoke-test sizes
-        cfg = DemoConfig(ti_steps=4, identity_steps=4, motion_steps=4, sample_steps=3, seeds=(0,))
+        cfg = DemoConfig(ti_steps=4, identity_steps=4, motion_steps=4, sample_steps=3, seeds=(0,), base=args.base)
     result = run_demo(args.out, cfg, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     print(format_markdown(result))
     print(f"videos, contact_sheet.png, metrics.json and metrics.md written to {args.out}")
@@ -252,5 +257,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a folder that is not an earlier demo")
     p.add_argument("--fast", action="store_true", help="a few steps only (smoke test)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--base", default="toy", help="the toy model (default) or a retrained toy-world model folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
