@@ -212,18 +212,20 @@ def _summarize(rows: list[dict]) -> dict[str, Any]:
     for case in dict.fromkeys(r["case"] for r in rows):
         sel = [r for r in rows if r["case"] == case]
         by_case[case] = {m: round(float(np.mean([float(r[m]) for r in sel])), 4) for m in METRICS} | {"n": len(sel)}
-    checks = {
-        "subject fidelity, subject vs base": (by_case["subject"]["subject_fidelity"],
-                                              by_case["base-subject"]["subject_fidelity"]),
-        "subject fidelity, joint vs base": (by_case["joint"]["subject_fidelity"],
-                                            by_case["base-joint"]["subject_fidelity"]),
-        "motion fidelity, motion vs base": (by_case["motion"]["motion_fidelity"],
-                                            by_case["base-motion"]["motion_fidelity"]),
-        "motion fidelity, joint vs base": (by_case["joint"]["motion_fidelity"],
-                                           by_case["base-joint"]["motion_fidelity"]),
-    }
-    return {"by_case": by_case,
-            "customized_vs_base": {k: {"customized": a, "base": b, "better": a > b} for k, (a, b) in checks.items()}}
+    checks = {"subject fidelity, subject vs base": ("subject", "base-subject", "subject_fidelity"),
+              "subject fidelity, joint vs base": ("joint", "base-joint", "subject_fidelity"),
+              "motion fidelity, motion vs base": ("motion", "base-motion", "motion_fidelity"),
+              "motion fidelity, joint vs base": ("joint", "base-joint", "motion_fidelity")}  # fmt: skip
+    result = {}
+    for name, (case, base, metric) in checks.items():
+        # paired by prompt and seed: the standard error of the mean difference says how much is noise
+        diffs = [float(a[metric]) - float(b[metric]) for a, b in zip(
+            [r for r in rows if r["case"] == case], [r for r in rows if r["case"] == base], strict=True)]
+        stderr = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        custom, plain = by_case[case][metric], by_case[base][metric]
+        result[name] = {"customized": custom, "base": plain, "better": custom > plain,
+                        "difference": round(float(np.mean(diffs)), 4), "stderr": round(stderr, 4)}
+    return {"by_case": by_case, "customized_vs_base": result}
 
 
 def format_markdown(result: dict[str, Any]) -> str:
@@ -233,9 +235,10 @@ def format_markdown(result: dict[str, Any]) -> str:
     for case, m in result["summary"]["by_case"].items():
         lines.append(f"| {case} | {m['n']} | {m['subject_fidelity']:.3f} | {m['motion_fidelity']:.3f} | "
                      f"{m['background_ok']:.2f} | {m['clip_t']:.3f} | {m['clip_i']:.3f} | {m['t_cons']:.3f} |")
-    lines += ["", "| check | customized | base | better |", "|---|---|---|---|"]
+    lines += ["", "| check | customized | base | difference ± s.e. (paired) | better |", "|---|---|---|---|---|"]
     for name, c in result["summary"]["customized_vs_base"].items():
-        lines.append(f"| {name} | {c['customized']:.3f} | {c['base']:.3f} | {'yes' if c['better'] else 'NO'} |")
+        lines.append(f"| {name} | {c['customized']:.3f} | {c['base']:.3f} | {c['difference']:+.3f} ± {c['stderr']:.3f} "
+                     f"| {'yes' if c['better'] else 'NO'} |")
     lines += ["", "Wall time per phase (s): " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()),
               f"Device: {result['device']}. DINO-I is omitted on the toy world (no DINO model).", ""]
     return "\n".join(lines)
