@@ -42,6 +42,21 @@ def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int
     return tok
 
 
+def build_tiny_unet(seed: int = 0) -> UNet3DConditionModel:
+    """A seeded two-level ``UNet3DConditionModel``: 8x8 latents, 32-dim text features, one layer per block."""
+    torch.manual_seed(seed)
+    return UNet3DConditionModel(
+        sample_size=8,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
 def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: bool = True) -> Path:
     torch.manual_seed(seed)
     tok = write_word_tokenizer(root / "tokenizer")

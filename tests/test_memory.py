@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import build_tiny_unet
 from diffusers import UNet3DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
@@ -25,17 +26,7 @@ from dreamvideo.memory import (
 
 
 def tiny_unet(seed: int = 0) -> UNet3DConditionModel:
-    torch.manual_seed(seed)
-    unet = UNet3DConditionModel(
-        sample_size=8,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = build_tiny_unet(seed)
     with torch.no_grad():  # zero-initialised output layers would hide differences
         for p in unet.parameters():
             p.add_(0.05 * torch.randn_like(p))

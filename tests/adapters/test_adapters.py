@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import build_tiny_unet
 from diffusers import UNet3DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 
@@ -10,17 +11,7 @@ from dreamvideo.base import modelscope_unet_on_meta
 
 
 def tiny_unet() -> UNet3DConditionModel:
-    torch.manual_seed(0)
-    return UNet3DConditionModel(
-        sample_size=8,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
+    return build_tiny_unet().eval()
 
 
 def run(unet, seed=1):
