@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from dreamvideo import distributed
-from dreamvideo.distributed import shard as distributed_share
 from dreamvideo.fileio import DreamVideoError, atomic_path, read_json, write_json
 
 CASES = ("subject", "motion", "joint")
@@ -472,7 +471,7 @@ class Benchmark:
                     for item in items:
                         jobs[entry.name, kind, item["name"], seed] = self._job(kind, part, item, seed)
         distinct = list({str(job["folder"]): job for job in jobs.values()}.values())
-        mine = distributed_share(distinct)  # outside local_only(): split between the real processes
+        mine = distributed.shard(distinct)  # outside local_only(): split between the real processes
         with distributed.local_only():
             for job in mine:
                 self._train(job)
@@ -624,7 +623,7 @@ class Benchmark:
             groups.setdefault(json.dumps(cell["load"], sort_keys=True), []).append(cell)
         rows = []
         done: dict[str, dict[str, Any]] = {}
-        mine = distributed_share(list(groups))
+        mine = distributed.shard(list(groups))
         with distributed.local_only():
             for load_key in mine:
                 self._generate_group(json.loads(load_key), groups[load_key], done)

@@ -45,6 +45,7 @@ from dreamvideo.fileio import (
 )
 from dreamvideo.toy import world
 from dreamvideo.toy.model import (
+    TOY_MODEL_DIR,
     build_toy_tokenizer,
     clip_pixels,
     num_params,
@@ -479,8 +480,6 @@ def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
 
 def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module) -> None:
     """Load CLIP, the VAE (with its ``scaling_factor``) and the UNet of a saved base model into the toy modules."""
-    from dreamvideo.toy.model import TOY_MODEL_DIR
-
     folder = TOY_MODEL_DIR if base == "toy" else Path(base)
     parts = {"clip": (clip, "clip/model.safetensors"), "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
              "unet": (unet, "unet/diffusion_pytorch_model.safetensors")}  # fmt: skip
