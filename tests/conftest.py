@@ -42,14 +42,18 @@ def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int
     return tok
 
 
-def build_tiny_unet(seed: int = 0) -> UNet3DConditionModel:
-    """A seeded two-level ``UNet3DConditionModel``: 8x8 latents, 32-dim text features, one layer per block."""
-    torch.manual_seed(seed)
+def build_tiny_unet(seed: int | None = 0, width: int = 32) -> UNet3DConditionModel:
+    """A two-level ``UNet3DConditionModel``: 8x8 latents, 32-dim text features, one layer per block.
+
+    ``seed=None`` draws the weights from the current random state.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
     return UNet3DConditionModel(
         sample_size=8,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64),
+        block_out_channels=(width, 2 * width),
         layers_per_block=1,
         cross_attention_dim=32,
         attention_head_dim=8,
@@ -65,16 +69,7 @@ def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: b
                        num_attention_heads=2, max_position_embeddings=12, eos_token_id=1, bos_token_id=0, pad_token_id=1)
     )
     text.save_pretrained(root / "text_encoder")
-    UNet3DConditionModel(
-        sample_size=8,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(width, 2 * width),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).save_pretrained(root / "unet")
+    build_tiny_unet(seed=None, width=width).save_pretrained(root / "unet")
     AutoencoderKL(
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
