@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import tiny_config
 
@@ -49,9 +50,12 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tin
     assert table["dreamvideo", "joint"]["trainable_parameters"] == (
         table["dreamvideo", "subject"]["trainable_parameters"] + table["dreamvideo", "motion"]["trainable_parameters"])
     assert table["base", "subject"]["trainable_parameters"] == 0
+    joint_videos = table["dreamvideo", "joint"]["videos"]
+    assert table["dreamvideo", "joint"]["vs_base"]["subject_fidelity"]["n"] == joint_videos  # each with its base video
     assert [(p["identity_step"], p["motion_step"]) for p in results["summary"]["tradeoff"]] == [(1, 1), (1, 2)]
     md = (out / "results.md").read_text()
-    for heading in ("Subject customization", "Motion customization", "Joint customization", "Identity vs motion"):
+    for heading in ("Subject customization", "Motion customization", "Joint customization", "Identity vs motion",
+                    "Difference to the base model"):
         assert heading in md
     for name in ("plots/metrics_joint.png", "plots/tradeoff.png", "contact_joint.png", "results.json"):
         assert (out / name).is_file(), name
@@ -105,3 +109,38 @@ def test_cli_runs_a_config(tiny_base, tiny_data, tiny_clip, tmp_path, capsys):
     assert main(["benchmark", "--config", str(tmp_path / "grid.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert "base model" in capsys.readouterr().out
     assert read_json(tmp_path / "b" / "results.json")["stats"]["trained"] == 0
+
+
+def test_seeds_flag_selects_a_piece_of_the_same_grid(tmp_path):
+    from dreamvideo.cli import build_parser
+
+    parse = build_parser().parse_args
+    whole, out = bm.config_from_args(parse(["benchmark", "--full"]))
+    piece, piece_out = bm.config_from_args(parse(["benchmark", "--full", "--seeds", "2", "0"]))
+    assert out == piece_out == bm.Path("benchmark_full") and piece.seeds == [2, 0] and whole.seeds == [0, 1, 2]
+    assert {k: v for k, v in vars(piece).items() if k != "seeds"} == {k: v for k, v in vars(whole).items() if k != "seeds"}
+    # a piece trains into the folders the whole grid would use, so a later run of the whole grid resumes it
+    part = bm.builtin_methods()["dreamvideo"].subject
+    item = whole.subjects[0]
+    assert (bm.Benchmark(piece, tmp_path)._job("subject", part, item, 0)["folder"]
+            == bm.Benchmark(whole, tmp_path)._job("subject", part, item, 0)["folder"])  # fmt: skip
+
+
+def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
+    def row(entry, seed, template, value, subject="dog"):
+        return {"entry": entry, "case": "subject", "group": "base" if entry == "base" else "method", "seed": seed,
+                "subject": subject, "motion": None, "template": template, "subject_fidelity": value}  # fmt: skip
+
+    rows = [row("base", 0, "a", 0.1), row("base", 0, "b", 0.3), row("base", 1, "a", 0.2),
+            row("dreamvideo", 1, "a", 0.6), row("dreamvideo", 0, "b", 0.4), row("dreamvideo", 0, "a", 0.2),
+            row("dreamvideo", 0, "a", float("nan"), subject="cat")]  # fmt: skip
+    entries = [bm.builtin_methods()["base"], bm.builtin_methods()["dreamvideo"]]
+    table = {it["entry"]: it for it in bm.summarize(rows, {}, entries)["table"] if it["case"] == "subject"}
+    d = table["dreamvideo"]["vs_base"]["subject_fidelity"]  # pairs: 0.2-0.1, 0.4-0.3, 0.6-0.2 (the NaN is left out)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.2)
+    assert d["stderr"] == pytest.approx(np.std([0.1, 0.1, 0.4], ddof=1) / np.sqrt(3))
+    assert table["base"]["vs_base"] == {}
+    stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
+    results = {"config": vars(bm.quick_config()), "summary": bm.summarize(rows, {}, entries), "stats": stats,
+               "seconds": 0}  # fmt: skip
+    assert "| dreamvideo | subject | +0.200 ± 0.100 | 3 |" in bm.format_markdown(results, entries)

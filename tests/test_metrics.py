@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import types
@@ -362,3 +363,12 @@ def test_cli_evaluate(folder, clip_dir, capsys):
                  "--clip", str(folder / "missing-clip")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "lora_cat" in err and "not found" in err  # the manifest is checked before the model
+
+
+def test_paired_difference_by_hand():
+    d = metrics.paired_difference([0.5, 0.25, 1.0], [0.25, 0.25, 0.5])
+    # differences 0.25, 0, 0.5: mean 0.25, sample std 0.25, standard error 0.25 / sqrt(3)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.25) and d["stderr"] == pytest.approx(0.25 / 3**0.5)
+    assert math.isnan(metrics.paired_difference([1.0], [0.0])["stderr"])
+    with pytest.raises(ValueError, match="2 values but 1"):
+        metrics.paired_difference([1.0, 2.0], [0.0])

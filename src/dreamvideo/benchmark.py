@@ -36,6 +36,7 @@ import torch
 
 from dreamvideo import distributed
 from dreamvideo.fileio import DreamVideoError, atomic_path, read_json, write_json
+from dreamvideo.metrics import paired_difference
 
 CASES = ("subject", "motion", "joint")
 METRICS = {  # key -> (title, cases where it is meaningful)
@@ -812,6 +813,21 @@ def _seed_stats(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[s
     return out
 
 
+PAIRED_BY = ("subject", "motion", "template", "seed")  # a video and the base model's video of the same prompt
+
+
+def _vs_base(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """Per metric: the paired difference to the base model's videos (mean, standard error, pairs)."""
+    base = {tuple(r.get(k) for k in PAIRED_BY): r for r in base_rows}
+    out = {}
+    for k in keys:
+        pairs = [(float(r[k]), float(b[k])) for r in rows if (b := base.get(tuple(r.get(x) for x in PAIRED_BY)))
+                 and all(isinstance(v.get(k), (int, float)) and math.isfinite(v[k]) for v in (r, b))]  # fmt: skip
+        if pairs:
+            out[k] = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], entries: list[Entry]) -> dict[str, Any]:
     """Per entry and case: metrics (mean ± std over seeds), trainable parameters and training seconds; plus the
     DreamVideo checkpoint trade-off.
@@ -835,10 +851,12 @@ def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], en
                 params += float(np.mean([r["trainable_parameters"] for r in recs])) if recs else 0.0
                 seconds += float(np.mean([r["training_seconds"] for r in recs])) if recs else 0.0
             keys = [k for k, (_, cases) in METRICS.items() if case in cases]
+            base_rows = [r for r in rows if r["entry"] == "base" and r["case"] == case and r["group"] != "tradeoff"]
             table.append({"entry": entry.name, "title": entry.title, "group": entry.group, "case": case,
                           "videos": len(sel), "seeds": len({r["seed"] for r in sel}),
                           "metrics": _seed_stats(sel, keys), "trainable_parameters": int(params),
-                          "training_seconds": round(seconds, 1)})  # fmt: skip
+                          "training_seconds": round(seconds, 1),
+                          "vs_base": {} if entry.name == "base" else _vs_base(sel, base_rows, keys)})  # fmt: skip
     trade = [r for r in rows if r["group"] == "tradeoff"]
     points = []
     for i, j in sorted({(r["identity_step"], r["motion_step"]) for r in trade}):
@@ -886,6 +904,21 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         items = [it for it in table if it["case"] == case and it["group"] in ("base", "method")]
         if items:
             lines += [f"## {titles[case]}", "", *_case_table(items, case), ""]
+    paired = [it for it in table if it.get("vs_base")]
+    if paired:
+        keys = [k for k in METRICS if any(k in it["vs_base"] for it in paired)]
+        lines += ["## Difference to the base model (paired)", "",
+                  "Each video minus the base model's video of the same prompt template, subject, motion and seed; "
+                  "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
+                  "two standard errors of 0 is not evidence either way.", "",
+                  "| method | case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
+                  "|---|---|" + "---|" * (len(keys) + 1)]  # fmt: skip
+        for it in paired:
+            d = it["vs_base"]
+            cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
+            lines.append(f"| {it['title']} | {it['case']} | " + " | ".join(cells)
+                         + f" | {max(v['n'] for v in d.values())} |")  # fmt: skip
+        lines.append("")
     ablations = [it for it in table if it["group"] == "ablation"]
     if ablations:
         lines += ["## Ablations of DreamVideo", ""]
@@ -984,16 +1017,23 @@ def plot_results(results: dict[str, Any], entries: list[Entry], folder: str | Pa
 # ----------------------------------------------------------------------------- CLI
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def config_from_args(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
+    """The grid and output folder that ``dreamvideo benchmark`` arguments select."""
     if args.config:
         config, default_out = BenchmarkConfig.from_file(args.config), Path(f"benchmark_{Path(args.config).stem}")
     elif args.quick:
         config, default_out = quick_config(), Path("benchmark_quick")
     else:
         config, default_out = full_config(), Path("benchmark_full")
-    out = Path(args.out or default_out)
+    if args.seeds is not None:  # a piece of the grid: the same folders and cells as in the whole run
+        config.seeds = list(args.seeds)
+    return config, Path(args.out or default_out)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config, out = config_from_args(args)
     results = Benchmark(config, out, device=args.device, progress=not args.quiet).run()
     if results is None:  # not the main process of a multi-process run
         return 0
@@ -1011,6 +1051,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--full", action="store_true", help="every toy subject and motion, three seeds")
     p.add_argument("--out", type=Path, help="output folder, reused to resume (default benchmark_<name>)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help="run only these of the grid's seeds (a resumable piece: a later run reuses its cells)")
     p.add_argument("--threads", type=int, help="CPU threads of torch (1 is much faster on a CPU shared with other jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_benchmark)

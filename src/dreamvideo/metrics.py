@@ -577,6 +577,21 @@ def _group(rows: list[dict], by: list[str], keys: list[str]) -> list[dict]:
             for g, members in groups.items()]  # fmt: skip
 
 
+def paired_difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+    """Mean of ``values[i] - reference[i]`` and its standard error (pairs share prompt and seed), as
+    ``{"mean", "stderr", "n"}``; ``stderr`` is NaN with fewer than two pairs.
+
+    Args:
+        values: a metric per video of one method.
+        reference: the same metric for the paired videos of the reference (e.g. the base model).
+    """
+    if len(values) != len(reference):
+        raise ValueError(f"paired_difference: {len(values)} values but {len(reference)} reference values")
+    diffs = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
+    stderr = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    return {"mean": float(diffs.mean()) if len(diffs) else float("nan"), "stderr": stderr, "n": len(diffs)}
+
+
 def summarize(rows: list[dict]) -> dict:
     """Mean and (population) standard deviation of every numeric metric, overall and per group.
 

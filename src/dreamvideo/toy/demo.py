@@ -19,6 +19,7 @@ import torch
 
 from dreamvideo import adapters as ad
 from dreamvideo.fileio import DreamVideoError, write_json
+from dreamvideo.metrics import paired_difference
 from dreamvideo.toy import oracle, world
 
 DEMO_MARKER = "demo.json"
@@ -219,12 +220,11 @@ def _summarize(rows: list[dict]) -> dict[str, Any]:
     result = {}
     for name, (case, base, metric) in checks.items():
         # paired by prompt and seed: the standard error of the mean difference says how much is noise
-        diffs = [float(a[metric]) - float(b[metric]) for a, b in zip(
-            [r for r in rows if r["case"] == case], [r for r in rows if r["case"] == base], strict=True)]
-        stderr = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+        diff = paired_difference([float(r[metric]) for r in rows if r["case"] == case],
+                                 [float(r[metric]) for r in rows if r["case"] == base])  # fmt: skip
         custom, plain = by_case[case][metric], by_case[base][metric]
         result[name] = {"customized": custom, "base": plain, "better": custom > plain,
-                        "difference": round(float(np.mean(diffs)), 4), "stderr": round(stderr, 4)}
+                        "difference": round(diff["mean"], 4), "stderr": round(diff["stderr"], 4)}
     return {"by_case": by_case, "customized_vs_base": result}
 
 
