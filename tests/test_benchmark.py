@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_seeds_flag_selects_a_piece_of_the_same_grid(tmp_path):
     parse = build_parser().parse_args
     whole, out = bm.config_from_args(parse(["benchmark", "--full"]))
     piece, piece_out = bm.config_from_args(parse(["benchmark", "--full", "--seeds", "2", "0"]))
-    assert out == piece_out == bm.Path("benchmark_full") and piece.seeds == [2, 0] and whole.seeds == [0, 1, 2]
+    assert out == piece_out == Path("benchmark_full") and piece.seeds == [2, 0] and whole.seeds == [0, 1, 2]
     assert {k: v for k, v in vars(piece).items() if k != "seeds"} == {k: v for k, v in vars(whole).items() if k != "seeds"}
     # a piece trains into the folders the whole grid would use, so a later run of the whole grid resumes it
     part = bm.builtin_methods()["dreamvideo"].subject
