@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -85,6 +84,8 @@ def _mp4_ready(frames: np.ndarray) -> np.ndarray:
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
+    import imageio_ffmpeg  # only mp4 writing needs the bundled ffmpeg
+
     frames = _mp4_ready(frames)
     writer = imageio_ffmpeg.write_frames(
         str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",

@@ -20,13 +20,23 @@ TARGETS = {"color": 0.80, "motion": 0.70, "background": 0.80}
 
 
 def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, base: str = "toy",
-            sheet: Path | None = None) -> dict:
-    """Accuracy of prompted colour / motion / background over ``n`` held-out prompts (one seed each)."""
+            sheet: Path | None = None, device: str = "cpu") -> dict:
+    """Accuracy of prompted colour / motion / background over ``n`` held-out prompts (one seed each).
+
+    Args:
+        n: number of held-out prompts (one video each, seeds ``seed + i``).
+        steps, guidance: DDIM steps and classifier-free guidance scale.
+        seed: seed of the prompt draw and of the noise.
+        base: the base model ('toy' or a folder).
+        sheet: where to save a contact sheet of the first 16 videos (optional).
+        device: where to run the pipeline (the noise is drawn on the CPU, so devices agree up to rounding).
+    """
     from dreamvideo.pipeline import DreamVideoPipeline
     from dreamvideo.video_io import contact_sheet
 
     pipe = DreamVideoPipeline.from_pretrained(base)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
     rows, videos = [], []
     start = time.perf_counter()
     for i, spec in enumerate(tqdm(world.held_out_specs(n=n, seed=seed), desc="held-out prompts")):
@@ -56,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
+    p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png")
+    result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png", device=args.device)
     write_json(result, args.out / "quality.json")
     for k, acc in result["accuracy"].items():
         print(f"{k}: {acc:.0%} correct (target {TARGETS[k]:.0%}) {'met' if result['met'][k] else 'NOT met'}")
