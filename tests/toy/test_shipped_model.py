@@ -51,3 +51,16 @@ def test_demo_fast_end_to_end(tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("x")
     assert main(["demo", "--fast", "--out", str(tmp_path / "other"), "--quiet"]) == 2
     assert (tmp_path / "other" / "keep.txt").read_text() == "x"
+
+
+def test_quality_bar_measure_with_independent_and_shared_noise():
+    from dreamvideo.toy import quality
+
+    for shared in (None, 0.5):
+        result = quality.measure(n=2, steps=2, shared_noise=shared)
+        assert result["shared_noise"] == shared and len(result["rows"]) == 2
+        for key, accuracy in result["accuracy"].items():
+            assert accuracy == sum(row[key] for row in result["rows"]) / 2
+            assert result["stderr"][key] == pytest.approx((accuracy * (1 - accuracy) / 2) ** 0.5)
+    with pytest.raises(ValueError, match="shared_noise"):
+        quality.measure(n=1, steps=1, shared_noise=1.0)

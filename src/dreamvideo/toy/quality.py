@@ -20,7 +20,7 @@ TARGETS = {"color": 0.80, "motion": 0.70, "background": 0.80}
 
 
 def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, base: str = "toy",
-            sheet: Path | None = None, device: str = "cpu") -> dict:
+            sheet: Path | None = None, device: str = "cpu", shared_noise: float | None = None) -> dict:
     """Accuracy of prompted colour / motion / background over ``n`` held-out prompts (one seed each).
 
     Args:
@@ -30,7 +30,13 @@ def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
         base: the base model ('toy' or a folder).
         sheet: where to save a contact sheet of the first 16 videos (optional).
         device: where to run the pipeline (the noise is drawn on the CPU, so devices agree up to rounding).
+        shared_noise: if given, the starting noise is drawn here as ``sqrt(a) * shared + sqrt(1 - a) * per-frame``
+            with ``a = shared_noise`` (one shared draw for all frames, as in VideoFusion's decomposed noise);
+            ``None`` (default) lets the pipeline draw independent noise per frame. ``0.0`` is also independent
+            noise, but a different draw from ``None``.
     """
+    if shared_noise is not None and not 0.0 <= shared_noise < 1.0:
+        raise ValueError(f"shared_noise must be in [0, 1), got {shared_noise}")
     from dreamvideo.pipeline import DreamVideoPipeline
     from dreamvideo.video_io import contact_sheet
 
@@ -42,8 +48,15 @@ def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
     for i, spec in enumerate(tqdm(world.held_out_specs(n=n, seed=seed), desc="held-out prompts")):
         assert world.is_held_out(spec)
         prompt = world.caption(spec)
+        generator = torch.Generator().manual_seed(seed + i)
+        latents = None
+        if shared_noise is not None:
+            size = pipe.unet.config.sample_size
+            shared = torch.randn(1, pipe.unet.config.in_channels, 1, size, size, generator=generator)
+            own = torch.randn(1, pipe.unet.config.in_channels, world.NUM_FRAMES, size, size, generator=generator)
+            latents = shared_noise**0.5 * shared + (1 - shared_noise) ** 0.5 * own
         frames = pipe(prompt, num_frames=world.NUM_FRAMES, num_inference_steps=steps, guidance_scale=guidance,
-                      generator=torch.Generator().manual_seed(seed + i), progress=False).frames[0]
+                      generator=generator, latents=latents, progress=False).frames[0]
         masks = oracle.segment_foreground(frames)
         rows.append({
             "prompt": prompt,
@@ -55,7 +68,9 @@ def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
     accuracy = {k: sum(r[k] for r in rows) / len(rows) for k in TARGETS}
     if sheet is not None:
         contact_sheet(videos[:16], sheet, scale=1)
-    return {"n": n, "steps": steps, "guidance_scale": guidance, "accuracy": accuracy, "targets": TARGETS,
+    stderr = {k: (a * (1 - a) / n) ** 0.5 for k, a in accuracy.items()}  # binomial standard error
+    return {"n": n, "steps": steps, "guidance_scale": guidance, "shared_noise": shared_noise,
+            "accuracy": accuracy, "stderr": stderr, "targets": TARGETS,
             "met": {k: accuracy[k] >= t for k, t in TARGETS.items()},
             "seconds": round(time.perf_counter() - start, 1), "rows": rows}
 
@@ -67,11 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--shared-noise", type=float, help="share of the starting noise common to all frames (0-1)")
     args = p.parse_args(argv)
-    result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png", device=args.device)
+    result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png", device=args.device,
+                     shared_noise=args.shared_noise)  # fmt: skip
     write_json(result, args.out / "quality.json")
     for k, acc in result["accuracy"].items():
-        print(f"{k}: {acc:.0%} correct (target {TARGETS[k]:.0%}) {'met' if result['met'][k] else 'NOT met'}")
+        met = "met" if result["met"][k] else "NOT met"
+        print(f"{k}: {acc:.0%} ± {result['stderr'][k]:.0%} correct (target {TARGETS[k]:.0%}) {met}")
     return 0
 
 
