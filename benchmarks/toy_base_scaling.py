@@ -74,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--n", type=int, default=32, help="held-out prompts per measurement")
+    p.add_argument(
+        "--shared-noise",
+        type=float,
+        default=0.0,
+        help="train and sample with this share of frame-shared noise",
+    )
     p.add_argument("--workers", type=int, default=12)
     p.add_argument("--time-limit", type=float, help="start no new part after this many seconds")
     args = p.parse_args(argv)
@@ -85,11 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     train_argv = ["--out", str(run), "--init-from", str(base), "--device", args.device, "--workers", str(args.workers),
                   "--unet-steps", str(args.steps), "--unet-batch", str(args.batch), "--unet-lr", str(args.lr),
                   "--warmup", "50", "--checkpoint-every", str(part), "--preview-steps", "25",
-                  "--max-steps", str(part)]  # fmt: skip
+                  "--max-steps", str(part), "--shared-noise", str(args.shared_noise)]  # fmt: skip
     points: list[dict] = []
 
     def record(step: int, model: str | Path, sheet: Path | None = None) -> None:
-        measured = quality.measure(args.n, base=str(model), device=args.device, sheet=sheet)
+        measured = quality.measure(  # every point sampled as the UNet is trained; 0: the pipeline's own noise
+            args.n, base=str(model), device=args.device, sheet=sheet, shared_noise=args.shared_noise or None
+        )
         points.append({"step": step, "clips_seen": args.clips_before + step * args.batch,
                        "accuracy": measured["accuracy"], "met": measured["met"],
                        "eval_seconds": measured["seconds"], "elapsed_seconds": round(time.perf_counter() - start, 1)})  # fmt: skip

@@ -171,8 +171,10 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
 
     out = tmp_path / "more"
     assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
-                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0"]) == 0  # fmt: skip
+                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0",
+                          "--shared-noise", "0.5"]) == 0  # fmt: skip (frame-shared noise: that path runs too)
     log = read_json(out / "train_log.json")
+    assert log["args"]["shared_noise"] == 0.5
     assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1
     for part in ("clip/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         shipped, new = load_safetensors(TOY_MODEL_DIR / part)[0], load_safetensors(out / "model" / part)[0]
@@ -184,3 +186,20 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
     changed = [k for k in shipped if not torch.equal(shipped[k], new[k])]
     assert changed and all((shipped[k] - new[k]).abs().max() < 0.05 for k in shipped)  # one small step on
     assert pretrain_main(["--out", str(tmp_path / "bad"), "--device", "cpu", "--init-from", str(tmp_path)]) == 2
+
+
+def test_video_noise_shares_the_chosen_part_of_its_variance_across_frames():
+    from dreamvideo.toy.pretrain import video_noise
+
+    shape = torch.Size((64, 4, 8, 8, 8))
+    torch.manual_seed(0)
+    independent = video_noise(shape, 0.0, torch.device("cpu"))
+    torch.manual_seed(0)
+    assert torch.equal(independent, torch.randn(shape))  # 0: exactly the plain draw (old runs reproduce)
+    for shared in (0.0, 0.5, 0.9):
+        noise = video_noise(shape, shared, torch.device("cpu"))
+        assert noise.var().item() == pytest.approx(1.0, abs=0.03)
+        frames = noise.movedim(2, 0).flatten(1)  # (f, everything else)
+        between_frames = torch.corrcoef(frames)[~torch.eye(8, dtype=torch.bool)].mean().item()
+        assert between_frames == pytest.approx(shared, abs=0.03)
+    assert pretrain_main(["--out", "unused", "--shared-noise", "1.0"]) == 2

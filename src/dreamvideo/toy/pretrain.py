@@ -356,6 +356,19 @@ def measure_vae(vae: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch.Tensor:
+    """Unit-variance noise (b, c, f, h, w), a share ``shared`` of its variance common to all frames of a clip.
+
+    VideoFusion's decomposed noise: ``sqrt(shared) * common + sqrt(1 - shared) * per_frame``; 0 gives independent
+    frames (and draws exactly what ``torch.randn`` would).
+    """
+    own = torch.randn(shape, device=device)
+    if shared == 0:
+        return own
+    common = torch.randn((*shape[:2], 1, *shape[3:]), device=device)
+    return shared**0.5 * common + (1 - shared) ** 0.5 * own
+
+
 def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module, tokenizer, scheduler,
                args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
     """Text-to-video epsilon-MSE with offset noise, caption dropout and some 1-frame videos; EMA of the weights."""
@@ -382,7 +395,7 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module,
             latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (b, 4, f, h, w)
             text = clip.text_model(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
         offset = torch.randn(b, latents.shape[1], 1, 1, 1, device=device)  # ModelScope's offset noise
-        noise = torch.randn_like(latents) + args.offset_noise * offset
+        noise = video_noise(latents.shape, args.shared_noise, device) + args.offset_noise * offset
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text).sample
@@ -594,6 +607,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (guidance)")
     p.add_argument("--offset-noise", type=float, default=0.1)
+    p.add_argument(
+        "--shared-noise",
+        type=float,
+        default=0.0,
+        help="share of the UNet's training noise common to all frames (decomposed noise; sample likewise)",
+    )
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
     p.add_argument(
         "--workers", type=int, default=min(12, max(0, (os.cpu_count() or 1) - 2)), help="rendering processes"
@@ -616,6 +635,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0.0 <= args.shared_noise < 1.0:
+        print(f"pretrain: error: --shared-noise must be in [0, 1), got {args.shared_noise}", file=sys.stderr)
+        return 2
     try:
         pretrain(args)
     except DreamVideoError as err:
