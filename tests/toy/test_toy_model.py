@@ -170,9 +170,10 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
     from dreamvideo.toy.model import TOY_MODEL_DIR
 
     out = tmp_path / "more"
+    # with frame-shared noise, so that this training path runs too
     assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
                           "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0",
-                          "--shared-noise", "0.5"]) == 0  # fmt: skip (frame-shared noise: that path runs too)
+                          "--shared-noise", "0.5"]) == 0  # fmt: skip
     log = read_json(out / "train_log.json")
     assert log["args"]["shared_noise"] == 0.5
     assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1

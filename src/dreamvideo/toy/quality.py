@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--shared-noise", type=float, help="share of the starting noise common to all frames (0-1)")
     args = p.parse_args(argv)
+    if args.shared_noise is not None and not 0.0 <= args.shared_noise < 1.0:
+        p.error(f"--shared-noise must be in [0, 1), got {args.shared_noise}")
     result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png", device=args.device,
                      shared_noise=args.shared_noise)  # fmt: skip
     write_json(result, args.out / "quality.json")
