@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             * pipe.vae.config.scaling_factor
         )
         latents = latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
-        ids = pipe.tokenizer([world.caption(s) for s in specs], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
-        text = pipe.text_encoder(ids)[0]
+        text = pipe.encode_prompt([world.caption(s) for s in specs])
     results = {}
     for source in args.unet:
         path = (
