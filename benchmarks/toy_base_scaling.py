@@ -28,8 +28,11 @@ from dreamvideo.toy.model import TOY_MODEL_DIR, toy_unet
 SHIPPED_CLIPS = 800 * 64 + 800 * 16
 
 
-def ema_model(run: Path, base: Path, folder: Path) -> Path:
-    """A base-model folder: ``base`` with its UNet replaced by the EMA weights of the run's checkpoint."""
+def ema_model(run: Path, base: Path, folder: Path, scheduler=None) -> Path:
+    """A base-model folder: ``base`` with its UNet replaced by the EMA weights of the run's checkpoint.
+
+    ``scheduler`` (the run's, when it differs from the base's) replaces ``base``'s ``scheduler/``.
+    """
     weights, _ = load_safetensors(run / "checkpoints" / "unet" / "weights.safetensors")
     unet = toy_unet()
     unet.load_state_dict({k[len("ema.") :]: v for k, v in weights.items() if k.startswith("ema.")})
@@ -38,6 +41,9 @@ def ema_model(run: Path, base: Path, folder: Path) -> Path:
     shutil.copytree(base, folder)
     shutil.rmtree(folder / "unet")
     unet.save_pretrained(folder / "unet")
+    if scheduler is not None:
+        shutil.rmtree(folder / "scheduler")
+        scheduler.save_pretrained(folder / "scheduler")
     return folder
 
 

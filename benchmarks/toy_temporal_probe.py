@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
 from dreamvideo.fileio import load_safetensors, write_json
 from dreamvideo.toy import world
@@ -48,8 +49,12 @@ def skip_temporal_layers(unet) -> Iterator[None]:
 
 @torch.no_grad()
 def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int = 0) -> dict:
-    """Loss on whole clips vs frames alone, and cross-frame sensitivity, at each of ``TIMESTEPS``."""
+    """Loss on whole clips vs frames alone, and cross-frame sensitivity, at each of ``TIMESTEPS``.
+
+    The loss is the model's own training loss: epsilon or velocity MSE, as its scheduler says.
+    """
     b, _, f = latents.shape[:3]
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
     rows = {}
     for t in TIMESTEPS:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + t))
@@ -70,10 +75,11 @@ def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int 
         change = (
             (unet(bumped, ts, encoder_hidden_states=text).sample - whole).pow(2).mean(dim=(0, 1, 3, 4)).sqrt()
         )
+        target = scheduler.get_velocity(latents, noise, ts) if v_prediction else noise
         rows[t] = {
-            "loss_whole_clip": F.mse_loss(whole, noise).item(),
-            "loss_frames_alone": F.mse_loss(alone, noise).item(),
-            "loss_without_temporal_layers": F.mse_loss(spatial_only, noise).item(),
+            "loss_whole_clip": F.mse_loss(whole, target).item(),
+            "loss_frames_alone": F.mse_loss(alone, target).item(),
+            "loss_without_temporal_layers": F.mse_loss(spatial_only, target).item(),
             "other_frames_change_vs_frame0": (change[1:].mean() / change[0]).item(),
         }
     return rows
@@ -82,7 +88,10 @@ def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--unet", nargs="+", default=["toy"], help="'toy' or UNet safetensors files of the toy config"
+        "--unet",
+        nargs="+",
+        default=["toy"],
+        help="'toy', base-model folders (their unet/ and scheduler/), or UNet safetensors files of the toy config",
     )
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--out", type=Path, required=True)
@@ -104,14 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         text = pipe.encode_prompt([world.caption(s) for s in specs])
     results = {}
     for source in args.unet:
-        path = (
-            TOY_MODEL_DIR / "unet" / "diffusion_pytorch_model.safetensors"
-            if source == "toy"
-            else Path(source)
+        folder = TOY_MODEL_DIR if source == "toy" else Path(source)
+        path = folder / "unet" / "diffusion_pytorch_model.safetensors" if folder.is_dir() else folder
+        scheduler = (
+            DDIMScheduler.from_pretrained(folder, subfolder="scheduler") if folder.is_dir() else pipe.scheduler
         )
         unet = toy_unet()
         unet.load_state_dict(load_safetensors(path)[0])
-        results[source] = probe(unet.eval(), latents, text, pipe.scheduler)
+        results[source] = probe(unet.eval(), latents, text, scheduler)
         for t, row in results[source].items():
             print(source, f"t={t}", {k: round(v, 4) for k, v in row.items()})
     write_json({"clips": args.clips, "timesteps": TIMESTEPS, "results": results}, args.out)

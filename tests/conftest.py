@@ -61,7 +61,11 @@ def build_tiny_unet(seed: int | None = 0, width: int = 32) -> UNet3DConditionMod
     )
 
 
-def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: bool = True) -> Path:
+def build_tiny_base(
+    root: Path, seed: int = 0, width: int = 32, image_encoder: bool = True, v_prediction: bool = False
+) -> Path:
+    """The tiny model in the diffusers layout; ``v_prediction`` gives it a v-prediction, zero-terminal-SNR,
+    trailing-timestep scheduler (Lin et al., 2024) instead of ModelScope's epsilon one."""
     torch.manual_seed(seed)
     tok = write_word_tokenizer(root / "tokenizer")
     text = CLIPTextModel(
@@ -78,8 +82,12 @@ def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: b
         norm_num_groups=8,
         sample_size=16,
     ).save_pretrained(root / "vae")
+    zero_snr = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
+                "steps_offset": 0}  # fmt: skip
     DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False, steps_offset=1).save_pretrained(root / "scheduler")
+                  set_alpha_to_one=False, **(zero_snr if v_prediction else {"steps_offset": 1})).save_pretrained(
+        root / "scheduler"
+    )  # fmt: skip
     if image_encoder:
         CLIPVisionModelWithProjection(
             CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -95,6 +103,12 @@ def build_tiny_base(root: Path, seed: int = 0, width: int = 32, image_encoder: b
 def tiny_base(tmp_path_factory) -> Path:
     """A random 16x16-pixel text-to-video model with an image encoder, in the diffusers folder layout."""
     return build_tiny_base(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vpred_base(tmp_path_factory) -> Path:
+    """The tiny model with a v-prediction, zero-terminal-SNR scheduler (same weights as ``tiny_base``)."""
+    return build_tiny_base(tmp_path_factory.mktemp("tiny_vpred_base"), v_prediction=True)
 
 
 @pytest.fixture(scope="session")

@@ -291,3 +291,26 @@ def test_subject_previews_cover_both_stages(pipe, tiny_data, tmp_path):
                         preview=PreviewSettings(every=4, num_frames=2, steps=2))
     names = sorted(p.name for p in (out / "previews").glob("*.gif"))
     assert names == ["identity_adapter-step-000004.gif", "textual_inversion-step-000004.gif"]
+
+
+def test_motion_adapter_lowers_the_velocity_loss_on_a_v_prediction_base(tiny_vpred_base, tiny_data, tmp_path):
+    from dreamvideo.data import load_motion_videos
+
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_vpred_base))
+    settings = motion_settings(stage=StageConfig(steps=30, lr=3e-3, batch_size=2, checkpoint_every=30),
+                               appearance_guidance=False, caption_dropout=0.0)  # fmt: skip
+    out = learn_motion(pipe, tiny_data["motion"], tmp_path / "m", settings, progress=False)
+    pipe.load_motion(out)
+    frames = torch.stack([v[:4] for v in load_motion_videos(tiny_data["motion"], 16).videos])
+    latents = pipe.encode_video(frames, torch.Generator().manual_seed(0))
+    text = pipe.encode_prompt(["a red star moves left", "a blue dog moves right"])
+
+    def loss() -> float:  # the same 16 draws of noise and timesteps each time
+        return sum(
+            training.diffusion_loss(pipe.unet, pipe.scheduler, latents, text, torch.Generator().manual_seed(s)).item()
+            for s in range(16)
+        )
+
+    trained = loss()
+    ad.enable_adapter(pipe.unet, "motion", False)
+    assert trained < 0.9 * loss()

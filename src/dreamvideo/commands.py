@@ -199,6 +199,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             width=args.width,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
+            guidance_rescale=args.guidance_rescale,
             appearance_image=appearance,
             appearance_strength=args.appearance_strength,
             appearance_strength_uncond=args.appearance_strength_uncond,
@@ -314,6 +315,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--appearance-strength", type=float, default=1.0, help="lam_c, conditional branch")
     p.add_argument("--appearance-strength-uncond", type=float, default=1.0, help="lam_u, unconditional branch")
     p.add_argument("--guidance-scale", type=float, default=9.0)
+    p.add_argument(
+        "--guidance-rescale",
+        type=float,
+        help="rescale of the guided prediction, 0-1 (Lin et al.); default: 0.7 on zero-terminal-SNR bases, else 0",
+    )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--height", type=int)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
 from diffusers.loaders import TextualInversionLoaderMixin
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPVisionModelWithProjection
 
@@ -126,6 +127,11 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         return describe_base(self.base_name, dict(self.unet.config), self.text_encoder.config.hidden_size)
 
     @property
+    def default_guidance_rescale(self) -> float:
+        """0.7 for a zero-terminal-SNR base (Lin et al., 2024), 0 otherwise (ModelScope's setting)."""
+        return 0.7 if self.scheduler.config.get("rescale_betas_zero_snr", False) else 0.0
+
+    @property
     def condition_dim(self) -> int | None:
         return None if self.image_encoder is None else int(self.image_encoder.config.projection_dim)
 
@@ -224,23 +230,42 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         return images.reshape(b, f, *images.shape[1:]).float().clamp(-1, 1)
 
     # ------------------------------------------------------------------ sampling
+    def predicted_x0_and_noise(
+        self, model_output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` from the UNet output at noise level ``alpha_bar``, whatever the scheduler's prediction type."""
+        kind = self.scheduler.config.prediction_type
+        a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        if kind == "epsilon":  # x_t = a x0 + s eps
+            return (sample - s * model_output) / a, model_output
+        if kind == "v_prediction":  # v = a eps - s x0
+            return a * sample - s * model_output, a * model_output + s * sample
+        if kind == "sample":
+            return model_output, (sample - a * model_output) / s
+        raise DreamVideoError(f"unsupported prediction_type {kind!r} in the base's scheduler config")
+
     @torch.no_grad()
-    def invert(
-        self, latents: torch.Tensor, prompt_embeds: torch.Tensor, num_inference_steps: int, progress: bool = True
-    ) -> torch.Tensor:
-        """DDIM inversion: run the deterministic sampler backwards from clean latents to noise (no guidance)."""
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps, device=latents.device)
-        alphas = scheduler.alphas_cumprod.to(latents.device)
-        timesteps = scheduler.timesteps.flip(0)
-        x = latents
-        for i, t in enumerate(self.progress_bar(timesteps) if progress else timesteps):
-            prev_t = timesteps[i - 1] if i > 0 else None
-            a_prev = alphas[prev_t] if prev_t is not None else scheduler.final_alpha_cumprod.to(latents.device)
-            eps = self.unet(x, t, encoder_hidden_states=prompt_embeds).sample
-            x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-            x = alphas[t].sqrt() * x0 + (1 - alphas[t]).sqrt() * eps
-        return x
+    def invert(self, latents: torch.Tensor, num_inference_steps: int, progress: bool = True) -> torch.Tensor:
+        """DDIM inversion of clean latents to noise, as the authors do: the empty prompt, no appearance condition,
+        no guidance; the model is evaluated at t = 0, k, ..., T - k (k = T / steps) on its input at that level,
+        and the last step lands on pure predicted noise (alpha_bar = 0)."""
+        total = self.scheduler.config.num_train_timesteps
+        stride = total // num_inference_steps
+        alphas = self.scheduler.alphas_cumprod.to(latents.device, torch.float64)
+        text = self.encode_prompt([""] * latents.shape[0]).to(self.unet.dtype)
+        saved = ad.get_adapter_condition(self.unet, "motion")
+        ad.clear_adapter_condition(self.unet, "motion")  # the authors invert without an image
+        x = latents.double()
+        try:
+            steps = range(0, total, stride)
+            for t in self.progress_bar(steps) if progress else steps:
+                out = self.unet(x.to(self.unet.dtype), t, encoder_hidden_states=text).sample.double()
+                x0, eps = self.predicted_x0_and_noise(out, x, alphas[t])
+                a_next = alphas[t + stride] if t + stride < total else alphas.new_zeros(())
+                x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps  # DDIM, eq. 12 of Song et al., run forwards
+        finally:
+            ad.restore_adapter_condition(self.unet, "motion", saved)
+        return x.float()
 
     @torch.no_grad()
     def __call__(
@@ -259,6 +284,7 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         latents: torch.Tensor | None = None,
         init_video: torch.Tensor | None = None,
         init_strength: float = 0.0,
+        guidance_rescale: float | None = None,
         progress: bool = True,
     ) -> DreamVideoOutput:
         """Generate one video per prompt.
@@ -270,7 +296,7 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             num_inference_steps: DDIM steps (paper: 50).
             guidance_scale: classifier-free guidance weight (paper: 9.0); 1 disables guidance.
             appearance_image: reference image for the motion adapter's appearance guidance (section 6);
-                without one, the motion adapter gets the zero vector, as in appearance dropout.
+                without one, the motion adapter has no condition term (the authors' code).
             appearance_strength: ``lam_c``, guidance strength in the conditional branch.
             appearance_strength_uncond: ``lam_u``, strength in the unconditional branch, which gets the zero vector.
             generator: torch generator for reproducible noise.
@@ -278,6 +304,9 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             init_video: optional pixels (frames, 3, H, W) in [-1, 1] of a training video; its DDIM-inverted latents are
                 mixed with the noise (section 6) as ``sqrt(s) * inverted + sqrt(1 - s) * noise``.
             init_strength: ``s`` in [0, 0.5]; 0 (default) ignores ``init_video``.
+            guidance_rescale: ``phi`` of Lin et al. (2024, section 3.4): rescales the guided prediction towards the
+                conditional one's standard deviation. Default: 0.7 for a zero-terminal-SNR base, 0 otherwise
+                (ModelScope).
             progress: show a progress bar.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -292,31 +321,37 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             raise DreamVideoError(f"height and width must be multiples of {factor}, got {height}x{width}")
         device, batch = self.unet.device, len(prompts)
         guided = guidance_scale > 1.0
+        rescale = self.default_guidance_rescale if guidance_rescale is None else guidance_rescale
+        if not 0 <= rescale <= 1:
+            raise DreamVideoError(f"guidance_rescale must be in [0, 1], got {rescale}")
         cond = self.encode_prompt(prompts)
         text = torch.cat([self.encode_prompt([negative_prompt] * batch), cond]) if guided else cond
         text = text.to(self.unet.dtype)
         self._set_appearance(appearance_image, batch, guided, appearance_strength, appearance_strength_uncond)
+        try:  # the condition is cleared however sampling ends
+            shape = (batch, self.unet.config.in_channels, num_frames, height // factor, width // factor)
+            if latents is None:
+                latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+            if init_video is not None and init_strength > 0:
+                video_latents = self.encode_video(init_video.unsqueeze(0), generator).expand(batch, -1, -1, -1, -1)
+                inverted = self.invert(video_latents.float(), num_inference_steps, progress)
+                latents = math.sqrt(init_strength) * inverted + math.sqrt(1 - init_strength) * latents
 
-        shape = (batch, self.unet.config.in_channels, num_frames, height // factor, width // factor)
-        if latents is None:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
-        if init_video is not None and init_strength > 0:
-            video_latents = self.encode_video(init_video.unsqueeze(0), generator).expand(batch, -1, -1, -1, -1)
-            inverted = self.invert(video_latents.float(), cond, num_inference_steps, progress)
-            latents = math.sqrt(init_strength) * inverted + math.sqrt(1 - init_strength) * latents
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        latents = latents * self.scheduler.init_noise_sigma
-        timesteps = self.scheduler.timesteps
-        for t in self.progress_bar(timesteps) if progress else timesteps:
-            model_in = torch.cat([latents] * 2) if guided else latents
-            model_in = self.scheduler.scale_model_input(model_in, t).to(self.unet.dtype)
-            noise = self.unet(model_in, t, encoder_hidden_states=text).sample.float()
-            if guided:  # classifier-free guidance: eps_u + w (eps_c - eps_u)
-                uncond, conditional = noise.chunk(2)
-                noise = uncond + guidance_scale * (conditional - uncond)
-            latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
-        ad.clear_adapter_condition(self.unet, "motion")
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            latents = latents * self.scheduler.init_noise_sigma
+            timesteps = self.scheduler.timesteps
+            for t in self.progress_bar(timesteps) if progress else timesteps:
+                model_in = torch.cat([latents] * 2) if guided else latents
+                model_in = self.scheduler.scale_model_input(model_in, t).to(self.unet.dtype)
+                noise = self.unet(model_in, t, encoder_hidden_states=text).sample.float()
+                if guided:  # classifier-free guidance: eps_u + w (eps_c - eps_u)
+                    uncond, conditional = noise.chunk(2)
+                    noise = uncond + guidance_scale * (conditional - uncond)
+                    if rescale > 0:
+                        noise = rescale_noise_cfg(noise, conditional, guidance_rescale=rescale)
+                latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
+        finally:
+            ad.clear_adapter_condition(self.unet, "motion")
         pixels = self.decode_latents(latents)
         frames = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
         return DreamVideoOutput(frames=list(frames))
@@ -324,18 +359,21 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
     def _set_appearance(
         self, image: Image.Image | np.ndarray | None, batch: int, guided: bool, lam_c: float, lam_u: float
     ) -> None:
-        if "motion" not in ad.adapter_names(self.unet):
-            return
+        """The motion adapter's condition for one sampling run (section 6, and the authors' code).
+
+        With an image: ``e`` and ``lam_c`` in the conditional branch, the zero vector (``W_cond(0)`` = its bias)
+        and ``lam_u`` in the unconditional one. Without an image, or without an image encoder: no condition term.
+        """
+        ad.clear_adapter_condition(self.unet, "motion")
         dim = self.condition_dim or 0
-        if image is not None and dim:
-            e = self.encode_image([image]).float().expand(batch, -1)
-        else:
-            e = torch.zeros(batch, dim, device=self.unet.device)
+        if "motion" not in ad.adapter_names(self.unet) or image is None or not dim:
+            return
+        e = self.encode_image([image]).float().expand(batch, -1)
         strength = torch.full((batch,), float(lam_c), device=self.unet.device)
         if guided:  # the unconditional branch gets the zero vector with its own strength
             e = torch.cat([torch.zeros_like(e), e])
             strength = torch.cat([torch.full((batch,), float(lam_u), device=self.unet.device), strength])
-        ad.set_adapter_condition(self.unet, "motion", e if dim else None, strength)
+        ad.set_adapter_condition(self.unet, "motion", e, strength)
 
 
 def _checkpoint_file(folder: Path, stage: str, step: int | None, name: str) -> Path:

@@ -41,8 +41,10 @@ def test_adapter_equation_and_zero_init():
     lam = 0.7
     expected = h + a.up(torch.nn.functional.gelu(a.down(h + lam * a.cond(e))))
     torch.testing.assert_close(h + a.delta(h, e, lam), expected)
-    # a missing condition is the zero vector: W_cond(0) = bias
-    torch.testing.assert_close(a.delta(h, None, lam), a.delta(h, torch.zeros(3, 1, 4), lam))
+    # no condition means no condition term (the authors' code); the zero vector adds lam * W_cond(0) = lam * bias
+    gelu = torch.nn.functional.gelu
+    torch.testing.assert_close(a.delta(h, None, lam), a.up(gelu(a.down(h))))
+    torch.testing.assert_close(a.delta(h, torch.zeros(3, 1, 4), lam), a.up(gelu(a.down(h + lam * a.cond.bias))))
 
 
 def test_attach_leaves_output_bit_identical_and_detach_restores():

@@ -13,7 +13,9 @@ from dreamvideo.adapters.model import (
     enable_adapter,
     expected_adapter_parameters,
     find_transformer_blocks,
+    get_adapter_condition,
     load_adapter_state_dict,
+    restore_adapter_condition,
     set_adapter_condition,
     set_adapter_scale,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "attach_identity_adapter",
     "attach_motion_adapter",
     "clear_adapter_condition",
+    "get_adapter_condition",
     "count_adapter_parameters",
     "detach_adapter",
     "enable_adapter",
@@ -50,6 +53,7 @@ __all__ = [
     "identity_adapter_config",
     "load_adapter_state_dict",
     "motion_adapter_config",
+    "restore_adapter_condition",
     "set_adapter_condition",
     "set_adapter_scale",
 ]

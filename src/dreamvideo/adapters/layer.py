@@ -35,10 +35,9 @@ class Adapter(nn.Module):
     ) -> torch.Tensor:
         """``W_up(GELU(W_down(h + lam * W_cond(e))))`` times the adapter scale; ``A(h, e) = h + delta``."""
         x = hidden_states
-        if self.cond is not None:
-            # a missing appearance embedding is the zero vector, as in appearance dropout: W_cond(0) = bias
-            projected = self.cond.bias if condition is None else self.cond(condition)
-            x = x + strength * projected
+        if self.cond is not None and condition is not None:
+            # no appearance embedding: no condition term (the authors'); appearance dropout passes e = 0 instead
+            x = x + strength * self.cond(condition)
         return self.scale * self.up(F.gelu(self.down(x)))
 
     def forward(self, hidden_states: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:

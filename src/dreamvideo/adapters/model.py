@@ -139,6 +139,19 @@ def clear_adapter_condition(unet: nn.Module, name: str) -> None:
     _conditions(unet).pop(name, None)
 
 
+def get_adapter_condition(unet: nn.Module, name: str) -> AdapterCondition | None:
+    """The condition set for adapter ``name`` (``None``: no condition term), e.g. to restore it later."""
+    return _conditions(unet).get(name)
+
+
+def restore_adapter_condition(unet: nn.Module, name: str, condition: AdapterCondition | None) -> None:
+    """Put back a condition returned by :func:`get_adapter_condition` (``None`` clears it)."""
+    if condition is None:
+        clear_adapter_condition(unet, name)
+    else:
+        _conditions(unet)[name] = condition
+
+
 def _adapters(unet: nn.Module, name: str) -> dict[str, Adapter]:
     found = {
         f"{block.path}.{site}": adapter

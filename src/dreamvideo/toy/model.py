@@ -213,17 +213,45 @@ def toy_vae(scaling_factor: float = 1.0) -> AutoencoderKL:
     )
 
 
-def toy_scheduler() -> DDIMScheduler:
-    """DDIM with ModelScope-1.7B's settings (scaled-linear betas 0.00085-0.012, epsilon prediction)."""
+def shifted_betas(shift: float, num_train_timesteps: int = 1000) -> list[float]:
+    """ModelScope's scaled-linear betas with every log-SNR moved by ``shift`` nats ("simple diffusion", section 3).
+
+    A negative ``shift`` adds noise at every step, for small latents whose global content (background, layout)
+    stays readable at the usual noise levels.
+    """
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+    log_snr = torch.logit(torch.cumprod(1 - betas, 0)) + shift  # log(abar / (1 - abar)) + shift
+    alphas_cumprod = torch.sigmoid(log_snr)
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    return (1 - alphas_cumprod / previous).tolist()
+
+
+def toy_scheduler(
+    prediction_type: str = "epsilon",
+    zero_snr: bool = False,
+    timestep_spacing: str = "leading",
+    snr_shift: float = 0.0,
+) -> DDIMScheduler:
+    """DDIM with ModelScope-1.7B's settings (scaled-linear betas 0.00085-0.012, epsilon prediction) by default.
+
+    Args:
+        prediction_type: ``"epsilon"`` or ``"v_prediction"`` (needed with ``zero_snr``).
+        zero_snr: rescale the betas to zero terminal SNR (Lin et al. 2024, section 3.1).
+        timestep_spacing: ``"leading"`` (ModelScope) or ``"trailing"`` (Lin et al., section 3.3: start at t = 999).
+        snr_shift: log-SNR shift of the schedule (see :func:`shifted_betas`); 0 keeps ModelScope's.
+    """
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="scaled_linear",
         beta_start=0.00085,
         beta_end=0.012,
+        trained_betas=shifted_betas(snr_shift) if snr_shift else None,
         clip_sample=False,
         set_alpha_to_one=False,
-        prediction_type="epsilon",
-        steps_offset=1,
+        prediction_type=prediction_type,
+        rescale_betas_zero_snr=zero_snr,
+        timestep_spacing=timestep_spacing,
+        steps_offset=0 if timestep_spacing == "trailing" else 1,
     )
 
 

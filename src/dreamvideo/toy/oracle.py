@@ -190,7 +190,7 @@ def _quantize(pixels: np.ndarray, return_distance: bool = False):
 # ----------------------------------------------------------------------------- motion
 
 
-def _track(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def track(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centroid (F,2) and log size (F,) of each mask; empty frames copy the nearest non-empty one."""
     area = masks.sum(axis=(1, 2)).astype(np.float64)
     yy, xx = np.mgrid[0 : masks.shape[1], 0 : masks.shape[2]] + 0.5
@@ -223,7 +223,7 @@ def motion_features(
         masks: foreground masks if already computed (default: :func:`segment_foreground`).
     """
     masks = segment_foreground(frames) if masks is None else np.asarray(masks, dtype=bool)
-    return _features(*_track(masks), num_frames)
+    return _features(*track(masks), num_frames)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

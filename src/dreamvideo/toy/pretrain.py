@@ -371,7 +371,7 @@ def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch
 
 def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module, tokenizer, scheduler,
                args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
-    """Text-to-video epsilon-MSE with offset noise, caption dropout and some 1-frame videos; EMA of the weights."""
+    """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; EMA of the weights."""
     device = torch.device(args.device)
     phase = Phase("unet", args.out, {"unet": unet, "ema": ema}, list(unet.parameters()), _steps(args.unet_steps, args),
                   args.unet_lr, args.warmup, args)  # fmt: skip
@@ -399,6 +399,8 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module,
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text).sample
+        if scheduler.config.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+            return F.mse_loss(pred.float(), scheduler.get_velocity(latents, noise, t))
         return F.mse_loss(pred.float(), noise)
 
     def after_step(step: int) -> None:
@@ -527,7 +529,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         toy_clip(tokenizer).to(device),
         toy_vae().to(device),
         toy_unet().to(device),
-        toy_scheduler(),
+        toy_scheduler(args.prediction_type, args.zero_snr, args.timestep_spacing, args.snr_shift),
     )
     if args.init_from is not None:
         warm_start(args.init_from, clip, vae, unet)
@@ -618,6 +620,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=0.0,
         help="share of the UNet's training noise common to all frames (decomposed noise; sample likewise)",
     )
+    p.add_argument(
+        "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon", help="what the UNet predicts"
+    )
+    p.add_argument(
+        "--zero-snr", action="store_true", help="rescale the schedule to zero terminal SNR (needs v_prediction)"
+    )
+    p.add_argument("--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM step grid")
+    p.add_argument("--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)")
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
     p.add_argument(
         "--workers", type=int, default=min(12, max(0, (os.cpu_count() or 1) - 2)), help="rendering processes"
@@ -642,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.shared_noise < 1.0:
         print(f"pretrain: error: --shared-noise must be in [0, 1), got {args.shared_noise}", file=sys.stderr)
+        return 2
+    if args.zero_snr and args.prediction_type != "v_prediction":
+        print("pretrain: error: --zero-snr needs --prediction-type v_prediction", file=sys.stderr)
         return 2
     try:
         pretrain(args)

@@ -10,18 +10,40 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from dreamvideo.fileio import write_json
 from dreamvideo.toy import oracle, world
 
-TARGETS = {"color": 0.80, "motion": 0.70, "background": 0.80}
+TARGETS = {"color": 0.80, "motion": 0.70, "background": 0.80, "steady_background": 0.95, "smooth_track": 0.90}
+MIN_JUMP_PX = 2.0  # floor of the allowed jump for motions that barely move (stays still, grows, shrinks)
 
 
-def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, base: str = "toy",
+def steady_background(frames: np.ndarray) -> bool:
+    """Coherence: the oracle finds the same background class in every frame."""
+    return len({oracle.background_class(frame[None]) for frame in frames}) == 1
+
+
+def smooth_track(frames: np.ndarray, masks: np.ndarray, spec: world.ClipSpec) -> bool:
+    """Coherence: no frame-to-frame jump of the sprite's centre larger than twice the largest true one.
+
+    The true displacements come from the prompted motion's trajectory (the spec's amplitude and phase); the
+    allowed jump is ``2 * max(largest true step, MIN_JUMP_PX)`` pixels.
+    """
+    offsets, _ = world.trajectory(spec.motion, len(frames), spec.amplitude, spec.phase)
+    true_step = np.linalg.norm(np.diff(offsets, axis=0), axis=1).max()
+    centers = oracle.track(masks)[0]
+    return bool(np.linalg.norm(np.diff(centers, axis=0), axis=1).max() <= 2 * max(true_step, MIN_JUMP_PX))
+
+
+def measure(n: int = 64, steps: int = 25, guidance: float = 9.0, seed: int = 0, base: str = "toy",
             sheet: Path | None = None, device: str = "cpu", shared_noise: float | None = None) -> dict:
-    """Accuracy of prompted colour / motion / background over ``n`` held-out prompts (one seed each).
+    """Accuracy of prompted colour / motion / background and two coherence rates over ``n`` held-out prompts.
+
+    One video per prompt (seed ``seed + i``); the coherence checks are :func:`steady_background` and
+    :func:`smooth_track`.
 
     Args:
         n: number of held-out prompts (one video each, seeds ``seed + i``).
@@ -63,6 +85,8 @@ def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
             "color": oracle.dominant_color(frames, masks) == spec.sprite.color,
             "motion": oracle.motion_class(frames, masks) == spec.motion,
             "background": oracle.background_class(frames) == spec.background,
+            "steady_background": steady_background(frames),
+            "smooth_track": smooth_track(frames, masks, spec),
         })
         videos.append((prompt, frames))
     accuracy = {k: sum(r[k] for r in rows) / len(rows) for k in TARGETS}
@@ -77,7 +101,7 @@ def measure(n: int = 32, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
