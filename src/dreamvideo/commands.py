@@ -200,6 +200,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
             guidance_rescale=args.guidance_rescale,
+            offset_noise=args.offset_noise,
             appearance_image=appearance,
             appearance_strength=args.appearance_strength,
             appearance_strength_uncond=args.appearance_strength_uncond,
@@ -321,6 +322,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="rescale of the guided prediction, 0-1 (Lin et al.); default: 0.7 on zero-terminal-SNR bases, else 0",
     )
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument(
+        "--offset-noise", type=float, default=0.1, help="offset noise added to the starting noise (authors: 0.1)"
+    )
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)

@@ -16,6 +16,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet3DConditionModel
 from diffusers.loaders import TextualInversionLoaderMixin
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPVisionModelWithProjection
 
@@ -285,6 +286,7 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         init_video: torch.Tensor | None = None,
         init_strength: float = 0.0,
         guidance_rescale: float | None = None,
+        offset_noise: float = 0.0,
         progress: bool = True,
     ) -> DreamVideoOutput:
         """Generate one video per prompt.
@@ -307,6 +309,8 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             guidance_rescale: ``phi`` of Lin et al. (2024, section 3.4): rescales the guided prediction towards the
                 conditional one's standard deviation. Default: 0.7 for a zero-terminal-SNR base, 0 otherwise
                 (ModelScope).
+            offset_noise: strength of an offset added to the starting noise, one draw per sample, channel and
+                frame, as in training (the authors sample with 0.1, the default of ``dreamvideo generate``).
             progress: show a progress bar.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -331,7 +335,10 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         try:  # the condition is cleared however sampling ends
             shape = (batch, self.unet.config.in_channels, num_frames, height // factor, width // factor)
             if latents is None:
-                latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+                if offset_noise:  # the authors' offset noise at inference
+                    offset = randn_tensor((*shape[:3], 1, 1), generator=generator, device=device, dtype=torch.float32)
+                    latents = latents + offset_noise * offset
             if init_video is not None and init_strength > 0:
                 video_latents = self.encode_video(init_video.unsqueeze(0), generator).expand(batch, -1, -1, -1, -1)
                 inverted = self.invert(video_latents.float(), num_inference_steps, progress)

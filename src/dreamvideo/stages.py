@@ -171,7 +171,7 @@ class SubjectBatches:
         mask = None
         if use_masks and data.masks is not None:  # mask loss at latent resolution
             size = tuple(latents.mean.shape[-2:])
-            mask = F.interpolate(data.masks, size=size, mode="area").to(_device_of(pipe))
+            mask = F.interpolate(data.masks, size=size, mode="nearest").to(_device_of(pipe))  # as the authors
         return cls(latents, mask)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -32,7 +32,7 @@ class StageConfig:
         lr: AdamW learning rate.
         batch_size: samples per step.
         weight_decay: AdamW weight decay (authors: 0).
-        offset_noise: strength of the per-channel offset added to the noise (section 4: 0.1).
+        offset_noise: strength of the offset added to the noise, per sample, channel and frame (section 4: 0.1).
         checkpoint_every: save a resumable checkpoint every this many steps (and at the end).
         max_grad_norm: gradient clipping; ``None`` disables it.
         seed: seed of every random choice of the stage.
@@ -64,26 +64,41 @@ def diffusion_loss(
     offset_noise: float = 0.1,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Epsilon-MSE denoising loss at a random timestep (section 4), optionally only inside ``mask``.
+    """Denoising loss at a random timestep (section 4), optionally only inside ``mask``.
+
+    The target is what the base's scheduler says the UNet predicts: the noise (``epsilon``), the velocity
+    (``v_prediction``) or the clean latents (``sample``).
 
     Args:
         latents: clean latents (batch, channels, frames, h, w); images are 1-frame videos.
         text_embeds: text features (batch, tokens, dim).
-        mask: optional (batch, 1, frames or 1, h, w) weights in [0, 1] at latent resolution.
+        offset_noise: strength of the offset noise, one draw per sample, channel and frame (the authors' code).
+        mask: optional (batch, 1, frames or 1, h, w) binary mask at latent resolution; the masked squared error is
+            averaged over all elements of each sample, as the authors do.
     """
-    b, c = latents.shape[:2]
+    b, c, f = latents.shape[:3]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
-    if offset_noise:  # offset noise: a random constant shift per sample and channel
-        noise = noise + offset_noise * torch.randn((b, c, 1, 1, 1), generator=generator).to(latents)
+    if offset_noise:  # offset noise: a random constant shift per sample, channel and frame
+        noise = noise + offset_noise * torch.randn((b, c, f, 1, 1), generator=generator).to(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=text_embeds).sample.float()
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    err = (pred - target.float()) ** 2
-    if mask is None:
-        return err.mean()
-    mask = mask.expand_as(err).to(err)
-    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+    err = (pred - prediction_target(scheduler, latents, noise, t).float()) ** 2
+    if mask is not None:
+        err = err * mask.to(err)
+    return err.mean()
+
+
+def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The UNet's regression target under the scheduler's ``prediction_type``."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, 2022)
+        return scheduler.get_velocity(latents, noise, t)
+    if kind == "sample":
+        return latents
+    raise DreamVideoError(f"unsupported prediction_type {kind!r} in the base's scheduler config")
 
 
 def flatten_optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

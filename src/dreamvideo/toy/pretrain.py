@@ -56,7 +56,7 @@ from dreamvideo.toy.model import (
     toy_vae,
     vae_pixels,
 )
-from dreamvideo.training import flatten_optimizer_state, unflatten_optimizer_state
+from dreamvideo.training import flatten_optimizer_state, prediction_target, unflatten_optimizer_state
 
 PHASES = ("clip", "vae", "unet")
 
@@ -399,9 +399,7 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module,
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text).sample
-        if scheduler.config.prediction_type == "v_prediction":  # v = sqrt(abar) eps - sqrt(1 - abar) x0
-            return F.mse_loss(pred.float(), scheduler.get_velocity(latents, noise, t))
-        return F.mse_loss(pred.float(), noise)
+        return F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t))
 
     def after_step(step: int) -> None:
         decay = min(args.ema_decay, (1 + step) / (10 + step))
