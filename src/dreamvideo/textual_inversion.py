@@ -14,6 +14,17 @@ class TokenError(DreamVideoError):
     pass
 
 
+def is_existing_word(tokenizer, token: str) -> bool:
+    """Whether ``token`` already means something to the tokenizer: a vocabulary entry or one known piece.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        token: the candidate placeholder.
+    """
+    pieces = tokenizer.tokenize(token)
+    return token in tokenizer.get_vocab() or (len(pieces) == 1 and pieces[0] != tokenizer.unk_token)
+
+
 def check_placeholder(tokenizer, token: str, init_word: str) -> int:
     """Check that ``token`` is new and ``init_word`` is one token of the vocabulary; return the word's id.
 
@@ -24,9 +35,7 @@ def check_placeholder(tokenizer, token: str, init_word: str) -> int:
     """
     if not token or any(c.isspace() for c in token):
         raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
-    pieces = tokenizer.tokenize(token)
-    known_word = len(pieces) == 1 and pieces[0] != tokenizer.unk_token
-    if token in tokenizer.get_vocab() or known_word:
+    if is_existing_word(tokenizer, token):
         raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1 or init_ids[0] == tokenizer.unk_token_id:
@@ -115,10 +124,10 @@ def insert_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tens
     weight = text_encoder.get_input_embeddings().weight
     if vector.numel() != weight.shape[1]:
         raise TokenError(f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}")
+    if token not in tokenizer.get_added_vocab() and is_existing_word(tokenizer, token):
+        raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
+                         "would overwrite that word's embedding")
     if token in tokenizer.get_vocab():
-        if token not in tokenizer.get_added_vocab():
-            raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
-                             "would overwrite that word's embedding")
         token_id = tokenizer.convert_tokens_to_ids(token)
     else:
         tokenizer.add_tokens([token])

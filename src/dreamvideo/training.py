@@ -230,6 +230,8 @@ class Trainer:
         rng = tensors.pop("generator_state")
         ranks = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("generator_state.")]}
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
+        for group in self.optimizer.param_groups:  # the saved groups carry the old lr: --lr of this run wins
+            group["lr"], group["weight_decay"] = self.config.lr, self.config.weight_decay
         if self.rank == 0:
             self.generator.set_state(rng)
         elif f"generator_state.rank{self.rank}" in ranks:
