@@ -27,7 +27,7 @@ def test_learn_subject_motion_generate(tiny_base, tiny_data, tmp_path, capsys):
     # subject only, motion only (with an earlier checkpoint), plain base
     for extra in (["--subject", str(tmp_path / "dog")], ["--motion", str(tmp_path / "move"), "--motion-step", "2"], []):
         assert main(["generate", "--base", base, *extra, "--prompt", "a dog", "--out", str(tmp_path / "w.gif"),
-                     "--steps", "2", "--frames", "2", "--quiet"]) == 0
+                     "--steps", "2", "--frames", "2", "--quiet", "--overwrite"]) == 0
     assert json.loads((tmp_path / "dog" / "subject.json").read_text())["identity_adapter"]["sites"] == ["attn2"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -311,3 +312,18 @@ def test_identity_adapter_cli_and_adapter_errors(tiny_base: Path, tmp_path: Path
         == 2
     )
     assert "none.pth: file not found" in capsys.readouterr().err
+
+
+class _SystemCall:
+    def __reduce__(self):
+        return os.system, ("echo pwned > /dev/null",)
+
+
+def test_refused_pickle_says_python_objects_refused_for_safety(tmp_path: Path):
+    evil = tmp_path / "system.pth"
+    torch.save({"a": _SystemCall()}, evil)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert "holds Python objects other than tensors" in message and "refused for safety" in message
+    assert "system" in message and "unpickling failed" not in message

@@ -361,3 +361,12 @@ def test_no_warning_for_large_enough_images(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image(tmp_path / "ok.png", 64)
+
+
+def test_one_frame_video_is_refused_as_a_motion(tmp_path):
+    from dreamvideo.data import DataError, load_motion_videos
+    from dreamvideo.video_io import write_video
+
+    write_video(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "one.gif", fps=8)
+    with pytest.raises(DataError, match="one.gif: has 1 frame, not a video"):
+        load_motion_videos(tmp_path / "one.gif", 16)

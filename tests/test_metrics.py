@@ -372,3 +372,26 @@ def test_paired_difference_by_hand():
     assert math.isnan(metrics.paired_difference([1.0], [0.0])["stderr"])
     with pytest.raises(ValueError, match="2 values but 1"):
         metrics.paired_difference([1.0, 2.0], [0.0])
+
+
+@pytest.mark.parametrize("key, value", [
+    ("video", "../outside.gif"), ("subject_refs", ["../../etc/shadow"]), ("motion_refs", ["/etc/passwd"]),
+])  # fmt: skip
+def test_manifest_paths_stay_inside_its_folder(tmp_path, key, value):
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    write_video(_frames(2, 16, seed=1), tmp_path / "outside.gif", fps=8)
+    write_video(_frames(2, 16, seed=1), inner / "v.gif", fps=8)
+    entry = {"video": "v.gif", "prompt": "a dog", key: value}
+    (inner / "m.json").write_text(json.dumps([entry]))
+    with pytest.raises(ManifestError, match="outside the manifest's folder.*--allow-outside"):
+        metrics.load_manifest(inner / "m.json")
+    if key == "video":
+        assert metrics.load_manifest(inner / "m.json", allow_outside=True)[0].video.name == "outside.gif"
+
+
+def test_cli_evaluate_refuses_outside_paths_before_reading_them(tmp_path, capsys):
+    (tmp_path / "m.json").write_text(json.dumps([{"video": "../../etc/shadow", "prompt": "x"}]))
+    code = main(["evaluate", "--manifest", str(tmp_path / "m.json"), "--clip", str(tmp_path / "no-clip")])
+    err = capsys.readouterr().err
+    assert code == 2 and "outside the manifest's folder" in err

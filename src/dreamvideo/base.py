@@ -46,8 +46,8 @@ def resolve_base(base: str | os.PathLike | None) -> Path:
                 f"(expected the layout of damo-vilab/text-to-video-ms-1.7b: {', '.join(REQUIRED_COMPONENTS)})"
             )
         return path
-    if str(base).count("/") != 1:
-        raise BaseModelError(f"{base}: no such folder, and not a hub id of the form owner/name")
+    if str(base).count("/") != 1 or looks_like_path(str(base)):
+        raise BaseModelError(f"{base}: no such folder, and not a hub id (owner/name)")
     try:
         from huggingface_hub import snapshot_download
 
@@ -58,7 +58,43 @@ def resolve_base(base: str | os.PathLike | None) -> Path:
             )
         )
     except Exception as err:
-        raise BaseModelError(f"{base}: could not download from the hub ({type(err).__name__}: {err})") from err
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise BaseModelError(f"{base}: no such folder, and not a hub id the hub could provide "
+                             f"({type(err).__name__}: {first})") from err
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` reads as a local path rather than a hub id: ``./x``, ``/x``, ``~/x``, ``x\\y``, or a first
+    component that exists here.
+
+    Args:
+        text: the ``--base`` value.
+    """
+    if text.startswith((".", "/", "~")) or "\\" in text or text.endswith("/"):
+        return True
+    first = text.split("/", 1)[0]
+    return Path(first).exists()
+
+
+def native_size(root: Path) -> int:
+    """The pixel side a base generates natively, read from its config files (no weights loaded).
+
+    Args:
+        root: the base's folder.
+    """
+    unet, vae = _config(root / "unet" / "config.json"), _config(root / "vae" / "config.json")
+    sample = unet.get("sample_size", 32)
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    return int(sample) * 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+
+
+def _config(path: Path) -> dict[str, Any]:
+    from dreamvideo.fileio import read_json
+
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise BaseModelError(f"{path}: must be a JSON object")
+    return data
 
 
 def architecture_fingerprint(unet_config: dict[str, Any], text_hidden_size: int) -> str:

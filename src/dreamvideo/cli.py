@@ -32,11 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register_cli(subparsers)
+    _add_threads(subparsers)
     return parser
+
+
+def _add_threads(subparsers: argparse._SubParsersAction) -> None:
+    """Give every sub-command ``--threads`` (CPU threads of torch; see :mod:`dreamvideo.threads`)."""
+    from dreamvideo.validate import POSITIVE
+
+    for sub in subparsers.choices.values():
+        if not any("--threads" in a.option_strings for a in sub._actions):
+            sub.add_argument("--threads", type=POSITIVE, default=None,
+                             help="CPU threads of torch (default: half the cores, at most 8; OMP_NUM_THREADS wins)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dreamvideo.threads import apply_threads
+
+    apply_threads(getattr(args, "threads", None))
     try:
         result = args.func(args)
     except DreamVideoError as err:

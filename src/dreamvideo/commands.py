@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from dreamvideo import validate as v
 from dreamvideo.fileio import DreamVideoError
 
 DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)"
@@ -19,11 +20,18 @@ def _device(name: str | None) -> torch.device:
 
 
 def _load_pipe(args: argparse.Namespace):
+    from dreamvideo.base import BaseModelError
     from dreamvideo.pipeline import DreamVideoPipeline
 
-    pipe = DreamVideoPipeline.from_pretrained(
-        args.base, image_encoder=getattr(args, "image_encoder", None), device=_device(args.device)
-    )
+    try:
+        pipe = DreamVideoPipeline.from_pretrained(
+            args.base, image_encoder=getattr(args, "image_encoder", None), device=_device(args.device)
+        )
+    except DreamVideoError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # e.g. a config that misfits its weights
+        first = (str(err).strip().splitlines() or [""])[0][:240]
+        raise BaseModelError(f"{args.base}: cannot load this base model ({type(err).__name__}: {first})") from err
     if getattr(args, "compile", False):
         pipe.unet.compile()  # in place: module names and adapter attachment unchanged; traced at the first call
     return pipe
@@ -49,21 +57,22 @@ def _common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="save a resumable checkpoint every N steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--offset-noise", type=float, default=0.1)
+    p.add_argument("--checkpoint-every", type=v.POSITIVE, default=100, help="save a resumable checkpoint every N steps")
+    p.add_argument("--seed", type=v.NON_NEGATIVE, default=0)
+    p.add_argument("--offset-noise", type=v.float_range(0.0, 10.0), default=0.1)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
-    p.add_argument("--hidden-ratio", type=float, default=0.5, help="adapter bottleneck width / block width")
+    p.add_argument("--hidden-ratio", type=v.float_range(0.0, 4.0, low_open=True), default=0.5,
+                   help="adapter bottleneck width / block width")
     p.add_argument("--placement", choices=["parallel", "serial"], default="parallel")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--preview-every", type=int, default=0,
+    p.add_argument("--preview-every", type=v.NON_NEGATIVE, default=0,
                    help="write a preview video to OUT/previews/ every N steps (default 0: none; dreamvideo method)")
     p.add_argument("--preview-prompt", help="prompt of the previews (default: the training caption)")
-    p.add_argument("--preview-steps", type=int, default=25, help="DDIM steps of each preview")
-    p.add_argument("--preview-frames", type=int, default=8)
+    p.add_argument("--preview-steps", type=v.POSITIVE, default=25, help="DDIM steps of each preview")
+    p.add_argument("--preview-frames", type=v.POSITIVE, default=8)
 
 
 def _preview(args: argparse.Namespace):
@@ -78,6 +87,33 @@ def _preview(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------------------------------- learn-subject
+def _base_root(args: argparse.Namespace) -> Path:
+    from dreamvideo.base import resolve_base
+
+    return resolve_base(args.base)
+
+
+def _preflight_subject(args: argparse.Namespace, settings) -> None:
+    """Every check of learn-subject that needs no model: output folder, tokens, caption, photos and masks."""
+    from transformers import AutoTokenizer
+
+    from dreamvideo.base import native_size
+    from dreamvideo.data import load_subject_images
+    from dreamvideo.stages import check_subject_settings
+
+    _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
+    root = _base_root(args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    except (OSError, ValueError) as err:
+        raise DreamVideoError(f"{root / 'tokenizer'}: cannot load the tokenizer ({err})") from err
+    data = load_subject_images(args.images, settings.resolution or native_size(root), args.masks)
+    if args.method == "dreamvideo":
+        check_subject_settings(tokenizer, settings, data)
+    else:
+        v.check_caption_template(settings.caption, needs_token=False)
+
+
 def cmd_learn_subject(args: argparse.Namespace) -> int:
     from dreamvideo import adapters as ad
     from dreamvideo.stages import SubjectSettings, learn_subject
@@ -96,7 +132,7 @@ def cmd_learn_subject(args: argparse.Namespace) -> int:
         train_token=not args.no_textual_inversion,
     )
     preview = _preview(args)
-    _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
+    _preflight_subject(args, settings)
     pipe = _load_pipe(args)
     if args.method != "dreamvideo":  # a baseline: its one training stage takes the --adapter-* settings
         from dreamvideo import baselines
@@ -116,18 +152,36 @@ def cmd_learn_subject(args: argparse.Namespace) -> int:
 
 
 def _check_output_early(out: Path, marker: str, overwrite: bool, resume: bool) -> None:
-    """Fail before loading any model when the output folder would be refused anyway."""
+    """Fail before loading any model when the output folder would be refused anyway (nothing is created)."""
+    from dreamvideo.artifacts import check_output_folder
+
+    check_output_folder(out, marker)
     if (out / marker).is_file() and not (overwrite or resume):
         raise DreamVideoError(f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it")
+    if (out / "checkpoints").is_dir() and not (out / marker).is_file() and not (overwrite or resume):
+        raise DreamVideoError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
+    v.check_writable_folder(out, "--out")
 
 
 # ---------------------------------------------------------------------------------------------- learn-motion
+def _preflight_motion(args: argparse.Namespace) -> None:
+    """Every check of learn-motion that needs no model: output folder and videos."""
+    from dreamvideo.base import native_size
+    from dreamvideo.data import load_motion_videos
+
+    _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
+    root = _base_root(args)
+    min_frames = None if args.short_videos == "loop" else (args.num_frames - 1) * args.frame_stride + 1
+    size = min(args.resolution or native_size(root), 64)  # a small decode is enough to validate every frame
+    load_motion_videos(args.videos, size, args.caption, min_frames=min_frames)
+
+
 def cmd_learn_motion(args: argparse.Namespace) -> int:
     from dreamvideo import adapters as ad
     from dreamvideo.stages import MotionSettings, learn_motion
 
     preview = _preview(args)
-    _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
+    _preflight_motion(args)
     pipe = _load_pipe(args)
     guidance = not args.no_appearance_guidance
     settings = MotionSettings(
@@ -160,21 +214,43 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def cmd_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
+def _video_targets(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
+    """(prompt, target, sibling) for every prompt: ``out`` or ``out_NN`` and the other format beside it."""
+    out = Path(args.out)
+    rows = []
+    for i, prompt in enumerate(args.prompt):
+        target = out if len(args.prompt) == 1 else out.with_name(f"{out.stem}_{i:02d}{out.suffix}")
+        rows.append((prompt, target, target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")))
+    return rows
 
-    from dreamvideo.data import load_motion_videos
-    from dreamvideo.video_io import write_frames_png, write_video
+
+def _preflight_generate(args: argparse.Namespace):
+    """Every check of generate that needs no model: destination, learned folders, appearance image."""
+    from dreamvideo.artifacts import check_checkpoint_run
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise DreamVideoError(f"{out}: --out must end in .mp4 or .gif")
-    appearance = None
-    if args.appearance_image:
-        try:
-            appearance = Image.open(args.appearance_image).convert("RGB")
-        except OSError as err:
-            raise DreamVideoError(f"{args.appearance_image}: cannot read image ({err})") from err
+    v.check_writable_folder(out.parent, "--out's folder")
+    v.check_new_files([f for _, target, other in _video_targets(args) for f in (target, other)], args.overwrite)
+    for folder, marker, step in ((args.subject, "subject.json", args.subject_step),
+                                 (args.motion, "motion.json", args.motion_step)):
+        if folder is None:
+            continue
+        v.check_learned_info(folder, marker)
+        if step is not None:
+            check_checkpoint_run(folder, marker, step)
+        for file in v.learned_files(folder, step):
+            v.check_tensor_file(file)
+    return v.open_rgb_image(args.appearance_image) if args.appearance_image else None
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from dreamvideo.data import load_motion_videos
+    from dreamvideo.memory import check_sampling_memory
+    from dreamvideo.video_io import write_frames_png, write_video
+
+    appearance = _preflight_generate(args)
     pipe = _load_pipe(args)
     if args.subject:
         token = pipe.load_subject(args.subject, step=args.subject_step, scale=args.subject_scale)
@@ -182,14 +258,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"note: the prompt does not contain the subject token '{token}'")
     if args.motion:
         pipe.load_motion(args.motion, step=args.motion_step, scale=args.motion_scale)
+    size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    check_sampling_memory(pipe, args.frames, args.height or size, args.width or size, args.guidance_scale > 1.0,
+                          args.max_memory_gb)
     init_video = None
     if args.init_video:
-        size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         video = load_motion_videos(args.init_video, args.height or size).videos[0]
         init_video = video[: args.frames]
     from dreamvideo.distributed import shard
 
-    for i, prompt in shard(list(enumerate(args.prompt))):  # under accelerate launch: each process some prompts
+    rows = list(enumerate(_video_targets(args)))
+    for i, (prompt, target, other) in shard(rows):  # under accelerate launch: each process some prompts
         generator = torch.Generator().manual_seed(args.seed + i)
         result = pipe(
             prompt,
@@ -209,10 +288,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_strength=args.init_strength,
             progress=not args.quiet,
         )
-        target = out if len(args.prompt) == 1 else out.with_name(f"{out.stem}_{i:02d}{out.suffix}")
         frames = result.frames[0]
         write_video(frames, target, fps=args.fps)
-        other = target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")
         write_video(frames, other, fps=args.fps)
         if args.png_frames:
             write_frames_png(frames, target.with_suffix(""))
@@ -264,13 +341,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--token", default="<sks>", help="placeholder word to learn (default <sks>)")
     p.add_argument("--init-word", required=True, help="one-token class word, e.g. dog")
     p.add_argument("--caption", default="a {token} {word}", help="caption template (default 'a {token} {word}')")
-    p.add_argument("--resolution", type=int, help="training image size (default: the base's native size)")
-    p.add_argument("--ti-steps", type=int, default=3000, help="textual inversion steps (authors: 1500-3000)")
-    p.add_argument("--ti-lr", type=float, default=1e-4)
-    p.add_argument("--ti-batch-size", type=int, default=4)
-    p.add_argument("--adapter-steps", type=int, default=1000, help="identity adapter steps (authors: 500-1000)")
-    p.add_argument("--adapter-lr", type=float, default=1e-5)
-    p.add_argument("--adapter-batch-size", type=int, default=4)
+    p.add_argument("--resolution", type=v.SIZE, help="training image size (default: the base's native size)")
+    p.add_argument("--ti-steps", type=v.NON_NEGATIVE, default=3000, help="textual inversion steps (authors: 1500-3000)")
+    p.add_argument("--ti-lr", type=v.LEARNING_RATE, default=1e-4)
+    p.add_argument("--ti-batch-size", type=v.POSITIVE, default=4)
+    p.add_argument("--adapter-steps", type=v.NON_NEGATIVE, default=1000, help="identity adapter steps (authors: 500-1000)")
+    p.add_argument("--adapter-lr", type=v.LEARNING_RATE, default=1e-5)
+    p.add_argument("--adapter-batch-size", type=v.POSITIVE, default=4)
     p.add_argument("--adapter-sites", nargs="+", default=["attn2"], choices=["attn1", "attn2", "ff"],
                    help="spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)")
     p.add_argument("--no-textual-inversion", action="store_true", help="ablation: keep the init word's embedding")
@@ -284,16 +361,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", help="caption for every video (default: captions.json or the file names)")
     p.add_argument("--image-encoder", type=Path, help="CLIPVisionModelWithProjection folder (default: base/image_encoder)")
     p.add_argument("--no-appearance-guidance", action="store_true", help="train without appearance guidance")
-    p.add_argument("--num-frames", type=int, default=16, help="frames per training clip (authors: 32)")
-    p.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame (choose for ~8 fps)")
+    p.add_argument("--num-frames", type=v.int_range(2), default=16, help="frames per training clip (authors: 32)")
+    p.add_argument("--frame-stride", type=v.POSITIVE, default=1, help="take every n-th frame (choose for ~8 fps)")
     p.add_argument("--short-videos", choices=["loop", "error"], default="loop",
                    help="videos shorter than a clip: play them ping-pong (loop) or refuse them (error)")
-    p.add_argument("--resolution", type=int, help="training clip size (default: the base's native size)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps (authors: 1000-3000)")
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--caption-dropout", type=float, default=0.5)
-    p.add_argument("--appearance-dropout", type=float, default=0.5)
+    p.add_argument("--resolution", type=v.SIZE, help="training clip size (default: the base's native size)")
+    p.add_argument("--steps", type=v.POSITIVE, default=2000, help="training steps (authors: 1000-3000)")
+    p.add_argument("--lr", type=v.LEARNING_RATE, default=1e-5)
+    p.add_argument("--batch-size", type=v.POSITIVE, default=1)
+    p.add_argument("--caption-dropout", type=v.FRACTION, default=0.5)
+    p.add_argument("--appearance-dropout", type=v.FRACTION, default=0.5)
     p.add_argument("--adapter-sites", nargs="+", default=["attn1", "attn2", "ff"], choices=["attn1", "attn2", "ff"])
     _method_argument(p, "motion")
     _common_training(p)
@@ -302,36 +379,42 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="generate videos with a subject, a motion, both, or neither")
     p.add_argument("--base", default="toy")
     p.add_argument("--subject", type=Path, help="subject folder from learn-subject")
-    p.add_argument("--subject-step", type=int, help="use the identity adapter checkpoint of this step")
-    p.add_argument("--subject-scale", type=float, default=1.0)
+    p.add_argument("--subject-step", type=v.POSITIVE, help="use the identity adapter checkpoint of this step")
+    p.add_argument("--subject-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--motion", type=Path, help="motion folder from learn-motion")
-    p.add_argument("--motion-step", type=int, help="use the motion adapter checkpoint of this step")
-    p.add_argument("--motion-scale", type=float, default=1.0)
+    p.add_argument("--motion-step", type=v.POSITIVE, help="use the motion adapter checkpoint of this step")
+    p.add_argument("--motion-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--prompt", required=True, nargs="+", help="one or more prompts")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", required=True, type=Path, help="video file (.mp4 or .gif; the other format is written too)")
     p.add_argument("--png-frames", action="store_true", help="also write the frames as PNG files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing video files")
+    p.add_argument("--max-memory-gb", type=v.float_range(0.0, None, low_open=True),
+                   help="refuse videos whose estimated sampling memory exceeds this (default: the free memory)")
     p.add_argument("--image-encoder", type=Path)
     p.add_argument("--appearance-image", type=Path, help="reference image for appearance guidance")
-    p.add_argument("--appearance-strength", type=float, default=1.0, help="lam_c, conditional branch")
-    p.add_argument("--appearance-strength-uncond", type=float, default=1.0, help="lam_u, unconditional branch")
-    p.add_argument("--guidance-scale", type=float, default=9.0)
+    p.add_argument("--appearance-strength", type=v.STRENGTH, default=1.0, help="lam_c, conditional branch")
+    p.add_argument("--appearance-strength-uncond", type=v.STRENGTH, default=1.0, help="lam_u, unconditional branch")
+    p.add_argument("--guidance-scale", type=v.GUIDANCE, default=9.0)
     p.add_argument(
         "--guidance-rescale",
-        type=float,
+        type=v.FRACTION,
         help="rescale of the guided prediction, 0-1 (Lin et al.); default: 0.7 on zero-terminal-SNR bases, else 0",
     )
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=v.int_range(1, 10000), default=50, help="DDIM steps")
     p.add_argument(
-        "--offset-noise", type=float, default=0.1, help="offset noise added to the starting noise (authors: 0.1)"
+        "--offset-noise",
+        type=v.float_range(0.0, 1.0),
+        default=0.1,
+        help="offset noise added to the starting noise, one draw per frame (authors: 0.1)",
     )
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=v.POSITIVE, default=16)
+    p.add_argument("--height", type=v.SIZE)
+    p.add_argument("--width", type=v.SIZE)
+    p.add_argument("--fps", type=v.int_range(1, 240), default=8)
+    p.add_argument("--seed", type=v.NON_NEGATIVE, default=0)
     p.add_argument("--init-video", type=Path, help="training video whose DDIM-inverted latents start sampling")
-    p.add_argument("--init-strength", type=float, default=0.0, help="mix of inverted latents, 0-0.5")
+    p.add_argument("--init-strength", type=v.float_range(0.0, 0.5), default=0.0, help="mix of inverted latents, 0-0.5")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
     p.add_argument("--quiet", action="store_true")

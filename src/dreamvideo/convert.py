@@ -243,14 +243,15 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         found = re.search(
             r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed| Please|\n\n|$)", str(err), re.S
         )
-        detail = " ".join(found.group(1).split()) if found else "unpickling failed"
-        if "Unsupported global" in detail:
+        detail = " ".join(found.group(1).split()) if found else ""
+        if "Unsupported global" in detail or "GLOBAL" in str(err):
+            blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
+            what = detail.split("GLOBAL")[-1].strip() or (blocked.group(1) if blocked else "classes or functions")
             raise CheckpointError(
-                f"{path}: holds Python objects other than tensors ({detail.split('GLOBAL')[-1].strip()}), "
-                "which are not loaded (no arbitrary unpickling); re-save its tensors as a plain dict or as "
-                "safetensors"
+                f"{path}: holds Python objects other than tensors ({what}) and is refused for safety "
+                "(it is never unpickled); re-save its tensors as a plain dict or as safetensors"
             ) from err
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from err
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail or type(err).__name__})") from err
     except Exception as err:  # truncated zip, not a torch file, ...
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"

@@ -448,6 +448,8 @@ def load_motion_videos(
     videos, caption_list, fps_list = [], [], []
     for item in items:
         frames, fps = _read_frames(item, max_frames, transform=resize)
+        if len(frames) < 2:
+            raise DataError(f"{item}: has {len(frames)} frame, not a video (a still image cannot teach a motion)")
         if min_frames is not None and len(frames) < min_frames:
             raise DataError(f"{item}: video has {len(frames)} frames, fewer than the {min_frames} required")
         arr = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)

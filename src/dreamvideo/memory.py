@@ -164,3 +164,73 @@ def autocast_context(device: torch.device | str, precision: str = "no") -> conte
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- sampling memory estimate
+
+
+def estimate_sampling_bytes(pipe: Any, num_frames: int, height: int, width: int, guided: bool = True) -> int:
+    """A rough upper estimate of the peak memory of sampling one video (weights, UNet activations, VAE decode).
+
+    UNet: about 8 live activations of every level's size, batch 2 with guidance; VAE: about 4 live tensors of the
+    widest decoder block at full resolution for every frame (all frames are decoded together).
+
+    Args:
+        pipe: a loaded :class:`~dreamvideo.pipeline.DreamVideoPipeline`.
+        num_frames: frames of the video.
+        height: pixel height.
+        width: pixel width.
+        guided: classifier-free guidance doubles the UNet batch.
+    """
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    h, w = max(1, height // factor), max(1, width // factor)
+    unet_bytes = next(pipe.unet.parameters()).element_size()
+    vae_bytes = next(pipe.vae.parameters()).element_size()
+    batch = 2 if guided else 1
+    acts = sum(batch * num_frames * (h >> i) * (w >> i) * c * 8 * max(unet_bytes, 4)
+               for i, c in enumerate(pipe.unet.config.block_out_channels))
+    vae = num_frames * height * width * max(pipe.vae.config.block_out_channels) * 4 * max(vae_bytes, 4)
+    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder)
+                  for p in m.parameters())
+    return int(weights + max(acts, vae))
+
+
+def available_memory_bytes(device: torch.device | str) -> int:
+    """Free memory where sampling runs: the GPU's free memory, or the host's available memory (Linux).
+
+    Args:
+        device: the pipeline's device.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def check_sampling_memory(pipe: Any, num_frames: int, height: int, width: int, guided: bool,
+                          limit_gb: float | None = None) -> None:
+    """Refuse a video whose sampling would not fit, with the estimate and the limit.
+
+    Args:
+        pipe: the loaded pipeline.
+        num_frames, height, width: the video size.
+        guided: classifier-free guidance is on.
+        limit_gb: the limit in GiB (``None``: the free memory of the pipeline's device).
+    """
+    need = estimate_sampling_bytes(pipe, num_frames, height, width, guided)
+    limit = limit_gb * 2**30 if limit_gb is not None else available_memory_bytes(pipe.unet.device)
+    if need > limit:
+        source = "--max-memory-gb" if limit_gb is not None else f"free memory of {pipe.unet.device}"
+        raise DreamVideoError(
+            f"--frames {num_frames} at {width}x{height}: sampling needs about {need / 2**30:.1f} GiB, more than the "
+            f"limit of {limit / 2**30:.1f} GiB ({source}); lower --frames/--height/--width or raise --max-memory-gb"
+        )

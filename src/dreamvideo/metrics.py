@@ -359,9 +359,23 @@ class EvalItem:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _resolve(base: Path, value: str) -> Path:
+def _resolve(base: Path, value: str, roots: list[Path] | None = None, where: str = "") -> Path:
+    """``value`` relative to ``base``; with ``roots``, refuse a path that leaves them (``..``, absolute, links).
+
+    Args:
+        base: the folder relative paths start from.
+        value: the manifest's path.
+        roots: allowed folders (``None``: any path).
+        where: manifest and entry, for the message.
+    """
     path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+    path = path if path.is_absolute() else base / path
+    if roots is not None:
+        real = path.resolve()
+        if not any(real == r.resolve() or r.resolve() in real.parents for r in roots):
+            raise ManifestError(f"{where}: path {value!r} is outside the manifest's folder "
+                                f"({', '.join(str(r) for r in roots)}); pass --allow-outside to allow it")
+    return path
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -370,7 +384,8 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in _IMAGE_EXTENSIONS)
 
 
-def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLike | None = None) -> list[EvalItem]:
+def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLike | None = None,
+                  allow_outside: bool = False) -> list[EvalItem]:
     """Read and validate an evaluation manifest; every file it names must exist.
 
     The manifest is a JSON list of ``{"video", "prompt", "class_word", "placeholder", "subject_refs",
@@ -381,6 +396,8 @@ def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLik
     Args:
         manifest_path: the JSON file.
         videos_dir: folder of the generated videos.
+        allow_outside: accept paths outside the manifest's folder and ``videos_dir`` (default: refused, before any
+            file is opened).
 
     Raises:
         ManifestError: malformed entries, or (all) missing files listed in one message.
@@ -389,6 +406,7 @@ def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLik
     entries = read_json(manifest_path)
     base = manifest_path.parent
     videos = Path(videos_dir) if videos_dir is not None else base
+    roots = None if allow_outside else [base, videos]
     if not isinstance(entries, list) or not entries:
         raise ManifestError(f"{manifest_path}: expected a non-empty JSON list of entries")
     items, missing = [], []
@@ -407,7 +425,7 @@ def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLik
             value = entry.get(key) or []
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ManifestError(f"{where}: '{key}' must be a list of paths or null")
-            refs[key] = [_resolve(base, v) for v in value]
+            refs[key] = [_resolve(base, v, roots, where) for v in value]
             missing += [str(p) for p in refs[key] if not p.exists()]
         subject = []
         for p in refs["subject_refs"]:
@@ -418,7 +436,7 @@ def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLik
                 subject += files
             else:
                 subject.append(p)
-        video = _resolve(videos, entry["video"])
+        video = _resolve(videos, entry["video"], roots, where)
         if not video.exists():
             missing.append(str(video))
         known = ("video", "prompt", "class_word", "placeholder", "subject_refs", "motion_refs")
@@ -490,7 +508,7 @@ def _oracle_metrics(item: EvalItem, frames: np.ndarray, ref_images: list[np.ndar
 
 def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathLike, clip: ClipScorer,
                     dino: DinoScorer | None = None, oracle: bool = False,
-                    out_dir: str | os.PathLike | None = None) -> list[dict]:  # fmt: skip
+                    out_dir: str | os.PathLike | None = None, allow_outside: bool = False) -> list[dict]:  # fmt: skip
     """Score every video of a manifest; write ``metrics.json`` and ``metrics.md`` to ``out_dir``.
 
     All manifest files are checked before any model runs. Reference embeddings and text embeddings are
@@ -503,6 +521,7 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
         dino: scorer for DINO-I (None: DINO-I omitted).
         oracle: also compute the toy world's oracle metrics (``oracle_*`` fields).
         out_dir: where to write the results (default ``videos_dir``; None and ``videos_dir`` None: nothing).
+        allow_outside: accept manifest paths outside its folder (see :func:`load_manifest`).
 
     Returns:
         one dict per entry: ``video``, ``prompt``, ``eval_prompt``, ``num_frames``, the manifest's extra fields
@@ -511,7 +530,7 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
     """
     from dreamvideo.data import load_video
 
-    items = load_manifest(manifest_path, videos_dir)
+    items = load_manifest(manifest_path, videos_dir, allow_outside)
     ref_cache: dict[tuple[str, Path], torch.Tensor] = {}
     image_cache: dict[Path, np.ndarray] = {}
 
@@ -679,11 +698,15 @@ def write_results(rows: list[dict], out_dir: str | os.PathLike, models: dict | N
 def cmd_evaluate(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest)
     videos = Path(args.videos) if args.videos else manifest.parent
-    load_manifest(manifest, videos)  # fail on bad input before loading any model
+    from dreamvideo.validate import check_writable_folder
+
+    load_manifest(manifest, videos, args.allow_outside)  # fail on bad input before loading any model
+    out = Path(args.out) if args.out else videos
+    check_writable_folder(out, "--out")  # before scoring, not after
     clip = ClipScorer.from_pretrained(args.clip, device=args.device)
     dino = DinoScorer.from_pretrained(args.dino, device=args.device) if args.dino else None
-    out = Path(args.out) if args.out else videos
-    rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out)
+    rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out,
+                           allow_outside=args.allow_outside)
     print((out / "metrics.md").read_text())
     print(f"{len(rows)} video(s) scored; wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
@@ -699,5 +722,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--dino", help="DINO ViT folder or hub id, e.g. facebook/dino-vits16 (default: no DINO-I)")
     p.add_argument("--oracle", action="store_true", help="add the toy world's oracle metrics")
     p.add_argument("--out", type=Path, help="where to write metrics.json/.md (default: --videos)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="accept manifest paths outside the manifest's folder and --videos (default: refused)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.set_defaults(func=cmd_evaluate)

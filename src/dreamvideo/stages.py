@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from dreamvideo import adapters as ad
-from dreamvideo import distributed
+from dreamvideo import artifacts, distributed
+from dreamvideo.artifacts import Workspace
 from dreamvideo.data import MotionData, SubjectData, load_motion_videos, load_subject_images, sample_clip
 from dreamvideo.fileio import DreamVideoError, save_safetensors, write_json
 from dreamvideo.pipeline import (
@@ -26,11 +27,13 @@ from dreamvideo.pipeline import (
 )
 from dreamvideo.textual_inversion import (
     add_placeholder_token,
+    check_placeholder,
     save_learned_embeds,
     unwrap_placeholder,
     wrap_placeholder,
 )
 from dreamvideo.training import StageConfig, Trainer, diffusion_loss
+from dreamvideo.validate import check_caption_template, check_token_in_reach
 
 FORMAT_VERSION = 1
 
@@ -39,34 +42,62 @@ class OutputExistsError(DreamVideoError):
     pass
 
 
-def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber finished results; allow resuming an unfinished run (validate before any work)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: exists and is not a folder")
+def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> Workspace:
+    """Take ``out`` for this run (lock) and choose where it works; never clobber or delete a finished result.
+
+    Args:
+        out: the output folder.
+        marker: ``subject.json`` or ``motion.json``.
+        overwrite: build a new result aside (``out/.overwrite``) that replaces the old one when complete.
+        resume: continue an unfinished run.
+
+    Returns:
+        The :class:`~dreamvideo.artifacts.Workspace` (its ``work`` folder takes checkpoints, previews, staging).
+    """
+    artifacts.check_output_folder(out, marker)
     finished = (out / marker).is_file()
     started = (out / "checkpoints").is_dir()
     if finished and not (overwrite or resume):
         raise OutputExistsError(f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it")
     if started and not finished and not (resume or overwrite):
         raise OutputExistsError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
-    if overwrite and not resume and started and distributed.is_main_process():
-        shutil.rmtree(out / "checkpoints")
-        shutil.rmtree(out / "previews", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main_process():
+        ws = artifacts.open_workspace(out, marker, overwrite, resume)
+        _HELD_LOCKS.add(ws.lock)
     distributed.wait_for_everyone()
+    if not distributed.is_main_process():
+        has = (out / artifacts.OVERWRITE_DIR).is_dir() and overwrite
+        work = out / artifacts.OVERWRITE_DIR if has else out
+        ws = artifacts.Workspace(out, work, artifacts.run_id_of(work, resume=True))
+    return ws
 
 
-def publish(out: Path, files: dict[str, Path], marker: str) -> None:
-    """Move finished files into ``out``; the marker JSON goes last, so a folder without it reads as unfinished.
+_HELD_LOCKS: set = set()
 
+
+def release(ws: Workspace) -> None:
+    """Give up ``ws``'s lock (after publishing, or when a run fails)."""
+    if ws.lock is not None:
+        artifacts.release_lock(ws.lock)
+        _HELD_LOCKS.discard(ws.lock)
+
+
+def publish(ws: Workspace, files: dict[str, Path], marker: str) -> None:
+    """Move finished files into place; the marker JSON goes last, so a folder without it reads as unfinished.
+
+    Built aside (``--overwrite``), the complete new result then replaces the old one (:func:`artifacts.promote`).
     With several processes only the main one publishes (all trained the same weights); the others wait for it.
     """
     if distributed.is_main_process():
-        (out / marker).unlink(missing_ok=True)
+        work = ws.work
+        (work / marker).unlink(missing_ok=True)
         for name, src in files.items():
             if name != marker:
-                os.replace(src, out / name)
-        os.replace(files[marker], out / marker)
+                os.replace(src, work / name)
+        os.replace(files[marker], work / marker)
+        if ws.aside:
+            artifacts.promote(work, ws.out, marker)
+        release(ws)
     distributed.wait_for_everyone()
 
 
@@ -219,6 +250,25 @@ class SubjectSettings:
             self.identity_adapter = ad.identity_adapter_config()
 
 
+def check_subject_settings(tokenizer: Any, settings: SubjectSettings, data: SubjectData | None = None) -> None:
+    """Refuse settings that fail or learn nothing: bad token or init word, a caption template without
+    ``{token}`` (or with unknown fields), a token the tokenizer would cut off.
+
+    Args:
+        tokenizer: the base's tokenizer (before the token is added).
+        settings: the subject settings.
+        data: the loaded photos: with the mask loss on, an all-black mask (its photo would teach nothing) is refused.
+    """
+    if data is not None and settings.use_masks and data.masks is not None:
+        for path, mask in zip(data.paths, data.masks, strict=True):
+            if not mask.any():
+                raise DreamVideoError(f"{path}: its mask is all black (no subject pixels), so this photo would "
+                                      "teach nothing; fix the mask or pass --no-masks")
+    check_placeholder(tokenizer, settings.token, settings.init_word)
+    check_caption_template(settings.caption, needs_token=settings.train_token)
+    check_token_in_reach(tokenizer, settings.caption, settings.init_word)
+
+
 def native_resolution(pipe: DreamVideoPipeline) -> int:
     sample = pipe.unet.config.sample_size
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
@@ -255,7 +305,18 @@ def learn_subject(
     out = Path(out)
     size = settings.resolution or native_resolution(pipe)
     data = load_subject_images(images, size, masks)  # validates every file before any work
-    prepare_output(out, SUBJECT_FILE, overwrite, resume)
+    check_subject_settings(pipe.tokenizer, settings, data)
+    ws = prepare_output(out, SUBJECT_FILE, overwrite, resume)
+    try:
+        return _learn_subject(pipe, data, ws, settings, size, resume, progress, skip_identity, preview)
+    finally:
+        release(ws)
+
+
+def _learn_subject(pipe: DreamVideoPipeline, data: SubjectData, ws: Workspace, settings: SubjectSettings, size: int,
+                   resume: bool, progress: bool, skip_identity: bool, preview: PreviewSettings | None) -> Path:
+    """The two stages of :func:`learn_subject` in ``ws`` (locked, inputs validated)."""
+    out, work = ws.out, ws.work
     device = _device_of(pipe)
     started = time.perf_counter()
 
@@ -295,11 +356,12 @@ def learn_subject(
         ti_loss,
         ti_save,
         ti_load,
-        out / "checkpoints" / "textual_inversion",
+        work / "checkpoints" / "textual_inversion",
         ti if settings.train_token else StageConfig(steps=0, lr=ti.lr),
         device=device,
         preview_every=preview.every,
-        on_preview=preview.renderer(pipe, out, "textual_inversion", caption),
+        on_preview=preview.renderer(pipe, work, "textual_inversion", caption),
+        run_id=ws.run_id,
     )
     if resume:
         ti_trainer.resume()
@@ -312,7 +374,7 @@ def learn_subject(
     ti_losses = ti_trainer.losses
 
     # Stage 2: identity adapter, embedding frozen (text features computed once).
-    staging = staging_dir(out)
+    staging = staging_dir(work)
     staging.mkdir(exist_ok=True)
     files = {EMBEDS_FILE: staging / EMBEDS_FILE, SUBJECT_FILE: staging / SUBJECT_FILE}
     save_learned_embeds(files[EMBEDS_FILE], settings.token, vector, meta)
@@ -345,9 +407,9 @@ def learn_subject(
             ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / IDENTITY_FILE)[0])
 
         id_trainer = Trainer("identity adapter", params, id_loss, id_save, id_load,
-                             out / "checkpoints" / "identity_adapter", idc, device=device,
-                             preview_every=preview.every,
-                             on_preview=preview.renderer(pipe, out, "identity_adapter", caption))
+                             work / "checkpoints" / "identity_adapter", idc, device=device,
+                             preview_every=preview.every, run_id=ws.run_id,
+                             on_preview=preview.renderer(pipe, work, "identity_adapter", caption))
         if resume:
             id_trainer.resume()
         _maybe_checkpointing(pipe, idc)
@@ -364,6 +426,7 @@ def learn_subject(
     info: dict[str, Any] = {
         "type": "dreamvideo-subject",
         "format_version": FORMAT_VERSION,
+        "run_id": ws.run_id,
         "token": settings.token,
         "init_word": word,
         "class_word": word,
@@ -387,7 +450,7 @@ def learn_subject(
         "losses": {"textual_inversion": ti_losses, "identity_adapter": id_trainer.losses if id_trainer else []},
     }
     write_json(info, files[SUBJECT_FILE])
-    publish(out, files, SUBJECT_FILE)
+    publish(ws, files, SUBJECT_FILE)
     shutil.rmtree(staging, ignore_errors=True)
     return out
 
@@ -460,7 +523,17 @@ def learn_motion(
         )
     size = settings.resolution or native_resolution(pipe)
     data = load_motion_data(videos, size, settings, captions)
-    prepare_output(out, MOTION_FILE, overwrite, resume)
+    ws = prepare_output(out, MOTION_FILE, overwrite, resume)
+    try:
+        return _learn_motion(pipe, data, ws, settings, size, resume, progress, preview)
+    finally:
+        release(ws)
+
+
+def _learn_motion(pipe: DreamVideoPipeline, data: MotionData, ws: Workspace, settings: MotionSettings, size: int,
+                  resume: bool, progress: bool, preview: PreviewSettings | None) -> Path:
+    """The motion stage of :func:`learn_motion` in ``ws`` (locked, inputs validated)."""
+    out, work = ws.out, ws.work
     device = _device_of(pipe)
     started = time.perf_counter()
 
@@ -492,9 +565,9 @@ def learn_motion(
         ad.load_adapter_state_dict(pipe.unet, config.name, load_safetensors(folder / MOTION_ADAPTER_FILE)[0])
 
     preview = preview or PreviewSettings()
-    trainer = Trainer("motion adapter", params, loss_fn, save, load, out / "checkpoints" / "motion_adapter", st,
-                      device=device, preview_every=preview.every,
-                      on_preview=preview.renderer(pipe, out, "motion_adapter", data.captions[0]))
+    trainer = Trainer("motion adapter", params, loss_fn, save, load, work / "checkpoints" / "motion_adapter", st,
+                      device=device, preview_every=preview.every, run_id=ws.run_id,
+                      on_preview=preview.renderer(pipe, work, "motion_adapter", data.captions[0]))
     if resume:
         trainer.resume()
     _maybe_checkpointing(pipe, st)
@@ -506,12 +579,13 @@ def learn_motion(
     for p in params:
         p.requires_grad_(False)
 
-    staging = staging_dir(out)
+    staging = staging_dir(work)
     staging.mkdir(exist_ok=True)
     save(staging)
     info = {
         "type": "dreamvideo-motion",
         "format_version": FORMAT_VERSION,
+        "run_id": ws.run_id,
         "motion_adapter": config.to_dict(),
         "motion_adapter_parameters": ad.count_adapter_parameters(pipe.unet, config.name),
         "base": pipe.base_description(),
@@ -528,7 +602,7 @@ def learn_motion(
         "losses": trainer.losses,
     }
     write_json(info, staging / MOTION_FILE)
-    publish(out, {MOTION_ADAPTER_FILE: staging / MOTION_ADAPTER_FILE, MOTION_FILE: staging / MOTION_FILE}, MOTION_FILE)
+    publish(ws, {MOTION_ADAPTER_FILE: staging / MOTION_ADAPTER_FILE, MOTION_FILE: staging / MOTION_FILE}, MOTION_FILE)
     shutil.rmtree(staging, ignore_errors=True)
     return out
 

@@ -14,6 +14,40 @@ class TokenError(DreamVideoError):
     pass
 
 
+def is_existing_word(tokenizer, token: str) -> bool:
+    """Whether ``token`` already means something to the tokenizer: a vocabulary entry or one known piece.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        token: the candidate placeholder.
+    """
+    pieces = tokenizer.tokenize(token)
+    return token in tokenizer.get_vocab() or (len(pieces) == 1 and pieces[0] != tokenizer.unk_token)
+
+
+def check_placeholder(tokenizer, token: str, init_word: str) -> int:
+    """Check that ``token`` is new and ``init_word`` is one token of the vocabulary; return the word's id.
+
+    Args:
+        tokenizer: a transformers CLIP tokenizer (slow or fast).
+        token: the placeholder, e.g. ``"<sks>"``.
+        init_word: the class word initialising it, e.g. ``"dog"``.
+    """
+    if not token or any(c.isspace() for c in token):
+        raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
+    if is_existing_word(tokenizer, token):
+        raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
+    init_ids = tokenizer.encode(init_word, add_special_tokens=False)
+    if len(init_ids) != 1 or init_ids[0] == tokenizer.unk_token_id:
+        from dreamvideo.validate import single_token_words
+
+        what = (f"is {len(init_ids)} tokens {tokenizer.convert_ids_to_tokens(init_ids)}" if len(init_ids) != 1
+                else "is not in the tokenizer's vocabulary")
+        raise TokenError(f"--init-word {init_word!r} {what}; choose a single-token word, e.g. "
+                         f"{', '.join(single_token_words(tokenizer))}")
+    return init_ids[0]
+
+
 def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str) -> int:
     """Add ``token`` to the vocabulary with its embedding initialised from ``init_word``; return its id.
 
@@ -23,24 +57,13 @@ def add_placeholder_token(tokenizer, text_encoder, token: str, init_word: str) -
         token: the placeholder, e.g. ``"<sks>"``; must be new to the vocabulary and a single token once added.
         init_word: a word of the vocabulary that encodes to exactly one token, e.g. ``"dog"``.
     """
-    if not token or any(c.isspace() for c in token):
-        raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
-    pieces = tokenizer.tokenize(token)
-    known_word = len(pieces) == 1 and pieces[0] != tokenizer.unk_token
-    if token in tokenizer.get_vocab() or known_word:
-        raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
-    init_ids = tokenizer.encode(init_word, add_special_tokens=False)
-    if len(init_ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(init_ids)
-        raise TokenError(f"init word {init_word!r} is {len(init_ids)} tokens {pieces}; choose a single-token word")
-    if init_ids[0] == tokenizer.unk_token_id:
-        raise TokenError(f"init word {init_word!r} is not in the tokenizer's vocabulary")
+    init_id = check_placeholder(tokenizer, token, init_word)
     tokenizer.add_tokens([token])
     token_id = tokenizer.convert_tokens_to_ids(token)
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         weight = text_encoder.get_input_embeddings().weight
-        weight[token_id] = weight[init_ids[0]]
+        weight[token_id] = weight[init_id]
     return token_id
 
 
@@ -101,6 +124,9 @@ def insert_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tens
     weight = text_encoder.get_input_embeddings().weight
     if vector.numel() != weight.shape[1]:
         raise TokenError(f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}")
+    if token not in tokenizer.get_added_vocab() and is_existing_word(tokenizer, token):
+        raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
+                         "would overwrite that word's embedding")
     if token in tokenizer.get_vocab():
         token_id = tokenizer.convert_tokens_to_ids(token)
     else:

@@ -129,6 +129,43 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return steps[-1].parent if steps else None
 
 
+def tensors_finite(tensors: list[torch.Tensor] | Any) -> bool:
+    """Whether every tensor holds only finite values.
+
+    Args:
+        tensors: an iterable of tensors.
+    """
+    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
+
+
+def checkpoint_is_finite(folder: Path) -> bool:
+    """Whether every tensor of every ``.safetensors`` file of a checkpoint folder is finite.
+
+    Args:
+        folder: a ``step-NNNNNN`` folder.
+    """
+    for file in folder.glob("*.safetensors"):
+        try:
+            tensors, _ = load_safetensors(file)
+        except DreamVideoError:
+            return False
+        if not tensors_finite(t for t in tensors.values() if t.is_floating_point()):
+            return False
+    return True
+
+
+def last_good_checkpoint(folder: Path) -> Path | None:
+    """The latest checkpoint whose weights are all finite (older releases could save diverged ones).
+
+    Args:
+        folder: a stage's checkpoint folder.
+    """
+    for trainer_json in sorted(folder.glob("step-*/trainer.json"), reverse=True):
+        if checkpoint_is_finite(trainer_json.parent):
+            return trainer_json.parent
+    return None
+
+
 class Trainer:
     """Optimise ``params`` on ``loss_fn`` for ``config.steps`` steps with checkpoints that resume exactly.
 
@@ -147,6 +184,7 @@ class Trainer:
         on_checkpoint: optional ``callback(step, folder)`` after each checkpoint is written.
         preview_every: call ``on_preview(step)`` every this many steps (0: never), on the main process only.
         on_preview: e.g. render a preview video; its time is not counted in :attr:`seconds`.
+        run_id: recorded in every checkpoint; resuming refuses a checkpoint of another run.
     """
 
     def __init__(
@@ -162,6 +200,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         preview_every: int = 0,
         on_preview: Callable[[int], None] | None = None,
+        run_id: str | None = None,
     ) -> None:
         if not params:
             raise ValueError(f"{name}: nothing to train")
@@ -169,6 +208,7 @@ class Trainer:
         self.save_weights, self.load_weights, self.on_checkpoint = save_weights, load_weights, on_checkpoint
         self.checkpoint_dir = Path(checkpoint_dir)
         self.preview_every, self.on_preview = preview_every, on_preview
+        self.run_id = run_id
         self.device = torch.device(device)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.rank = distributed.process_index()
@@ -194,6 +234,10 @@ class Trainer:
         if folder is None:
             return False
         info = read_json(folder / "trainer.json")
+        saved_run = info.get("run_id")
+        if self.run_id and saved_run and saved_run != self.run_id:
+            raise DreamVideoError(f"{folder}: checkpoint of run {saved_run}, not of this run ({self.run_id}); "
+                                  "pass --overwrite to start again")
         if info.get("config", {}).get("lr") != self.config.lr or info.get("config", {}).get("seed") != self.config.seed:
             print(f"note: resuming {self.name} from {folder} with changed settings")
         self.load_weights(folder)
@@ -201,6 +245,8 @@ class Trainer:
         rng = tensors.pop("generator_state")
         ranks = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("generator_state.")]}
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
+        for group in self.optimizer.param_groups:  # the saved groups carry the old lr: --lr of this run wins
+            group["lr"], group["weight_decay"] = self.config.lr, self.config.weight_decay
         if self.rank == 0:
             self.generator.set_state(rng)
         elif f"generator_state.rank{self.rank}" in ranks:
@@ -226,7 +272,8 @@ class Trainer:
         tensors.update({f"generator_state.rank{r}": state for r, state in enumerate(rng_states) if r})
         save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
         write_json(
-            {"step": self.step, "losses": self.losses, "seconds": self.seconds, "config": self.config.to_dict()},
+            {"step": self.step, "losses": self.losses, "seconds": self.seconds, "config": self.config.to_dict(),
+             "run_id": self.run_id, "finite": True},
             staging / "trainer.json",
         )
         if folder.exists():
@@ -247,25 +294,44 @@ class Trainer:
                 loss = self.loss_fn(self.step, self.generator)
             value = distributed.mean_loss(loss)  # loss.item(), averaged over processes
             if not math.isfinite(value):
-                last = latest_checkpoint(self.checkpoint_dir)
-                raise TrainingDiverged(
-                    f"{self.name}: loss is {value} at step {self.step + 1}; stopped. Last good checkpoint: "
-                    f"{last or 'none'} (try a lower learning rate, then --resume)"
-                )
+                self._diverged(f"loss is {value} at step {self.step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(self.params)
             if self.config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
             self.optimizer.step()
+            if not tensors_finite(self.params):
+                self._diverged(f"weights are not finite after the update of step {self.step + 1}")
             self.step += 1
             self.seconds += time.perf_counter() - start
             self.losses.append(round(value, 6))
             bar.update(1)
             bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                self._check_after_update()
                 self.checkpoint()
             if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
                 self.on_preview(self.step)
         bar.close()
         return self.losses
+
+    def _check_after_update(self) -> None:
+        """Before saving: the loss at the updated weights must be finite (diverged weights are never saved).
+
+        The probe draws its batch from a separate generator, so training's random stream is unchanged.
+        """
+        probe = torch.Generator().manual_seed(self.config.seed + 104729 * (self.step + 1))
+        with torch.no_grad(), self._autocast():
+            value = distributed.mean_loss(self.loss_fn(self.step, probe))
+        if not math.isfinite(value):
+            self._diverged(f"the loss at the weights of step {self.step} is {value}")
+
+    def _diverged(self, what: str) -> None:
+        """Stop with :class:`TrainingDiverged`, naming a checkpoint whose weights really are finite."""
+        last = last_good_checkpoint(self.checkpoint_dir)
+        hint = "then --resume" if last else "then run again"
+        raise TrainingDiverged(
+            f"{self.name}: {what}; stopped. Last good checkpoint: {last or 'none'} (try a lower learning rate, "
+            f"{hint})"
+        )

@@ -65,6 +65,9 @@ def _atomic_target(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give videos the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

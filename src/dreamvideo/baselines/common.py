@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dreamvideo.data import load_subject_images
+from dreamvideo.artifacts import Workspace
+from dreamvideo.data import MotionData, SubjectData, load_subject_images
 from dreamvideo.fileio import DreamVideoError, load_safetensors, save_safetensors, write_json
 from dreamvideo.pipeline import EMBEDS_FILE, MOTION_FILE, SUBJECT_FILE, DreamVideoPipeline
 from dreamvideo.stages import (
@@ -29,6 +30,7 @@ from dreamvideo.stages import (
     native_resolution,
     prepare_output,
     publish,
+    release,
     staging_dir,
     tokenize,
 )
@@ -163,14 +165,14 @@ def select(params: dict[str, nn.Parameter], pattern: str) -> dict[str, nn.Parame
 # ----------------------------------------------------------------------------- training runs
 
 
-def _train(name: str, pipe: DreamVideoPipeline, trainable: Trainable, loss_fn, out: Path, stage: StageConfig,
+def _train(name: str, pipe: DreamVideoPipeline, trainable: Trainable, loss_fn, ws: Workspace, stage: StageConfig,
            resume: bool, progress: bool) -> Trainer:
     params = list(trainable.params.values())
     for p in params:
         p.requires_grad_(True)
     trainer = Trainer(name, params, loss_fn, lambda folder: trainable.save(folder / trainable.file),
                       lambda folder: trainable.load(folder / trainable.file),
-                      out / "checkpoints" / CHECKPOINT_STAGE, stage, device=pipe.unet.device)
+                      ws.work / "checkpoints" / CHECKPOINT_STAGE, stage, device=pipe.unet.device, run_id=ws.run_id)
     if resume:
         trainer.resume()
     if stage.gradient_checkpointing:
@@ -187,15 +189,15 @@ def _train(name: str, pipe: DreamVideoPipeline, trainable: Trainable, loss_fn, o
     return trainer
 
 
-def _finish(out: Path, marker: str, trainable: Trainable, info: dict[str, Any], extra: dict[str, Path]) -> Path:
-    staging = staging_dir(out)
+def _finish(ws: Workspace, marker: str, trainable: Trainable, info: dict[str, Any], extra: dict[str, Path]) -> Path:
+    staging = staging_dir(ws.work)
     staging.mkdir(exist_ok=True)
     trainable.save(staging / trainable.file)
     files = {trainable.file: staging / trainable.file, **extra, marker: staging / marker}
-    write_json(info, files[marker])
-    publish(out, files, marker)
+    write_json(info | {"run_id": ws.run_id}, files[marker])
+    publish(ws, files, marker)
     shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return ws.out
 
 
 def _record(method: str, kind: str, pipe: DreamVideoPipeline, trainable: Trainable, trainer: Trainer,
@@ -247,7 +249,18 @@ def run_subject(
     out = Path(out)
     size = settings.resolution or native_resolution(pipe)
     data = load_subject_images(images, size, masks)
-    prepare_output(out, SUBJECT_FILE, overwrite, resume)
+    ws = prepare_output(out, SUBJECT_FILE, overwrite, resume)
+    try:
+        return _run_subject(method, pipe, data, ws, settings, stage, make_trainable, identifier, size, resume,
+                            progress)
+    finally:
+        release(ws)
+
+
+def _run_subject(method: str, pipe: DreamVideoPipeline, data: SubjectData, ws: Workspace, settings: SubjectSettings,
+                 stage: StageConfig, make_trainable: Callable[[DreamVideoPipeline, int], Trainable], identifier: bool,
+                 size: int, resume: bool, progress: bool) -> Path:
+    """:func:`run_subject` in ``ws`` (locked, inputs validated)."""
     started = time.perf_counter()
     batches = SubjectBatches.encode(pipe, data, settings.use_masks)
     word = settings.init_word
@@ -262,18 +275,18 @@ def run_subject(
         return diffusion_loss(pipe.unet, pipe.scheduler, x, text.expand(stage.batch_size, -1, -1), generator,
                               stage.offset_noise, m)
 
-    trainer = _train(f"{method} (subject)", pipe, trainable, loss_fn, out, stage, resume, progress)
+    trainer = _train(f"{method} (subject)", pipe, trainable, loss_fn, ws, stage, resume, progress)
     info = _record(method, "subject", pipe, trainable, trainer, stage, started)
     info |= {"token": token, "init_word": word, "class_word": word, "caption": caption, "identifier_trained": False,
              "images": [str(p) for p in data.paths], "masks_used": batches.mask is not None, "resolution": size}
     extra = {}
     if added:  # the identifier's (untrained) embedding, so that generation can add the same token
-        embeds = out / ".final" / EMBEDS_FILE
+        embeds = staging_dir(ws.work) / EMBEDS_FILE
         embeds.parent.mkdir(exist_ok=True)
         vector = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids(token)]
         save_learned_embeds(embeds, token, vector, {"token": token, "init_word": word, "trained": "false"})
         extra[EMBEDS_FILE] = embeds
-    return _finish(out, SUBJECT_FILE, trainable, info, extra)
+    return _finish(ws, SUBJECT_FILE, trainable, info, extra)
 
 
 def run_motion(
@@ -309,7 +322,17 @@ def run_motion(
     if max_videos is not None:
         data = dataclasses.replace(data, videos=data.videos[:max_videos], captions=data.captions[:max_videos],
                                    paths=data.paths[:max_videos], fps=data.fps[:max_videos])
-    prepare_output(out, MOTION_FILE, overwrite, resume)
+    ws = prepare_output(out, MOTION_FILE, overwrite, resume)
+    try:
+        return _run_motion(method, pipe, data, ws, settings, make_trainable, resume, progress, size)
+    finally:
+        release(ws)
+
+
+def _run_motion(method: str, pipe: DreamVideoPipeline, data: MotionData, ws: Workspace, settings: MotionSettings,
+                make_trainable: Callable[[DreamVideoPipeline, int], Trainable], resume: bool, progress: bool,
+                size: int) -> Path:
+    """:func:`run_motion` in ``ws`` (locked, inputs validated)."""
     started = time.perf_counter()
     batches = MotionBatches.encode(pipe, data, settings)
     stage = settings.stage
@@ -319,9 +342,9 @@ def run_motion(
         x, text, _ = batches.sample(stage.batch_size, generator)
         return diffusion_loss(pipe.unet, pipe.scheduler, x, text, generator, stage.offset_noise)
 
-    trainer = _train(f"{method} (motion)", pipe, trainable, loss_fn, out, stage, resume, progress)
+    trainer = _train(f"{method} (motion)", pipe, trainable, loss_fn, ws, stage, resume, progress)
     info = _record(method, "motion", pipe, trainable, trainer, stage, started)
     info |= {"videos": [str(p) for p in data.paths], "captions": data.captions, "num_frames": settings.num_frames,
              "frame_stride": settings.frame_stride, "resolution": size, "caption_dropout": settings.caption_dropout,
              "appearance_guidance": False}
-    return _finish(out, MOTION_FILE, trainable, info, {})
+    return _finish(ws, MOTION_FILE, trainable, info, {})
