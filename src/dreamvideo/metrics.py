@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from dreamvideo.fileio import DreamVideoError, atomic_path, read_json, write_json
+from dreamvideo.motion_metrics import add_cli_args, scorer_from_args
 
 Frames = np.ndarray | Sequence[np.ndarray] | Sequence[Image.Image]
 TOY_NAMES = ("toy", "dreamvideo-toy")
@@ -490,7 +491,7 @@ def _oracle_metrics(item: EvalItem, frames: np.ndarray, ref_images: list[np.ndar
 
 def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathLike, clip: ClipScorer,
                     dino: DinoScorer | None = None, oracle: bool = False,
-                    out_dir: str | os.PathLike | None = None) -> list[dict]:  # fmt: skip
+                    out_dir: str | os.PathLike | None = None, motion=None) -> list[dict]:  # fmt: skip
     """Score every video of a manifest; write ``metrics.json`` and ``metrics.md`` to ``out_dir``.
 
     All manifest files are checked before any model runs. Reference embeddings and text embeddings are
@@ -503,6 +504,8 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
         dino: scorer for DINO-I (None: DINO-I omitted).
         oracle: also compute the toy world's oracle metrics (``oracle_*`` fields).
         out_dir: where to write the results (default ``videos_dir``; None and ``videos_dir`` None: nothing).
+        motion: a :class:`dreamvideo.motion_metrics.MotionScorer` for ``track_motion_fidelity`` (against the
+            entry's ``motion_refs``), ``dynamic_degree`` and ``flow_top5_mean`` (None: not computed).
 
     Returns:
         one dict per entry: ``video``, ``prompt``, ``eval_prompt``, ``num_frames``, the manifest's extra fields
@@ -514,6 +517,7 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
     items = load_manifest(manifest_path, videos_dir)
     ref_cache: dict[tuple[str, Path], torch.Tensor] = {}
     image_cache: dict[Path, np.ndarray] = {}
+    video_cache: dict[str, np.ndarray] = {}
 
     def refs(scorer, key: str, paths: list[Path]) -> torch.Tensor:
         for p in paths:
@@ -539,11 +543,19 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
             for p in item.subject_refs:
                 image_cache.setdefault(p, _read_image(p))
             row.update(_oracle_metrics(item, frames, [image_cache[p] for p in item.subject_refs]))
+        if motion is not None:
+            keys = [str(p) for p in item.motion_refs]
+            refs = [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
+            row.update(motion.score(frames, refs, keys))
         rows.append(row)
     if out_dir is not None or videos_dir is not None:
         out = Path(out_dir if out_dir is not None else videos_dir)
         note = None if dino is not None else "DINO-I not computed (no DINO model given; omitted on the toy world)."
-        write_results(rows, out, models={"clip": clip.name, "dino": dino.name if dino else None}, note=note)
+        models = {"clip": clip.name, "dino": dino.name if dino else None}
+        if motion is not None:
+            models.update(motion.models())
+            note = " ".join([n for n in (note, *motion.notes) if n]) or None
+        write_results(rows, out, models=models, note=note)
     return rows
 
 
@@ -682,8 +694,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     load_manifest(manifest, videos)  # fail on bad input before loading any model
     clip = ClipScorer.from_pretrained(args.clip, device=args.device)
     dino = DinoScorer.from_pretrained(args.dino, device=args.device) if args.dino else None
+    motion = scorer_from_args(args)
     out = Path(args.out) if args.out else videos
-    rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out)
+    rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out, motion=motion)
     print((out / "metrics.md").read_text())
     print(f"{len(rows)} video(s) scored; wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
@@ -700,4 +713,5 @@ def register_cli(subparsers) -> None:
     p.add_argument("--oracle", action="store_true", help="add the toy world's oracle metrics")
     p.add_argument("--out", type=Path, help="where to write metrics.json/.md (default: --videos)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    add_cli_args(p)
     p.set_defaults(func=cmd_evaluate)
