@@ -223,6 +223,9 @@ def test_lk_tracker_on_rendered_clips():
     assert good.sum() >= 3
     np.testing.assert_allclose(tracks[on][good], exact[on][good], atol=1.5)
     assert _mf(exact / 64, tracks / 64, gen_visible=vis, still=1 / 128) > 0.6
+    # unrelated frames: the forward-backward check marks most points lost
+    noise = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert tracker.track(noise, q)[1][:, 1].mean() < 0.4
 
 
 # ----------------------------------------------------------------------------- unavailable trackers and loaders
