@@ -75,13 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--noise", type=float, default=12.0, help="pixel noise std of the noisy variant (0-255)")
     p.add_argument("--jitter", type=float, default=1.5, help="max sprite shift of the jittered variant (px)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip", nargs="*", default=[], help="motions left out, e.g. --skip grows shrinks")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "motion_metric_agreement.json")
     args = p.parse_args(argv)
     import cv2
 
     start = time.time()
     rng = np.random.default_rng(args.seed)
-    motions = world.MOTIONS + world.NOVEL_MOTIONS
+    motions = [m for m in world.MOTIONS + world.NOVEL_MOTIONS if m not in args.skip]
     refs = [(m, render(m, rng, "clean", args.noise, args.jitter)) for m in motions for _ in range(args.refs)]
     cands = [(m, v, render(m, rng, v, args.noise, args.jitter)) for m in motions for v in VARIANTS]
     clips = [c for _, c in refs] + [c for *_, c in cands]
