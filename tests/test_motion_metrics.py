@@ -345,6 +345,23 @@ def test_raft_loads_weights_only_and_rescales_flow(tmp_path, monkeypatch):
         mm.make_flow("raft", tmp_path / "nope")
 
 
+@needs_cv2
+def test_one_frame_video_is_still():
+    # a still clip written as GIF reads back as one frame (identical frames are merged)
+    scorer = mm.MotionScorer(mm.LucasKanadeTracker(), mm.FarnebackFlow())
+    moving, still = _clip("moves right", 1, "striped").frames, _clip("stays still", 2).frames
+    one = scorer.score(still[:1], [moving])
+    assert one["track_motion_fidelity"] == 0.0 and one["dynamic_degree"] == 0.0 and one["flow_top5_mean"] < 0.05
+    assert scorer.score(moving, [still[:1]])["track_motion_fidelity"] == 0.0
+    assert scorer.score(still, [still[:1]])["track_motion_fidelity"] == 1.0
+
+
+def test_missing_weight_file_is_not_taken_for_a_hub_id(monkeypatch):
+    monkeypatch.setattr(torch.hub, "load", lambda *a, **k: pytest.fail("must not reach the hub"))
+    with pytest.raises(mm.MotionUnavailable, match=r"weights/ck.pth: not a file"):
+        mm.make_tracker("cotracker", "weights/ck.pth")
+
+
 # ----------------------------------------------------------------------------- dreamvideo evaluate
 
 

@@ -48,6 +48,7 @@ DYNAMIC_THRESHOLD = 6.0  # VBench: pixels at a 256-pixel short side
 DEFAULT_GRID = 16  # grid points per side
 COTRACKER_HUB = "facebookresearch/co-tracker:cotracker3_offline"
 TRACKERS = ("cotracker", "lk", "none")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # a name ending so is a file, never a hub id
 FLOWS = ("raft", "farneback", "none")
 
 
@@ -424,7 +425,8 @@ class CoTrackerTracker:
                 model.model.load_state_dict(load_weights(source))
             except Exception as err:  # noqa: BLE001 - any load failure is reported as a skip
                 raise MotionUnavailable(f"skipped: CoTracker weights {source} do not load ({err})") from err
-        elif Path(source).exists() or ":" not in source and source.count("/") != 1:
+        elif Path(source).exists() or Path(source).suffix in WEIGHT_SUFFIXES or (":" not in source
+                                                                                and source.count("/") != 1):
             raise MotionUnavailable(f"skipped: CoTracker weights {source}: not a file and not a hub id "
                                     "(owner/repo or owner/repo:entry)")  # fmt: skip
         else:
@@ -572,6 +574,12 @@ def make_flow(name: str, weights: str | os.PathLike | None = None, device: str |
 # ----------------------------------------------------------------------------- scoring videos
 
 
+def _still_pair(frames: np.ndarray) -> np.ndarray:
+    """A one-frame video as two identical frames (still); longer videos unchanged."""
+    frames = np.asarray(frames)
+    return np.repeat(frames, 2, axis=0) if frames.ndim == 4 and len(frames) == 1 else frames
+
+
 class MotionScorer:
     """Track motion fidelity and dynamic degree of videos with a tracker and a flow estimator (either None).
 
@@ -623,7 +631,8 @@ class MotionScorer:
     def score(self, frames: np.ndarray, refs: list[np.ndarray] | None = None,
               keys: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
         """``track_motion_fidelity`` (with a tracker and references), ``dynamic_degree`` and ``flow_top5_mean``
-        (with a flow estimator; a one-frame video gets neither).
+        (with a flow estimator). A one-frame video (a still clip saved as GIF reads back as one frame) is scored
+        as a still two-frame video.
 
         Args:
             frames: uint8 ``(F,H,W,3)``.
@@ -631,8 +640,8 @@ class MotionScorer:
             keys: cache keys of ``refs``.
         """
         out: dict[str, Any] = {}
-        if len(frames) < 2:
-            return out
+        frames = _still_pair(frames)
+        refs = [_still_pair(r) for r in refs or []]
         if self.tracker is not None and refs:
             out["track_motion_fidelity"] = self.motion_fidelity(frames, refs, keys)
         if self.flow is not None:
