@@ -408,4 +408,6 @@ def test_evaluate_with_the_opencv_fallbacks(toy_folder, capsys):
     assert rows["still"]["flow_top5_mean"] < rows["same"]["flow_top5_mean"]
     summary = result["summary"]["overall"]["metrics"]
     assert summary["dynamic_degree"]["mean"] == pytest.approx(2 / 3)  # VBench: the share of dynamic videos
-    assert "track_motion_fidelity" in (toy_folder / "out" / "metrics.md").read_text()
+    report = (toy_folder / "out" / "metrics.md").read_text()
+    assert "track_motion_fidelity" in report and "track_motion_fidelity with lk: classical fallback" in report
+    assert "dynamic_degree with farneback: classical fallback" in report

@@ -667,13 +667,16 @@ def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
     notes, parts = [], {}
     for what, make, name, weights in (("tracker", make_tracker, tracker, getattr(args, "tracker_weights", None)),
                                       ("flow", make_flow, flow, getattr(args, "flow_weights", None))):  # fmt: skip
+        metric = "track_motion_fidelity" if what == "tracker" else "dynamic_degree"
         try:
             parts[what] = make(name, weights, getattr(args, "device", None))
         except MotionUnavailable as err:
-            parts[what] = None
-            metric = "track_motion_fidelity" if what == "tracker" else "dynamic_degree"
-            notes.append(f"{metric} {err}")
-            print(f"{metric} {err}")
+            parts[what], note = None, f"{metric} {err}."
+        else:
+            note = f"{metric} with {parts[what].label}." if parts[what] is not None else None
+        if note:
+            notes.append(note)
+            print(note)
     return MotionScorer(parts["tracker"], parts["flow"], grid=getattr(args, "grid", DEFAULT_GRID), notes=notes)
 
 
