@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from dreamvideo.fileio import DreamVideoError, atomic_path, read_json, write_json
+from dreamvideo.motion_metrics import add_cli_args, scorer_from_args
 
 Frames = np.ndarray | Sequence[np.ndarray] | Sequence[Image.Image]
 TOY_NAMES = ("toy", "dreamvideo-toy")
@@ -508,7 +509,8 @@ def _oracle_metrics(item: EvalItem, frames: np.ndarray, ref_images: list[np.ndar
 
 def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathLike, clip: ClipScorer,
                     dino: DinoScorer | None = None, oracle: bool = False,
-                    out_dir: str | os.PathLike | None = None, allow_outside: bool = False) -> list[dict]:  # fmt: skip
+                    out_dir: str | os.PathLike | None = None, allow_outside: bool = False,
+                    motion=None) -> list[dict]:  # fmt: skip
     """Score every video of a manifest; write ``metrics.json`` and ``metrics.md`` to ``out_dir``.
 
     All manifest files are checked before any model runs. Reference embeddings and text embeddings are
@@ -522,6 +524,8 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
         oracle: also compute the toy world's oracle metrics (``oracle_*`` fields).
         out_dir: where to write the results (default ``videos_dir``; None and ``videos_dir`` None: nothing).
         allow_outside: accept manifest paths outside its folder (see :func:`load_manifest`).
+        motion: a :class:`dreamvideo.motion_metrics.MotionScorer` for ``track_motion_fidelity`` (against the
+            entry's ``motion_refs``), ``dynamic_degree`` and ``flow_top5_mean`` (None: not computed).
 
     Returns:
         one dict per entry: ``video``, ``prompt``, ``eval_prompt``, ``num_frames``, the manifest's extra fields
@@ -533,6 +537,7 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
     items = load_manifest(manifest_path, videos_dir, allow_outside)
     ref_cache: dict[tuple[str, Path], torch.Tensor] = {}
     image_cache: dict[Path, np.ndarray] = {}
+    video_cache: dict[str, np.ndarray] = {}
 
     def refs(scorer, key: str, paths: list[Path]) -> torch.Tensor:
         for p in paths:
@@ -558,11 +563,19 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
             for p in item.subject_refs:
                 image_cache.setdefault(p, _read_image(p))
             row.update(_oracle_metrics(item, frames, [image_cache[p] for p in item.subject_refs]))
+        if motion is not None:
+            keys = [str(p) for p in item.motion_refs]
+            refs = [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
+            row.update(motion.score(frames, refs, keys))
         rows.append(row)
     if out_dir is not None or videos_dir is not None:
         out = Path(out_dir if out_dir is not None else videos_dir)
         note = None if dino is not None else "DINO-I not computed (no DINO model given; omitted on the toy world)."
-        write_results(rows, out, models={"clip": clip.name, "dino": dino.name if dino else None}, note=note)
+        models = {"clip": clip.name, "dino": dino.name if dino else None}
+        if motion is not None:
+            models.update(motion.models())
+            note = " ".join([n for n in (note, *motion.notes) if n]) or None
+        write_results(rows, out, models=models, note=note)
     return rows
 
 
@@ -705,8 +718,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     check_writable_folder(out, "--out")  # before scoring, not after
     clip = ClipScorer.from_pretrained(args.clip, device=args.device)
     dino = DinoScorer.from_pretrained(args.dino, device=args.device) if args.dino else None
+    motion = scorer_from_args(args)
     rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out,
-                           allow_outside=args.allow_outside)
+                           allow_outside=args.allow_outside, motion=motion)
     print((out / "metrics.md").read_text())
     print(f"{len(rows)} video(s) scored; wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
@@ -725,4 +739,5 @@ def register_cli(subparsers) -> None:
     p.add_argument("--allow-outside", action="store_true",
                    help="accept manifest paths outside the manifest's folder and --videos (default: refused)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    add_cli_args(p)
     p.set_defaults(func=cmd_evaluate)
