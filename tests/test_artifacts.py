@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dreamvideo import artifacts
 from dreamvideo.cli import main
 
@@ -139,3 +141,22 @@ def test_promote_order_leaves_no_mix(tmp_path):
     artifacts.promote(work, out, "subject.json")
     assert (out / "a.safetensors").read_text() == "new" and json.loads((out / "subject.json").read_text()) == {"new": 1}
     assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "checkpoints", "subject.json"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "wanted", "expected"),
+    [
+        ([100, 200, 300, 400, 500, 600, 1000], "auto", 500),  # the authors' checkpoint
+        ([300, 600, 900], "auto", 300),  # none at 500: the last one before it
+        ([100, 200], "auto", None),  # stopped before 500: the final weights
+        ([100, 500], "auto", None),  # 500 is the last step: the final weights are the same
+        ([100, 200], "final", None),
+        ([100, 200], 100, 100),
+    ],
+)
+def test_checkpoint_step_follows_the_authors(tmp_path, steps, wanted, expected):
+    from dreamvideo.artifacts import resolve_step
+
+    for s in steps:
+        (tmp_path / "checkpoints" / "identity_adapter" / f"step-{s:06d}").mkdir(parents=True)
+    assert resolve_step(tmp_path, "identity_adapter", wanted) == expected

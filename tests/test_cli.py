@@ -48,3 +48,16 @@ def test_info_prints_modelscope_counts(capsys):
     out = capsys.readouterr().out
     assert "16 spatial blocks" in out and "17 temporal blocks" in out
     assert "12,409,120" in out and "77,966,496" in out
+
+
+def test_cli_defaults_are_the_authors():
+    from dreamvideo.cli import build_parser
+
+    parser = build_parser()
+    motion = parser.parse_args(["learn-motion", "--videos", "v", "--out", "o"])
+    assert (motion.num_frames, motion.frame_stride, motion.target_fps, motion.steps) == (32, None, 8.0, 3000)
+    assert (motion.warmup_steps, motion.max_grad_norm, motion.mixed_precision) == (10, None, "auto")
+    subject = parser.parse_args(["learn-subject", "--images", "i", "--init-word", "dog", "--out", "o"])
+    assert subject.caption == "a {token}"
+    gen = parser.parse_args(["generate", "--prompt", "p", "--out", "o.mp4"])
+    assert (gen.frames, gen.subject_step, gen.motion_step, gen.offset_noise) == (32, "auto", "auto", 0.1)

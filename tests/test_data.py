@@ -370,3 +370,21 @@ def test_one_frame_video_is_refused_as_a_motion(tmp_path):
     write_video(np.zeros((1, 16, 16, 3), np.uint8), tmp_path / "one.gif", fps=8)
     with pytest.raises(DataError, match="one.gif: has 1 frame, not a video"):
         load_motion_videos(tmp_path / "one.gif", 16)
+
+
+def test_short_videos_are_padded_with_black_frames_as_the_authors_do():
+    from dreamvideo.data import sample_clip
+
+    idx = sample_clip(torch.arange(5), 8, 2, torch.Generator().manual_seed(0), short="pad")
+    assert idx.tolist() == [0, 2, 4, -1, -1, -1, -1, -1]  # from the start, then black (-1)
+    with pytest.raises(ValueError, match="index"):
+        sample_clip(torch.zeros(5, 3, 4, 4), 8, 2, torch.Generator(), short="pad")
+
+
+def test_motion_clips_default_to_32_frames_at_8_fps_of_the_source():
+    from dreamvideo.stages import MotionSettings
+
+    s = MotionSettings()
+    assert s.num_frames == 32 and s.stage.steps == 3000
+    assert (s.stride(24.0), s.stride(30.0), s.stride(8.0), s.stride(None)) == (3, 4, 1, 1)
+    assert MotionSettings(frame_stride=2).stride(30.0) == 2

@@ -329,3 +329,17 @@ def test_motion_adapter_lowers_the_velocity_loss_on_a_v_prediction_base(tiny_vpr
     trained = loss()
     ad.enable_adapter(pipe.unet, "motion", False)
     assert trained < 0.9 * loss()
+
+
+def test_padded_clips_use_the_latent_of_a_black_frame(pipe, tiny_data):
+    from dreamvideo.stages import MotionBatches, load_motion_data
+
+    settings = motion_settings(num_frames=12, frame_stride=1, short_videos="pad")
+    data = load_motion_data(tiny_data["motion"], 16, settings)  # 6-frame videos: 6 real frames, 6 black
+    batches = MotionBatches.encode(pipe, data, settings)
+    x, _, embeds = batches.sample(2, torch.Generator().manual_seed(0))
+    assert x.shape[2] == 12
+    assert torch.equal(x[:, :, 6:], batches.black[None, :, None].expand(2, -1, 6, -1, -1))
+    assert not torch.equal(x[:, :, 5], batches.black.expand(2, -1, -1, -1))
+    black = pipe.vae.encode(-torch.ones(1, 3, 16, 16)).latent_dist.mean[0] * pipe.vae.config.scaling_factor
+    torch.testing.assert_close(batches.black, black)

@@ -74,3 +74,57 @@ def test_checkpoint_records_run_id_and_resume_refuses_another_run(tmp_path):
     other.run_id = "r2"
     with pytest.raises(Exception, match="checkpoint of run r1"):
         other.resume()
+
+
+def _probe_trainer(tmp_path, config: StageConfig, modules=()):
+    """A one-parameter trainer that records the lr, the gradient norm and the modules' mode at every step."""
+    p = torch.nn.Parameter(torch.full((4,), 10.0))
+    seen = []
+
+    def loss_fn(step, generator):
+        if torch.is_grad_enabled():
+            seen.append({"lr": trainer.optimizer.param_groups[0]["lr"], "train": [m.training for m in modules]})
+        return (p**2).sum()  # gradient norm 40: clipping at 1.0 would be visible
+
+    trainer = Trainer("probe", [p], loss_fn, lambda f: None, lambda f: None, tmp_path / "c", config,
+                      train_mode=tuple(modules))  # fmt: skip
+    return trainer, p, seen
+
+
+def test_authors_regime_warm_up_then_constant_lr_no_clipping_base_in_train_mode(tmp_path):
+    base = torch.nn.Dropout(0.1).eval()
+    trainer, p, seen = _probe_trainer(tmp_path, StageConfig(steps=14, lr=1e-2, checkpoint_every=100), [base])
+    trainer.train(progress=False)
+    lrs = [s["lr"] for s in seen]
+    assert lrs[:11] == pytest.approx([1e-2 * k / 10 for k in range(11)]) and lrs[11:] == pytest.approx([1e-2] * 3)
+    assert all(s["train"] == [True] for s in seen) and not base.training  # train mode while training, then back
+
+
+def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch):
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm) or real(params, norm))
+    _probe_trainer(tmp_path / "a", StageConfig(steps=3, lr=1e-2))[0].train(progress=False)
+    assert calls == []  # the authors' default: no clipping
+    _probe_trainer(tmp_path / "b", StageConfig(steps=3, lr=1e-2, max_grad_norm=1.0))[0].train(progress=False)
+    assert calls == [1.0] * 3
+
+
+def test_resume_continues_the_warm_up(tmp_path):
+    config = StageConfig(steps=6, lr=1e-2, checkpoint_every=3, warmup_steps=10)
+    first, _, _ = _probe_trainer(tmp_path, StageConfig(**{**config.to_dict(), "steps": 3}))
+    first.train(progress=False)
+    second, _, seen = _probe_trainer(tmp_path, config)
+    assert second.resume() and second.step == 3
+    second.train(progress=False)
+    assert [s["lr"] for s in seen] == pytest.approx([1e-2 * k / 10 for k in (3, 4, 5)])
+
+
+def test_mixed_precision_auto_is_fp16_on_gpus_and_none_on_cpus():
+    from dreamvideo.training import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(Exception, match="mixed_precision"):
+        resolve_precision("fp8", torch.device("cpu"))

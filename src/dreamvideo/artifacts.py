@@ -289,3 +289,29 @@ def check_checkpoint_run(folder: Path, marker: str, step: int) -> None:
                 f"{trainer_json.parent}: checkpoint of run {ckpt}, but {folder / marker} is from run {final}; "
                 "they cannot be combined (the checkpoint is left over from another run)"
             )
+
+
+# The checkpoints the authors generate with (VGen configs/dreamvideo: identity adapter 500, motion adapter 1500).
+AUTHORS_STEPS = {"identity_adapter": 500, "motion_adapter": 1500}
+
+
+def checkpoint_steps(folder: Path, stage: str) -> list[int]:
+    """The steps of the checkpoints of ``stage`` in a subject or motion folder, ascending."""
+    found = (folder / "checkpoints" / stage).glob("step-*")
+    return sorted(int(p.name[5:]) for p in found if p.name[5:].isdigit() and p.is_dir())
+
+
+def resolve_step(folder: Path, stage: str, step: int | str | None) -> int | None:
+    """The checkpoint step to load: an int as given, ``"final"``/``None`` for the final weights, or ``"auto"``.
+
+    ``"auto"`` is the authors' choice (:data:`AUTHORS_STEPS`): that step's checkpoint; the final weights when
+    training stopped before it; else the last checkpoint before it.
+    """
+    if step is None or step == "final":
+        return None
+    if step != "auto":
+        return int(step)
+    wanted, steps = AUTHORS_STEPS[stage], checkpoint_steps(Path(folder), stage)
+    if not steps or steps[-1] <= wanted:  # trained no further than the authors' step: the final weights
+        return None
+    return max((s for s in steps if s <= wanted), default=None)

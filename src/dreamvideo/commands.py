@@ -49,6 +49,8 @@ def _stage(prefix: str, args: argparse.Namespace):
         offset_noise=args.offset_noise,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
     )
 
 
@@ -60,7 +62,12 @@ def _common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=v.POSITIVE, default=100, help="save a resumable checkpoint every N steps")
     p.add_argument("--seed", type=v.NON_NEGATIVE, default=0)
     p.add_argument("--offset-noise", type=v.float_range(0.0, 10.0), default=0.1)
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                   help="autocast of the forward pass; auto (the authors'): fp16 with a gradient scaler on GPUs, none on CPUs")
+    p.add_argument("--warmup-steps", type=v.NON_NEGATIVE, default=10,
+                   help="linear learning-rate warm-up, then constant (authors: 10)")
+    p.add_argument("--max-grad-norm", type=v.float_range(0.0, None, low_open=True),
+                   help="clip gradients to this norm (default: no clipping, as the authors)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
     p.add_argument("--hidden-ratio", type=v.float_range(0.0, 4.0, low_open=True), default=0.5,
@@ -167,13 +174,14 @@ def _check_output_early(out: Path, marker: str, overwrite: bool, resume: bool) -
 def _preflight_motion(args: argparse.Namespace) -> None:
     """Every check of learn-motion that needs no model: output folder and videos."""
     from dreamvideo.base import native_size
-    from dreamvideo.data import load_motion_videos
+    from dreamvideo.stages import MotionSettings, load_motion_data
 
     _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
     root = _base_root(args)
-    min_frames = None if args.short_videos == "loop" else (args.num_frames - 1) * args.frame_stride + 1
     size = min(args.resolution or native_size(root), 64)  # a small decode is enough to validate every frame
-    load_motion_videos(args.videos, size, args.caption, min_frames=min_frames)
+    lengths = MotionSettings(num_frames=args.num_frames, frame_stride=args.frame_stride, target_fps=args.target_fps,
+                             short_videos=args.short_videos)  # fmt: skip
+    load_motion_data(args.videos, size, lengths, args.caption)
 
 
 def cmd_learn_motion(args: argparse.Namespace) -> int:
@@ -187,6 +195,7 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
     settings = MotionSettings(
         num_frames=args.num_frames,
         frame_stride=args.frame_stride,
+        target_fps=args.target_fps,
         resolution=args.resolution,
         stage=_stage("", args),
         caption_dropout=args.caption_dropout,
@@ -233,6 +242,12 @@ def _preflight_generate(args: argparse.Namespace):
         raise DreamVideoError(f"{out}: --out must end in .mp4 or .gif")
     v.check_writable_folder(out.parent, "--out's folder")
     v.check_new_files([f for _, target, other in _video_targets(args) for f in (target, other)], args.overwrite)
+    from dreamvideo.artifacts import resolve_step
+
+    if args.subject:
+        args.subject_step = resolve_step(args.subject, "identity_adapter", args.subject_step)
+    if args.motion:
+        args.motion_step = resolve_step(args.motion, "motion_adapter", args.motion_step)
     for folder, marker, step in ((args.subject, "subject.json", args.subject_step),
                                  (args.motion, "motion.json", args.motion_step)):
         if folder is None:
@@ -333,6 +348,13 @@ def _method_argument(p: argparse.ArgumentParser, kind: str) -> None:
                    help=f"learning method: DreamVideo or a baseline of the paper's comparisons{extra}")
 
 
+def _step_choice(text: str) -> int | str:
+    """argparse type of --subject-step / --motion-step: 'auto', 'final' or a positive step."""
+    if text in ("auto", "final"):
+        return text
+    return v.POSITIVE(text)
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("learn-subject", help="learn a subject (token + identity adapter) from a few photos")
     p.add_argument("--images", required=True, type=Path, help="folder of photos (or with images/ and masks/)")
@@ -340,7 +362,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-masks", action="store_true", help="ignore masks even if present")
     p.add_argument("--token", default="<sks>", help="placeholder word to learn (default <sks>)")
     p.add_argument("--init-word", required=True, help="one-token class word, e.g. dog")
-    p.add_argument("--caption", default="a {token} {word}", help="caption template (default 'a {token} {word}')")
+    p.add_argument("--caption", default="a {token}",
+                   help="caption template (default 'a {token}', the authors'; 'a {token} {word}' adds the class word)")
     p.add_argument("--resolution", type=v.SIZE, help="training image size (default: the base's native size)")
     p.add_argument("--ti-steps", type=v.NON_NEGATIVE, default=3000, help="textual inversion steps (authors: 1500-3000)")
     p.add_argument("--ti-lr", type=v.LEARNING_RATE, default=1e-4)
@@ -361,12 +384,16 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--caption", help="caption for every video (default: captions.json or the file names)")
     p.add_argument("--image-encoder", type=Path, help="CLIPVisionModelWithProjection folder (default: base/image_encoder)")
     p.add_argument("--no-appearance-guidance", action="store_true", help="train without appearance guidance")
-    p.add_argument("--num-frames", type=v.int_range(2), default=16, help="frames per training clip (authors: 32)")
-    p.add_argument("--frame-stride", type=v.POSITIVE, default=1, help="take every n-th frame (choose for ~8 fps)")
-    p.add_argument("--short-videos", choices=["loop", "error"], default="loop",
-                   help="videos shorter than a clip: play them ping-pong (loop) or refuse them (error)")
+    p.add_argument("--num-frames", type=v.int_range(2), default=32, help="frames per training clip (authors: 32)")
+    p.add_argument("--frame-stride", type=v.POSITIVE,
+                   help="take every n-th frame (default: from each video's frame rate, for --target-fps)")
+    p.add_argument("--target-fps", type=v.float_range(0.0, None, low_open=True), default=8.0,
+                   help="frame rate of the training clips when --frame-stride is not given (authors: 8)")
+    p.add_argument("--short-videos", choices=["loop", "pad", "error"], default="loop",
+                   help="videos shorter than a clip: play them ping-pong (loop), pad them with black frames as the "
+                        "authors do (pad), or refuse them (error)")
     p.add_argument("--resolution", type=v.SIZE, help="training clip size (default: the base's native size)")
-    p.add_argument("--steps", type=v.POSITIVE, default=2000, help="training steps (authors: 1000-3000)")
+    p.add_argument("--steps", type=v.POSITIVE, default=3000, help="training steps (authors: 3000)")
     p.add_argument("--lr", type=v.LEARNING_RATE, default=1e-5)
     p.add_argument("--batch-size", type=v.POSITIVE, default=1)
     p.add_argument("--caption-dropout", type=v.FRACTION, default=0.5)
@@ -379,10 +406,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="generate videos with a subject, a motion, both, or neither")
     p.add_argument("--base", default="toy")
     p.add_argument("--subject", type=Path, help="subject folder from learn-subject")
-    p.add_argument("--subject-step", type=v.POSITIVE, help="use the identity adapter checkpoint of this step")
+    p.add_argument("--subject-step", type=_step_choice, default="auto",
+                   help="identity adapter checkpoint: a step, 'final', or 'auto' (the authors': step 500, else the "
+                        "last one before it, or the final weights when training stopped earlier)")
     p.add_argument("--subject-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--motion", type=Path, help="motion folder from learn-motion")
-    p.add_argument("--motion-step", type=v.POSITIVE, help="use the motion adapter checkpoint of this step")
+    p.add_argument("--motion-step", type=_step_choice, default="auto",
+                   help="motion adapter checkpoint: a step, 'final', or 'auto' (the authors': step 1500, likewise)")
     p.add_argument("--motion-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--prompt", required=True, nargs="+", help="one or more prompts")
     p.add_argument("--negative-prompt", default="")
@@ -408,7 +438,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         default=0.1,
         help="offset noise added to the starting noise, one draw per frame (authors: 0.1)",
     )
-    p.add_argument("--frames", type=v.POSITIVE, default=16)
+    p.add_argument("--frames", type=v.POSITIVE, default=32, help="frames to generate (authors: 32)")
     p.add_argument("--height", type=v.SIZE)
     p.add_argument("--width", type=v.SIZE)
     p.add_argument("--fps", type=v.int_range(1, 240), default=8)

@@ -480,7 +480,8 @@ def sample_clip(
         stride: step between taken frames (see :func:`frame_stride_for_fps`).
         generator: random generator for the start frame (reproducible sampling).
         short: what to do when the video is shorter than the clip span: ``"loop"`` plays it
-            ping-pong (0, 1, ..., F-1, F-2, ..., 1, 0, 1, ...), which avoids a jump cut at the seam;
+            ping-pong (0, 1, ..., F-1, F-2, ..., 1, 0, 1, ...), which avoids a jump cut at the seam; ``"pad"``
+            takes it from the start and pads with black frames, as the authors do (index ``-1``: a black frame);
             ``"error"`` raises :class:`DataError`.
         name: video name used in the error message.
 
@@ -489,8 +490,8 @@ def sample_clip(
     """
     if num_frames < 1 or stride < 1:
         raise ValueError(f"num_frames and stride must be >= 1, got {num_frames} and {stride}")
-    if short not in ("loop", "error"):
-        raise ValueError(f"short must be 'loop' or 'error', got {short!r}")
+    if short not in ("loop", "pad", "error"):
+        raise ValueError(f"short must be 'loop', 'pad' or 'error', got {short!r}")
     total, span = video.shape[0], clip_span(num_frames, stride)
     steps = torch.arange(num_frames) * stride
     if total >= span:
@@ -501,6 +502,10 @@ def sample_clip(
             f"{name or 'video'}: has {total} frames, but a clip of {num_frames} frames every {stride} "
             f"frames needs {span}"
         )
+    if short == "pad":  # only for frame indices: -1 marks a black frame
+        if video.ndim != 1:
+            raise ValueError("short='pad' samples frame indices: pass a 1-D index tensor")
+        return torch.where(steps < total, video[steps.clamp(max=total - 1)], -1)
     period = max(2 * total - 2, 1)
     start = int(torch.randint(0, period, (1,), generator=generator))
     pos = (start + steps) % period

@@ -15,7 +15,16 @@ import torch.nn.functional as F
 from dreamvideo import adapters as ad
 from dreamvideo import artifacts, distributed
 from dreamvideo.artifacts import Workspace
-from dreamvideo.data import MotionData, SubjectData, load_motion_videos, load_subject_images, sample_clip
+from dreamvideo.data import (
+    DataError,
+    MotionData,
+    SubjectData,
+    clip_span,
+    frame_stride_for_fps,
+    load_motion_videos,
+    load_subject_images,
+    sample_clip,
+)
 from dreamvideo.fileio import DreamVideoError, save_safetensors, write_json
 from dreamvideo.pipeline import (
     EMBEDS_FILE,
@@ -222,7 +231,7 @@ class SubjectSettings:
     Args:
         token: the placeholder word, e.g. ``"<sks>"``.
         init_word: a one-token class word initialising it, e.g. ``"dog"``.
-        caption: caption template with ``{token}`` and ``{word}``.
+        caption: caption template with ``{token}`` (and optionally ``{word}``); the authors' is ``a {token}``.
         resolution: training image side (the base's native size when ``None``).
         textual_inversion: stage 1 settings (authors: lr 1e-4, 3000 steps, batch 4).
         identity: stage 2 settings (authors: lr 1e-5, 1000 steps, batch 4).
@@ -233,7 +242,7 @@ class SubjectSettings:
 
     token: str = "<sks>"
     init_word: str = "dog"
-    caption: str = "a {token} {word}"
+    caption: str = "a {token}"
     resolution: int | None = None
     textual_inversion: StageConfig = None  # type: ignore[assignment]
     identity: StageConfig = None  # type: ignore[assignment]
@@ -362,6 +371,7 @@ def _learn_subject(pipe: DreamVideoPipeline, data: SubjectData, ws: Workspace, s
         preview_every=preview.every,
         on_preview=preview.renderer(pipe, work, "textual_inversion", caption),
         run_id=ws.run_id,
+        train_mode=(pipe.unet, pipe.text_encoder),
     )
     if resume:
         ti_trainer.resume()
@@ -408,7 +418,7 @@ def _learn_subject(pipe: DreamVideoPipeline, data: SubjectData, ws: Workspace, s
 
         id_trainer = Trainer("identity adapter", params, id_loss, id_save, id_load,
                              work / "checkpoints" / "identity_adapter", idc, device=device,
-                             preview_every=preview.every, run_id=ws.run_id,
+                             preview_every=preview.every, run_id=ws.run_id, train_mode=(pipe.unet,),
                              on_preview=preview.renderer(pipe, work, "identity_adapter", caption))
         if resume:
             id_trainer.resume()
@@ -464,18 +474,22 @@ class MotionSettings:
 
     Args:
         num_frames: clip length (authors: 32; 16 fits smaller GPUs).
-        frame_stride: take every n-th frame of the source videos (choose for ~8 fps).
+        frame_stride: take every n-th frame of the source videos; ``None`` (default) picks it per video from its
+            frame rate so that clips play at ``target_fps``.
+        target_fps: frame rate of the training clips when ``frame_stride`` is ``None`` (authors: 8).
         resolution: clip side (the base's native size when ``None``).
         stage: optimisation settings.
         caption_dropout: probability of training on the empty prompt (0.5).
         appearance_dropout: probability of replacing the appearance embedding by the zero vector (0.5).
         appearance_guidance: condition the adapter on a random frame's image embedding.
         motion_adapter: adapter placement; ``None`` gives the paper's (temporal attn1/attn2/ff).
-        short_videos: ``"loop"`` (ping-pong) or ``"error"`` for videos shorter than a clip.
+        short_videos: videos shorter than a clip: ``"loop"`` (default: ping-pong, so the adapter never sees a cut),
+            ``"pad"`` (the authors': black frames after the last one) or ``"error"``.
     """
 
-    num_frames: int = 16
-    frame_stride: int = 1
+    num_frames: int = 32
+    frame_stride: int | None = None
+    target_fps: float = 8.0
     resolution: int | None = None
     stage: StageConfig = None  # type: ignore[assignment]
     caption_dropout: float = 0.5
@@ -486,7 +500,11 @@ class MotionSettings:
 
     def __post_init__(self) -> None:
         if self.stage is None:
-            self.stage = StageConfig(steps=2000, lr=1e-5, batch_size=1)
+            self.stage = StageConfig(steps=3000, lr=1e-5, batch_size=1)
+
+    def stride(self, fps: float | None) -> int:
+        """The frame step for a video of frame rate ``fps``."""
+        return self.frame_stride or frame_stride_for_fps(fps, self.target_fps)
 
 
 def learn_motion(
@@ -566,7 +584,7 @@ def _learn_motion(pipe: DreamVideoPipeline, data: MotionData, ws: Workspace, set
 
     preview = preview or PreviewSettings()
     trainer = Trainer("motion adapter", params, loss_fn, save, load, work / "checkpoints" / "motion_adapter", st,
-                      device=device, preview_every=preview.every, run_id=ws.run_id,
+                      device=device, preview_every=preview.every, run_id=ws.run_id, train_mode=(pipe.unet,),
                       on_preview=preview.renderer(pipe, work, "motion_adapter", data.captions[0]))
     if resume:
         trainer.resume()
@@ -593,6 +611,8 @@ def _learn_motion(pipe: DreamVideoPipeline, data: MotionData, ws: Workspace, set
         "captions": data.captions,
         "num_frames": settings.num_frames,
         "frame_stride": settings.frame_stride,
+        "target_fps": settings.target_fps,
+        "frame_strides": [settings.stride(fps) for fps in data.fps],
         "resolution": size,
         "caption_dropout": settings.caption_dropout,
         "appearance_dropout": settings.appearance_dropout,
@@ -609,9 +629,15 @@ def _learn_motion(pipe: DreamVideoPipeline, data: MotionData, ws: Workspace, set
 
 def load_motion_data(videos: str | os.PathLike, size: int, settings: MotionSettings,
                      captions: str | dict[str, str] | None = None) -> MotionData:
-    """Load and validate the motion videos; short ones are refused unless ``settings.short_videos == "loop"``."""
-    min_frames = None if settings.short_videos == "loop" else (settings.num_frames - 1) * settings.frame_stride + 1
-    return load_motion_videos(videos, size, captions, min_frames=min_frames)
+    """Load and validate the motion videos; short ones are refused when ``settings.short_videos == "error"``."""
+    data = load_motion_videos(videos, size, captions)
+    if settings.short_videos == "error":
+        for video, fps, path in zip(data.videos, data.fps, data.paths, strict=True):
+            stride = settings.stride(fps)
+            if len(video) < clip_span(settings.num_frames, stride):
+                raise DataError(f"{path}: has {len(video)} frames, but a clip of {settings.num_frames} frames every "
+                                f"{stride} frames needs {clip_span(settings.num_frames, stride)}")
+    return data
 
 
 @dataclass
@@ -628,6 +654,7 @@ class MotionBatches:
     empty: torch.Tensor
     appearance: list[torch.Tensor] | None
     settings: MotionSettings
+    black: torch.Tensor  # latent of a black frame, for ``short_videos="pad"``
 
     @classmethod
     def encode(cls, pipe: DreamVideoPipeline, data: MotionData, settings: MotionSettings) -> MotionBatches:
@@ -639,7 +666,8 @@ class MotionBatches:
         appearance = None
         if settings.appearance_guidance:
             appearance = [_frame_embeddings(pipe, v) for v in data.videos]
-        return cls(data, caches, text_of, text_table[-1], appearance, settings)
+        black = LatentCache.encode(pipe, -torch.ones(1, *data.videos[0].shape[1:])).mean[0]
+        return cls(data, caches, text_of, text_table[-1], appearance, settings, black)
 
     def sample(
         self, batch_size: int, generator: torch.Generator
@@ -650,12 +678,15 @@ class MotionBatches:
         for _ in range(batch_size):
             v = int(torch.randint(0, len(data), (1,), generator=generator))
             frames = torch.arange(self.caches[v].mean.shape[0])
-            index = sample_clip(frames, s.num_frames, s.frame_stride, generator, s.short_videos, data.paths[v])
-            xs.append(self.caches[v].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
+            index = sample_clip(frames, s.num_frames, s.stride(data.fps[v]), generator, s.short_videos, data.paths[v])
+            x = self.caches[v].sample(index.clamp_min(0), generator)
+            x[index < 0] = self.black  # padding frames of a short video (the authors' black frames)
+            xs.append(x.permute(1, 0, 2, 3))  # (C, F, h, w)
             drop_caption = torch.rand((), generator=generator) < s.caption_dropout
             texts.append(self.empty if drop_caption else self.text_of[data.captions[v]])
-            if self.appearance is not None:  # appearance guidance: a random frame of this clip
-                frame = index[int(torch.randint(0, len(index), (1,), generator=generator))]
+            if self.appearance is not None:  # appearance guidance: a random (real) frame of this clip
+                real = index[index >= 0]
+                frame = real[int(torch.randint(0, len(real), (1,), generator=generator))]
                 e = self.appearance[v][frame]
                 if torch.rand((), generator=generator) < s.appearance_dropout:
                     e = torch.zeros_like(e)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.optimization import get_constant_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -34,10 +35,13 @@ class StageConfig:
         weight_decay: AdamW weight decay (authors: 0).
         offset_noise: strength of the offset added to the noise, per sample, channel and frame (section 4: 0.1).
         checkpoint_every: save a resumable checkpoint every this many steps (and at the end).
-        max_grad_norm: gradient clipping; ``None`` disables it.
+        max_grad_norm: gradient clipping; ``None`` (the authors') disables it.
         seed: seed of every random choice of the stage.
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` autocast of the forward pass (trainables stay fp32).
+        mixed_precision: ``"auto"`` (the authors': fp16 on GPUs, none on CPUs), ``"no"``, ``"bf16"`` or ``"fp16"``
+            autocast of the forward pass; trainables stay fp32, and fp16 uses a gradient scaler.
         gradient_checkpointing: recompute UNet activations in the backward pass to save memory.
+        warmup_steps: linear learning-rate warm-up, then constant (the authors': 10).
+        base_train_mode: keep the frozen base in train mode while training, so its dropout is active (the authors').
     """
 
     steps: int
@@ -46,10 +50,12 @@ class StageConfig:
     weight_decay: float = 0.0
     offset_noise: float = 0.1
     checkpoint_every: int = 100
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = None
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    warmup_steps: int = 10
+    base_train_mode: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +128,15 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, 
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> str:
+    """``"auto"`` is the authors' choice: fp16 autocast on GPUs, full precision on CPUs."""
+    if mixed_precision == "auto":
+        return "fp16" if device.type == "cuda" else "no"
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise DreamVideoError(f"mixed_precision must be auto, no, bf16 or fp16, got {mixed_precision!r}")
+    return mixed_precision
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -201,6 +216,7 @@ class Trainer:
         preview_every: int = 0,
         on_preview: Callable[[int], None] | None = None,
         run_id: str | None = None,
+        train_mode: tuple[nn.Module, ...] = (),
     ) -> None:
         if not params:
             raise ValueError(f"{name}: nothing to train")
@@ -211,6 +227,10 @@ class Trainer:
         self.run_id = run_id
         self.device = torch.device(device)
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.lr_schedule = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
+        self.precision = resolve_precision(config.mixed_precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.train_mode = train_mode if config.base_train_mode else ()
         self.rank = distributed.process_index()
         self.generator = torch.Generator().manual_seed(config.seed + self.rank)  # each process its own batches
         distributed.broadcast_parameters(params)
@@ -219,10 +239,9 @@ class Trainer:
         self.seconds = 0.0
 
     def _autocast(self):
-        precision = self.config.mixed_precision
-        if precision == "no":
+        if self.precision == "no":
             return torch.autocast(self.device.type, enabled=False)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     def resume(self) -> bool:
@@ -246,7 +265,8 @@ class Trainer:
         ranks = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("generator_state.")]}
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
         for group in self.optimizer.param_groups:  # the saved groups carry the old lr: --lr of this run wins
-            group["lr"], group["weight_decay"] = self.config.lr, self.config.weight_decay
+            group["lr"] = group["initial_lr"] = self.config.lr
+            group["weight_decay"] = self.config.weight_decay
         if self.rank == 0:
             self.generator.set_state(rng)
         elif f"generator_state.rank{self.rank}" in ranks:
@@ -254,6 +274,7 @@ class Trainer:
         else:  # saved by fewer processes: a fresh stream for this one
             self.generator.manual_seed(self.config.seed + self.rank + 7919 * info["step"])
         self.step, self.losses, self.seconds = info["step"], info["losses"], info.get("seconds", 0.0)
+        self.lr_schedule = get_constant_schedule_with_warmup(self.optimizer, self.config.warmup_steps, self.step - 1)
         return True
 
     def checkpoint(self) -> Path:
@@ -288,33 +309,55 @@ class Trainer:
         """Run the remaining steps; raise :class:`TrainingDiverged` (keeping earlier checkpoints) on a NaN loss."""
         bar = tqdm(total=self.config.steps, initial=self.step, desc=self.name, disable=not progress or self.rank > 0,
                    dynamic_ncols=True)
-        while self.step < self.config.steps:
-            start = time.perf_counter()
-            with self._autocast():
-                loss = self.loss_fn(self.step, self.generator)
-            value = distributed.mean_loss(loss)  # loss.item(), averaged over processes
-            if not math.isfinite(value):
-                self._diverged(f"loss is {value} at step {self.step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(self.params)
-            if self.config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
-            self.optimizer.step()
-            if not tensors_finite(self.params):
-                self._diverged(f"weights are not finite after the update of step {self.step + 1}")
-            self.step += 1
-            self.seconds += time.perf_counter() - start
-            self.losses.append(round(value, 6))
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
-            if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
-                self._check_after_update()
-                self.checkpoint()
-            if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
-                self.on_preview(self.step)
-        bar.close()
+        modes = [m.training for m in self.train_mode]
+        try:
+            for module in self.train_mode:  # the frozen base in train mode: its dropout is active
+                module.train()
+            while self.step < self.config.steps:
+                self._one_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                    self._check_after_update()
+                    self.checkpoint()
+                if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
+                    self._preview()
+        finally:
+            for module, mode in zip(self.train_mode, modes, strict=True):
+                module.train(mode)
+            bar.close()
         return self.losses
+
+    def _one_step(self) -> None:
+        start = time.perf_counter()
+        with self._autocast():
+            loss = self.loss_fn(self.step, self.generator)
+        value = distributed.mean_loss(loss)  # loss.item(), averaged over processes
+        if not math.isfinite(value):
+            self._diverged(f"loss is {value} at step {self.step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        distributed.average_gradients(self.params)
+        if self.config.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.scaler.step(self.optimizer)  # an fp16 step with inf gradients is skipped and the scale lowered
+        self.scaler.update()
+        self.lr_schedule.step()
+        if not tensors_finite(self.params):
+            self._diverged(f"weights are not finite after the update of step {self.step + 1}")
+        self.step += 1
+        self.seconds += time.perf_counter() - start
+        self.losses.append(round(value, 6))
+
+    def _preview(self) -> None:
+        for module in self.train_mode:
+            module.eval()
+        try:
+            self.on_preview(self.step)
+        finally:
+            for module in self.train_mode:
+                module.train()
 
     def _check_after_update(self) -> None:
         """Before saving: the loss at the updated weights must be finite (diverged weights are never saved).

@@ -172,7 +172,8 @@ def _train(name: str, pipe: DreamVideoPipeline, trainable: Trainable, loss_fn, w
         p.requires_grad_(True)
     trainer = Trainer(name, params, loss_fn, lambda folder: trainable.save(folder / trainable.file),
                       lambda folder: trainable.load(folder / trainable.file),
-                      ws.work / "checkpoints" / CHECKPOINT_STAGE, stage, device=pipe.unet.device, run_id=ws.run_id)
+                      ws.work / "checkpoints" / CHECKPOINT_STAGE, stage, device=pipe.unet.device, run_id=ws.run_id,
+                      train_mode=(pipe.unet,))
     if resume:
         trainer.resume()
     if stage.gradient_checkpointing:
