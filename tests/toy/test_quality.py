@@ -1,0 +1,34 @@
+"""The quality bar's coherence checks: true clips pass, a background switch or a sprite jump fails."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dreamvideo.toy import oracle, quality, world
+
+
+def test_true_clips_are_coherent():
+    for spec in world.held_out_specs(n=24, seed=3):
+        clip = world.render_clip(spec)
+        masks = oracle.segment_foreground(clip.frames)
+        assert quality.steady_background(clip.frames), spec
+        assert quality.smooth_track(clip.frames, masks, spec), spec
+
+
+def test_a_background_switch_mid_clip_is_caught():
+    spec = world.held_out_specs(n=1, seed=0)[0]
+    other = "dark night" if spec.background != "dark night" else "yellow sand"
+    a = world.render_clip(spec).frames
+    b = world.render_clip(world.ClipSpec(**{**spec.__dict__, "background": other})).frames
+    switched = np.concatenate([a[:4], b[4:]])
+    assert quality.steady_background(a) and not quality.steady_background(switched)
+
+
+def test_a_sprite_jump_is_caught():
+    spec = world.ClipSpec(world.Sprite("circle", "red"), "green grass", "stays still", anchor=(16.0, 16.0), size=6.0)
+    still = world.render_clip(spec).frames
+    far = world.render_clip(world.ClipSpec(**{**spec.__dict__, "anchor": (46.0, 46.0)})).frames
+    jumped = np.concatenate([still[:4], far[4:]])  # a 42-pixel jump where the true motion moves 0
+    for video, expected in ((still, True), (jumped, False)):
+        masks = oracle.segment_foreground(video)
+        assert quality.smooth_track(video, masks, spec) is expected
