@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNet3DConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dreamvideo import adapters as ad
 from dreamvideo import cli
@@ -327,3 +327,32 @@ def test_refused_pickle_says_python_objects_refused_for_safety(tmp_path: Path):
     message = str(info.value)
     assert "holds Python objects other than tensors" in message and "refused for safety" in message
     assert "system" in message and "unpickling failed" not in message
+
+
+@pytest.mark.parametrize("with_embedding", [False, True])
+def test_converted_identity_adapter_loads_and_generates(tiny_base: Path, tmp_path: Path, with_embedding: bool):
+    from dreamvideo.pipeline import DreamVideoPipeline
+
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
+    ad.attach_identity_adapter(pipe.unet)
+    state = {k: torch.randn(v.shape) * 0.1 for k, v in ad.adapter_state_dict(pipe.unet, "identity").items()}
+    ad.detach_adapter(pipe.unet, "identity")
+    ckpt = tmp_path / "adapter_00000500.pth"
+    torch.save({"state_dict": dreamvideo_adapters_to_vgen(state, dict(pipe.unet.config))}, ckpt)
+    args = ["convert", "vgen-adapter", "--ckpt", str(ckpt), "--kind", "identity", "--base", str(tiny_base),
+            "--out", str(tmp_path / "subject")]  # fmt: skip
+    if with_embedding:
+        save_file({"emb": torch.randn(32)}, tmp_path / "emb.safetensors")
+        args += ["--embedding", str(tmp_path / "emb.safetensors"), "--token", "<tok>"]
+    assert cli.main(args) == 0
+    token = pipe.load_subject(tmp_path / "subject")
+    assert token == ("<tok>" if with_embedding else None)
+    prompt = f"a {token} dog" if token else "a dog"
+    frames = pipe(prompt, num_frames=2, num_inference_steps=2, progress=False).frames[0]
+    assert frames.shape[0] == 2 and "identity" in ad.adapter_names(pipe.unet)
+    loaded = ad.adapter_state_dict(pipe.unet, "identity")
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    out = tmp_path / ("gen.mp4")
+    assert cli.main(["generate", "--base", str(tiny_base), "--subject", str(tmp_path / "subject"), "--prompt",
+                     prompt, "--frames", "2", "--steps", "1", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    assert out.is_file()

@@ -269,7 +269,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = _load_pipe(args)
     if args.subject:
         token = pipe.load_subject(args.subject, step=args.subject_step, scale=args.subject_scale)
-        if token not in " ".join(args.prompt):
+        if token is not None and token not in " ".join(args.prompt):
             print(f"note: the prompt does not contain the subject token '{token}'")
     if args.motion:
         pipe.load_motion(args.motion, step=args.motion_step, scale=args.motion_scale)

@@ -509,18 +509,32 @@ def adapter_info(
     }
 
 
+def _embedding_vector(path: str | Path) -> torch.Tensor:
+    """The one tensor of a learned-embedding file, flattened (a diffusers ``{token: (1, dim)}`` file works too)."""
+    tensors = load_checkpoint(path)
+    if len(tensors) != 1:
+        raise CheckpointError(f"{path}: expected one embedding tensor, found {len(tensors)} ({', '.join(list(tensors)[:4])})")
+    vector = next(iter(tensors.values())).float()
+    if vector.ndim > 2 or (vector.ndim == 2 and vector.shape[0] != 1):
+        raise CheckpointError(f"{path}: expected an embedding of shape (dim,) or (1, dim), got {tuple(vector.shape)}")
+    return vector.reshape(-1)
+
+
 def convert_vgen_adapters(
     ckpt_path: str | Path,
     out_dir: str | Path,
     kind: str,
     base_dir: str | Path | None = None,
     overwrite: bool = False,
+    embedding: str | Path | None = None,
+    token: str = "<sks>",
 ) -> Path:
     """Convert a VGen DreamVideo adapter checkpoint (``adapter_XXXXXXXX.pth``) to dreamvideo's adapter files.
 
     Writes ``identity_adapter.safetensors`` + ``subject.json`` (``kind="identity"``) or
-    ``motion_adapter.safetensors`` + ``motion.json`` (``kind="motion"``) into ``out_dir``. VGen's
-    textual-inversion embedding is not converted.
+    ``motion_adapter.safetensors`` + ``motion.json`` (``kind="motion"``) into ``out_dir``; with ``embedding``
+    (the learned word's vector, one tensor of shape (dim,) or (1, dim)) also ``learned_embeds.safetensors`` for
+    ``token``. A subject without it loads as an identity adapter alone (prompt with the class word).
 
     Args:
         ckpt_path: VGen adapter checkpoint (``.pth``, or ``.safetensors`` with VGen key names).
@@ -529,8 +543,13 @@ def convert_vgen_adapters(
         base_dir: diffusers base folder the adapter is for (its ``unet/config.json`` and text width);
             ``None`` means ModelScopeT2V-1.7B / V1.5.
         overwrite: replace an existing ``out_dir``.
+        embedding: file holding the learned token embedding (safetensors, or a weights-only ``.pth``).
+        token: the placeholder word the embedding is saved under.
     """
     ckpt_path, out_dir = Path(ckpt_path), Path(out_dir)
+    if embedding is not None and kind != "identity":
+        raise CheckpointError("--embedding goes with --kind identity (a subject's learned word)")
+    vector = _embedding_vector(embedding) if embedding is not None else None
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists (pass overwrite / --overwrite to replace it)")
     config = _unet_config_of(base_dir)
@@ -555,7 +574,14 @@ def convert_vgen_adapters(
             staging / f"{stem}.safetensors",
             {"adapter": adapter_config.to_dict(), "converted_from": str(ckpt_path)},
         )
-        write_json(adapter_info(kind, adapter_config, base, str(ckpt_path)), staging / info_file)
+        info = adapter_info(kind, adapter_config, base, str(ckpt_path))
+        if kind == "identity":
+            info["token"] = None if vector is None else token
+        if vector is not None:
+            if vector.numel() != int(text_width):
+                raise CheckpointError(f"{embedding}: embedding width {vector.numel()}, the base's text width {text_width}")
+            save_safetensors({token: vector.reshape(1, -1)}, staging / "learned_embeds.safetensors")
+        write_json(info, staging / info_file)
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -588,6 +614,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ckpt", required=True, help="VGen adapter checkpoint (checkpoints/adapter_XXXXXXXX.pth)")
     p.add_argument("--kind", required=True, choices=("identity", "motion"))
+    p.add_argument("--embedding", help="the subject's learned word embedding (one tensor), for --kind identity")
+    p.add_argument("--token", default="<sks>", help="placeholder word of --embedding (default <sks>)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument(
         "--base", default=None, help="diffusers base folder the adapter is for (default: ModelScope-1.7B)"
@@ -604,6 +632,7 @@ def _run_base(args: argparse.Namespace) -> int:
 
 
 def _run_adapter(args: argparse.Namespace) -> int:
-    out = convert_vgen_adapters(args.ckpt, args.out, args.kind, base_dir=args.base, overwrite=args.overwrite)
+    out = convert_vgen_adapters(args.ckpt, args.out, args.kind, base_dir=args.base, overwrite=args.overwrite,
+                                embedding=args.embedding, token=args.token)
     print(f"wrote {out}")
     return 0

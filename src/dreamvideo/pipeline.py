@@ -136,10 +136,11 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
     def condition_dim(self) -> int | None:
         return None if self.image_encoder is None else int(self.image_encoder.config.projection_dim)
 
-    def load_subject(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> str:
+    def load_subject(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> str | None:
         """Add a learned subject: its token and identity adapter (from ``checkpoints/`` at ``step`` if given).
 
-        Returns the placeholder token to use in prompts.
+        Returns the placeholder token to use in prompts; ``None`` for a subject without a learned word (an
+        identity adapter converted without its embedding: prompt with the class word).
         """
         path = Path(path)
         info = read_json(path / SUBJECT_FILE)
@@ -148,8 +149,10 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             from dreamvideo.baselines import load_learned
 
             return load_learned(self, path, info, "subject", step, scale)
-        token, vector = load_learned_embeds(path / EMBEDS_FILE)
-        insert_learned_token(self.tokenizer, self.text_encoder, token, vector, str(path / EMBEDS_FILE))
+        token = None
+        if (path / EMBEDS_FILE).is_file() or info.get("token", "") is not None:
+            token, vector = load_learned_embeds(path / EMBEDS_FILE)
+            insert_learned_token(self.tokenizer, self.text_encoder, token, vector, str(path / EMBEDS_FILE))
         adapter_config = info.get("identity_adapter")
         if adapter_config is not None:
             file = _checkpoint_file(path, "identity_adapter", step, IDENTITY_FILE)
