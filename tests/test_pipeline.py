@@ -131,3 +131,18 @@ def test_offset_noise_at_inference_shifts_each_frame_and_defaults_off(epipe, mon
     offset = torch.randn((*plain.shape[:3], 1, 1), generator=g)
     torch.testing.assert_close(shifted, plain + 0.5 * offset)
     assert offset[0, 0].flatten().unique().numel() == 3  # one offset per frame
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_half_precision_base_generates_with_both_adapters(tiny_base, dtype):
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_base), torch_dtype=dtype)
+    ad.attach_identity_adapter(pipe.unet)
+    ad.attach_adapter(pipe.unet, ad.motion_adapter_config(pipe.condition_dim), seed=0)
+    for name in ("identity", "motion"):
+        for p in ad.adapter_parameters(pipe.unet, name):
+            torch.nn.init.normal_(p, std=0.05)
+    image = (torch.rand(16, 16, 3) * 255).to(torch.uint8).numpy()
+    frames = pipe("a dog", num_frames=2, num_inference_steps=2, appearance_image=image, progress=False,
+                  generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
+    assert frames.shape == (2, 16, 16, 3) and frames.std() > 0
+    assert pipe.unet.dtype == dtype

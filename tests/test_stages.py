@@ -343,3 +343,25 @@ def test_padded_clips_use_the_latent_of_a_black_frame(pipe, tiny_data):
     assert not torch.equal(x[:, :, 5], batches.black.expand(2, -1, -1, -1))
     black = pipe.vae.encode(-torch.ones(1, 3, 16, 16)).latent_dist.mean[0] * pipe.vae.config.scaling_factor
     torch.testing.assert_close(batches.black, black)
+
+
+def test_motion_adapter_trains_on_a_bf16_base_with_fp32_trainables(tiny_base, tiny_data, tmp_path):
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_base), torch_dtype=torch.bfloat16)
+    settings = motion_settings(stage=StageConfig(steps=3, lr=1e-3, batch_size=1, checkpoint_every=3,
+                                                 mixed_precision="bf16"))  # fmt: skip
+    out = learn_motion(pipe, tiny_data["motion"], tmp_path / "m", settings, progress=False)
+    tensors = load_safetensors(out / "motion_adapter.safetensors")[0]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in tensors.values())
+    assert any(t.abs().sum() > 0 for k, t in tensors.items() if ".up." in k)  # trained
+
+
+def test_subject_trains_on_a_bf16_base(tiny_base, tiny_data, tmp_path):
+    pipe = DreamVideoPipeline.from_pretrained(str(tiny_base), torch_dtype=torch.bfloat16)
+    stage = StageConfig(steps=3, lr=1e-2, batch_size=1, checkpoint_every=3, mixed_precision="bf16")
+    out = learn_subject(pipe, tiny_data["subject"] / "images", tmp_path / "s",
+                        subject_settings(textual_inversion=stage, identity=stage), progress=False)  # fmt: skip
+    embeds = load_safetensors(out / "learned_embeds.safetensors")[0]
+    assert all(torch.isfinite(t).all() for t in embeds.values())
+    fresh = DreamVideoPipeline.from_pretrained(str(tiny_base), torch_dtype=torch.bfloat16)
+    token = fresh.load_subject(out)
+    assert fresh(f"a {token} dog", num_frames=1, num_inference_steps=1, progress=False).frames[0].shape[0] == 1

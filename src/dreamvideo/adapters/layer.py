@@ -34,11 +34,12 @@ class Adapter(nn.Module):
         strength: torch.Tensor | float = 1.0,
     ) -> torch.Tensor:
         """``W_up(GELU(W_down(h + lam * W_cond(e))))`` times the adapter scale; ``A(h, e) = h + delta``."""
-        x = hidden_states
+        dtype = self.down.weight.dtype  # the adapter's own precision (fp32 trainables on a half-precision base)
+        x = hidden_states.to(dtype)
         if self.cond is not None and condition is not None:
             # no appearance embedding: no condition term (the authors'); appearance dropout passes e = 0 instead
-            x = x + strength * self.cond(condition)
-        return self.scale * self.up(F.gelu(self.down(x)))
+            x = x + strength * self.cond(condition.to(dtype))
+        return (self.scale * self.up(F.gelu(self.down(x)))).to(hidden_states.dtype)
 
     def forward(self, hidden_states: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         return hidden_states + self.delta(hidden_states, condition)
