@@ -177,3 +177,18 @@ def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
         "sampling": {"steps": 2, "num_frames": 2},
         "tradeoff": {"identity_steps": [1], "motion_steps": [1, 2]},
     }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """A finished subject (token ``<sks>``) and motion folder on the tiny base, two steps each."""
+    from dreamvideo.cli import main
+
+    root = tmp_path_factory.mktemp("learned")
+    fast = ["--checkpoint-every", "1", "--quiet"]
+    assert main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word",
+                 "dog", "--out", str(root / "dog"), "--ti-steps", "2", "--adapter-steps", "2", "--ti-batch-size", "1",
+                 "--adapter-batch-size", "1", *fast]) == 0
+    assert main(["learn-motion", "--base", str(tiny_base), "--videos", str(tiny_data["motion"]), "--out",
+                 str(root / "move"), "--steps", "2", "--num-frames", "2", *fast]) == 0
+    return {"subject": root / "dog", "motion": root / "move"}

@@ -19,17 +19,6 @@ TRAIN = ["--ti-steps", "2", "--adapter-steps", "2", "--ti-batch-size", "1", "--a
          "--checkpoint-every", "1", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def learned(tiny_base, tiny_data, tmp_path_factory):
-    """A finished subject and motion folder on the tiny base."""
-    root = tmp_path_factory.mktemp("learned")
-    assert main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word",
-                 "dog", "--out", str(root / "dog"), *TRAIN]) == 0
-    assert main(["learn-motion", "--base", str(tiny_base), "--videos", str(tiny_data["motion"]), "--out",
-                 str(root / "move"), "--steps", "2", "--num-frames", "2", "--checkpoint-every", "1", "--quiet"]) == 0
-    return {"subject": root / "dog", "motion": root / "move"}
-
-
 def _generate(base, out, *extra):
     return ["generate", "--base", str(base), "--prompt", "a <sks> dog", "--out", str(out), "--steps", "1",
             "--frames", "2", "--quiet", *extra]
@@ -102,9 +91,9 @@ def test_generate_refuses_a_video_too_big_for_memory(tiny_base, tmp_path, capsys
 
 
 @pytest.mark.parametrize("poison", ["nan", "int", "bool"])
-def test_generate_refuses_nan_or_non_float_adapter_weights(tiny_base, learned, tmp_path, capsys, poison):
+def test_generate_refuses_nan_or_non_float_adapter_weights(tiny_base, tiny_learned, tmp_path, capsys, poison):
     motion = tmp_path / "move"
-    shutil.copytree(learned["motion"], motion)
+    shutil.copytree(tiny_learned["motion"], motion)
     file = motion / "motion_adapter.safetensors"
     tensors, meta = load_safetensors(file)
     name = next(iter(tensors))
@@ -207,10 +196,10 @@ def test_still_image_as_motion_refused(tiny_base, tmp_path, capsys):
      "bad 'identity_adapter'"),
     (lambda info: info | {"identity_adapter": "attn2"}, "'identity_adapter' must be an object"),
 ])  # fmt: skip
-def test_hand_edited_subject_json(tiny_base, learned, tmp_path, capsys, monkeypatch, edit, words):
+def test_hand_edited_subject_json(tiny_base, tiny_learned, tmp_path, capsys, monkeypatch, edit, words):
     _no_model(monkeypatch)
     subject = tmp_path / "dog"
-    shutil.copytree(learned["subject"], subject)
+    shutil.copytree(tiny_learned["subject"], subject)
     info = json.loads((subject / "subject.json").read_text())
     (subject / "subject.json").write_text(json.dumps(edit(info)))
     assert main(_generate(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
@@ -236,12 +225,12 @@ def test_decompression_bomb_appearance_image(tiny_base, tmp_path, capsys, monkey
     assert "bomb.png" in _err(capsys)
 
 
-def test_subject_token_that_is_an_existing_word_refused(tiny_base, learned, tmp_path, capsys):
-    from dreamvideo.textual_inversion import save_learned_embeds
+def test_subject_token_that_is_an_existing_word_refused(tiny_base, tiny_learned, tmp_path, capsys):
+    from dreamvideo.textual_inversion import save_tiny_learned_embeds
 
     subject = tmp_path / "dog"
-    shutil.copytree(learned["subject"], subject)
-    save_learned_embeds(subject / "learned_embeds.safetensors", "cat", torch.zeros(32))
+    shutil.copytree(tiny_learned["subject"], subject)
+    save_tiny_learned_embeds(subject / "tiny_learned_embeds.safetensors", "cat", torch.zeros(32))
     assert main(_generate(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
     err = _err(capsys)
     assert "'cat'" in err and "existing word" in err

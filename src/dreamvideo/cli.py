@@ -41,7 +41,11 @@ def _add_threads(subparsers: argparse._SubParsersAction) -> None:
     from dreamvideo.validate import POSITIVE
 
     for sub in subparsers.choices.values():
-        if not any("--threads" in a.option_strings for a in sub._actions):
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:  # e.g. ``convert vgen-base``: the option goes to the leaf commands
+            for action in nested:
+                _add_threads(action)
+        elif not any("--threads" in a.option_strings for a in sub._actions):
             sub.add_argument("--threads", type=POSITIVE, default=None,
                              help="CPU threads of torch (default: half the cores, at most 8; OMP_NUM_THREADS wins)")
 
