@@ -369,13 +369,14 @@ def test_missing_weight_file_is_not_taken_for_a_hub_id(monkeypatch):
 def toy_folder(tmp_path):
     """Toy-world videos (frame folders) of two motions and a manifest with one motion reference each."""
     motion = world.write_motion_folder("figure-eight", tmp_path / "ref", n=1)
+    world.write_subject_folder("totem", tmp_path / "totem", n=1)
     entries = []
     for name, m in (("same", "figure-eight"), ("other", "hop-then-slide"), ("still", "stays still")):
         clip = _clip(m, 5)
         (tmp_path / name).mkdir()
         for i, f in enumerate(clip.frames):
             Image.fromarray(f).save(tmp_path / name / f"{i:02d}.png")
-        entries.append({"video": name, "prompt": f"a star moves on {world.BACKGROUNDS[0]}",
+        entries.append({"video": name, "prompt": f"a star moves on {world.BACKGROUNDS[0]}", "subject_refs": ["totem"],
                         "motion_refs": [str(motion / "00.gif")]})  # fmt: skip
     (tmp_path / "m.json").write_text(json.dumps(entries))
     return tmp_path

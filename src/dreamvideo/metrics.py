@@ -565,8 +565,8 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
             row.update(_oracle_metrics(item, frames, [image_cache[p] for p in item.subject_refs]))
         if motion is not None:
             keys = [str(p) for p in item.motion_refs]
-            refs = [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
-            row.update(motion.score(frames, refs, keys))
+            motion_videos = [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
+            row.update(motion.score(frames, motion_videos, keys))
         rows.append(row)
     if out_dir is not None or videos_dir is not None:
         out = Path(out_dir if out_dir is not None else videos_dir)

@@ -133,10 +133,12 @@ def track_correlation(tracks_a: np.ndarray, tracks_b: np.ndarray, visible_a: np.
     vb = np.ones(tracks_b.shape[:2], bool) if visible_b is None else np.asarray(visible_b, bool)
     ua, sa, oka = _steps(tracks_a, va, still)
     ub, sb, okb = _steps(tracks_b, vb, still)
-    cos = np.einsum("nkc,mkc->nmk", ua, ub)  # zero where either step is still
-    cos = cos + (sa[:, None, :] & sb[None, :, :])  # still vs still: 1
-    cos = cos * (oka[:, None, :] & okb[None, :, :])  # invisible steps: 0
-    return cos.mean(axis=-1)
+    total = np.zeros((len(ua), len(ub)))
+    for k in range(ua.shape[1]):  # one step at a time: memory N x M
+        cos = ua[:, k] @ ub[:, k].T  # zero where either step is still
+        cos += sa[:, k, None] & sb[None, :, k]  # still vs still: 1
+        total += cos * (oka[:, k, None] & okb[None, :, k])  # invisible steps: 0
+    return total / ua.shape[1]
 
 
 def moving_tracks(tracks: np.ndarray, still: float) -> np.ndarray:
@@ -163,7 +165,7 @@ def motion_fidelity_from_tracks(ref_tracks: np.ndarray, gen_tracks: np.ndarray, 
         gen_tracks: ``(M, F, 2)`` tracklets of the generated video (pixels, same scale as the reference).
         ref_visible: ``(N, F_ref)`` bool visibility (default all visible).
         gen_visible: ``(M, F)`` bool visibility.
-        still: displacement (pixels) below which a step or a tracklet counts as still.
+        still: displacement (in the tracks' units) below which a step or a tracklet counts as still.
         moving_only: match only moving tracklets (see :func:`moving_tracks`); with none in both videos the score
             is 1, in one of them 0. False: all tracklets, the plain definition.
     """
