@@ -78,22 +78,49 @@ def _preview(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------------------------------- learn-subject
-def cmd_learn_subject(args: argparse.Namespace) -> int:
-    from dreamvideo import adapters as ad
-    from dreamvideo.stages import SubjectSettings, learn_subject
+def subject_settings(
+    token: str,
+    init_word: str,
+    textual_inversion,
+    identity,
+    caption: str = "a {token} {word}",
+    resolution: int | None = None,
+    use_masks: bool = True,
+    adapter_sites: tuple[str, ...] = ("attn2",),
+    hidden_ratio: float = 0.5,
+    placement: str = "parallel",
+    train_token: bool = True,
+):
+    """The :class:`~dreamvideo.stages.SubjectSettings` of ``learn-subject`` (shared by the CLI and the web app).
 
-    settings = SubjectSettings(
-        token=args.token,
-        init_word=args.init_word,
-        caption=args.caption,
-        resolution=args.resolution,
-        textual_inversion=_stage("ti_", args),
-        identity=_stage("adapter_", args),
-        use_masks=not args.no_masks,
-        identity_adapter=ad.identity_adapter_config(
-            sites=tuple(args.adapter_sites), hidden_ratio=args.hidden_ratio, placement=args.placement
-        ),
-        train_token=not args.no_textual_inversion,
+    Args:
+        token, init_word, caption, resolution, use_masks, train_token: as in ``SubjectSettings``.
+        textual_inversion, identity: the two stages' :class:`~dreamvideo.training.StageConfig`.
+        adapter_sites, hidden_ratio, placement: the identity adapter's placement and width.
+    """
+    from dreamvideo import adapters as ad
+    from dreamvideo.stages import SubjectSettings
+
+    return SubjectSettings(
+        token=token,
+        init_word=init_word,
+        caption=caption,
+        resolution=resolution,
+        textual_inversion=textual_inversion,
+        identity=identity,
+        use_masks=use_masks,
+        identity_adapter=ad.identity_adapter_config(sites=adapter_sites, hidden_ratio=hidden_ratio, placement=placement),
+        train_token=train_token,
+    )
+
+
+def cmd_learn_subject(args: argparse.Namespace) -> int:
+    from dreamvideo.stages import learn_subject
+
+    settings = subject_settings(
+        args.token, args.init_word, _stage("ti_", args), _stage("adapter_", args), caption=args.caption,
+        resolution=args.resolution, use_masks=not args.no_masks, adapter_sites=tuple(args.adapter_sites),
+        hidden_ratio=args.hidden_ratio, placement=args.placement, train_token=not args.no_textual_inversion,
     )
     preview = _preview(args)
     _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
@@ -122,29 +149,59 @@ def _check_output_early(out: Path, marker: str, overwrite: bool, resume: bool) -
 
 
 # ---------------------------------------------------------------------------------------------- learn-motion
-def cmd_learn_motion(args: argparse.Namespace) -> int:
+def motion_settings(
+    pipe,
+    stage,
+    num_frames: int = 16,
+    frame_stride: int = 1,
+    resolution: int | None = None,
+    caption_dropout: float = 0.5,
+    appearance_dropout: float = 0.5,
+    appearance_guidance: bool = True,
+    adapter_sites: tuple[str, ...] = ("attn1", "attn2", "ff"),
+    hidden_ratio: float = 0.5,
+    placement: str = "parallel",
+    short_videos: str = "loop",
+):
+    """The :class:`~dreamvideo.stages.MotionSettings` of ``learn-motion`` (shared by the CLI and the web app).
+
+    Args:
+        pipe: the base model (its image encoder sets the adapter's condition width under appearance guidance).
+        stage: the :class:`~dreamvideo.training.StageConfig`.
+        num_frames, frame_stride, resolution, caption_dropout, appearance_dropout, appearance_guidance,
+            short_videos: as in ``MotionSettings``.
+        adapter_sites, hidden_ratio, placement: the motion adapter's placement and width.
+    """
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import MotionSettings, learn_motion
+    from dreamvideo.stages import MotionSettings
+
+    return MotionSettings(
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        resolution=resolution,
+        stage=stage,
+        caption_dropout=caption_dropout,
+        appearance_dropout=appearance_dropout,
+        appearance_guidance=appearance_guidance,
+        motion_adapter=ad.motion_adapter_config(
+            pipe.condition_dim if appearance_guidance else None, sites=adapter_sites, hidden_ratio=hidden_ratio,
+            placement=placement,
+        ),
+        short_videos=short_videos,
+    )
+
+
+def cmd_learn_motion(args: argparse.Namespace) -> int:
+    from dreamvideo.stages import learn_motion
 
     preview = _preview(args)
     _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
     pipe = _load_pipe(args)
-    guidance = not args.no_appearance_guidance
-    settings = MotionSettings(
-        num_frames=args.num_frames,
-        frame_stride=args.frame_stride,
-        resolution=args.resolution,
-        stage=_stage("", args),
-        caption_dropout=args.caption_dropout,
-        appearance_dropout=args.appearance_dropout,
-        appearance_guidance=guidance,
-        motion_adapter=ad.motion_adapter_config(
-            pipe.condition_dim if guidance else None,
-            sites=tuple(args.adapter_sites),
-            hidden_ratio=args.hidden_ratio,
-            placement=args.placement,
-        ),
-        short_videos=args.short_videos,
+    settings = motion_settings(
+        pipe, _stage("", args), num_frames=args.num_frames, frame_stride=args.frame_stride,
+        resolution=args.resolution, caption_dropout=args.caption_dropout, appearance_dropout=args.appearance_dropout,
+        appearance_guidance=not args.no_appearance_guidance, adapter_sites=tuple(args.adapter_sites),
+        hidden_ratio=args.hidden_ratio, placement=args.placement, short_videos=args.short_videos,
     )
     if args.method != "dreamvideo":
         from dreamvideo import baselines
@@ -160,28 +217,69 @@ def cmd_learn_motion(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- generate
-def cmd_generate(args: argparse.Namespace) -> int:
+def open_appearance_image(path: str | Path | None):
+    """The appearance-guidance reference as an RGB ``PIL.Image`` (``None`` without a path)."""
     from PIL import Image
 
+    if not path:
+        return None
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as err:
+        raise DreamVideoError(f"{path}: cannot read image ({err})") from err
+
+
+def load_learned(
+    pipe,
+    subject: str | Path | None = None,
+    subject_step: int | None = None,
+    subject_scale: float = 1.0,
+    motion: str | Path | None = None,
+    motion_step: int | None = None,
+    motion_scale: float = 1.0,
+) -> str | None:
+    """Load a learned subject and/or motion into ``pipe``, as ``dreamvideo generate`` does.
+
+    Args:
+        pipe: a :class:`~dreamvideo.pipeline.DreamVideoPipeline`.
+        subject, motion: folders written by ``learn-subject`` / ``learn-motion`` (or ``None``).
+        subject_step, motion_step: a checkpoint step instead of the final weights.
+        subject_scale, motion_scale: adapter output scales.
+
+    Returns:
+        The subject's placeholder token, or ``None`` without a subject.
+    """
+    token = pipe.load_subject(subject, step=subject_step, scale=subject_scale) if subject else None
+    if motion:
+        pipe.load_motion(motion, step=motion_step, scale=motion_scale)
+    return token
+
+
+def write_both_formats(frames, target: Path, fps: float = 8) -> Path:
+    """Write ``target`` (.mp4 or .gif) and the same video in the other format next to it; return the other."""
+    from dreamvideo.video_io import write_video
+
+    target = Path(target)
+    write_video(frames, target, fps=fps)
+    other = target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")
+    write_video(frames, other, fps=fps)
+    return other
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     from dreamvideo.data import load_motion_videos
-    from dreamvideo.video_io import write_frames_png, write_video
+    from dreamvideo.video_io import write_frames_png
 
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise DreamVideoError(f"{out}: --out must end in .mp4 or .gif")
-    appearance = None
-    if args.appearance_image:
-        try:
-            appearance = Image.open(args.appearance_image).convert("RGB")
-        except OSError as err:
-            raise DreamVideoError(f"{args.appearance_image}: cannot read image ({err})") from err
+    appearance = open_appearance_image(args.appearance_image)
     pipe = _load_pipe(args)
-    if args.subject:
-        token = pipe.load_subject(args.subject, step=args.subject_step, scale=args.subject_scale)
-        if token not in " ".join(args.prompt):
-            print(f"note: the prompt does not contain the subject token '{token}'")
-    if args.motion:
-        pipe.load_motion(args.motion, step=args.motion_step, scale=args.motion_scale)
+    token = load_learned(pipe, args.subject, args.subject_step, args.subject_scale, args.motion, args.motion_step,
+                         args.motion_scale)
+    if token and token not in " ".join(args.prompt):
+        print(f"note: the prompt does not contain the subject token '{token}'")
     init_video = None
     if args.init_video:
         size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
@@ -210,9 +308,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         target = out if len(args.prompt) == 1 else out.with_name(f"{out.stem}_{i:02d}{out.suffix}")
         frames = result.frames[0]
-        write_video(frames, target, fps=args.fps)
-        other = target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")
-        write_video(frames, other, fps=args.fps)
+        other = write_both_formats(frames, target, args.fps)
         if args.png_frames:
             write_frames_png(frames, target.with_suffix(""))
         print(f"{prompt!r} -> {target} (+ {other.name})")
