@@ -22,6 +22,8 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 DRIVER = shutil.which("chromedriver")
+if (CHROMIUM is None or DRIVER is None) and os.environ.get("DREAMVIDEO_REQUIRE_BROWSER"):
+    raise RuntimeError("DREAMVIDEO_REQUIRE_BROWSER is set but chromium or chromedriver is not on PATH")
 if CHROMIUM is None or DRIVER is None:
     pytest.skip("headless browser tests need Chromium and its driver (apt-get install chromium chromium-driver)",
                 allow_module_level=True)
@@ -38,7 +40,9 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from dreamvideo.toy import world  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-STEPS = 6  # training steps per stage: enough to write checkpoints and previews, seconds on a CPU
+# training steps per stage: enough to write checkpoints and previews, seconds on a CPU (docs/app/ used more)
+STEPS = int(os.environ.get("DREAMVIDEO_APP_TEST_STEPS", "6"))
+EVERY = max(1, STEPS // 2)  # checkpoints and previews
 FRAMES = 8
 
 
@@ -213,10 +217,13 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     fill(browser, "subject-name", "totem")
     open_accordion(browser, "subject-settings")
     for field, value in (("subject-ti_steps", STEPS), ("subject-adapter_steps", STEPS),
-                         ("subject-checkpoint-every", 3), ("subject-preview-every", 3)):
+                         ("subject-checkpoint-every", EVERY), ("subject-preview-every", EVERY)):
         fill(browser, field, value)
     browser.find_element(By.ID, "subject-learn").click()
     wait_for(browser, lambda d: "queued subject 'totem'" in text(d, "subject-status"), 30, "the job to queue")
+    if STEPS > 50:  # long enough to catch it running: the progress bars half way
+        wait_for(browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), 240, "the second stage")
+        screenshot(browser, tmp_path, "subjects-training")
     wait_for(browser, lambda d: "totem" in text(d, "subject-library"), 240, "the subject in the library")
     jobs = text(browser, "subject-jobs")
     assert "done" in jobs and f"textual inversion: step {STEPS}/{STEPS}" in jobs and "loss" in jobs, jobs
@@ -236,7 +243,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     fill(browser, "motion-name", "pendulum")
     fill(browser, "motion-caption", "a square moves")
     open_accordion(browser, "motion-settings")
-    for field, value in (("motion-steps", STEPS), ("motion-checkpoint-every", 3), ("motion-preview-every", 3)):
+    for field, value in (("motion-steps", STEPS), ("motion-checkpoint-every", EVERY), ("motion-preview-every", EVERY)):
         fill(browser, field, value)
     browser.find_element(By.ID, "motion-learn").click()
     wait_for(browser, lambda d: "pendulum" in text(d, "motion-library"), 240, "the motion in the library")

@@ -192,7 +192,7 @@ def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             gr.Markdown("### Progress")
             jobs = gr.HTML(elem_id="subject-jobs")
             preview = gr.Video(label="Latest preview", interactive=False, elem_id="subject-preview", autoplay=True,
-                               loop=True)
+                               loop=True, height=256)
             gr.Markdown("### Library")
             library = gr.HTML(elem_id="subject-library")
 
@@ -235,7 +235,7 @@ def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             gr.Markdown("### Progress")
             jobs = gr.HTML(elem_id="motion-jobs")
             preview = gr.Video(label="Latest preview", interactive=False, elem_id="motion-preview", autoplay=True,
-                               loop=True)
+                               loop=True, height=256)
             gr.Markdown("### Library")
             library = gr.HTML(elem_id="motion-library")
 
@@ -296,7 +296,8 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")
             status = gr.HTML(elem_id="gen-status")
         with gr.Column():
-            video = gr.Video(label="Video", interactive=False, elem_id="gen-video", autoplay=True, loop=True)
+            video = gr.Video(label="Video", interactive=False, elem_id="gen-video", autoplay=True, loop=True,
+                             height=384)
             files = gr.File(label="Download (.mp4, .gif, contact sheet)", file_count="multiple", interactive=False,
                             elem_id="gen-files")
             sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="gen-sheet")
@@ -330,9 +331,10 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
     status = gr.HTML(elem_id="cmp-status")
     with gr.Row():
-        plain = gr.Video(label="Base model", interactive=False, elem_id="cmp-base", autoplay=True, loop=True)
+        plain = gr.Video(label="Base model", interactive=False, elem_id="cmp-base", autoplay=True, loop=True,
+                         height=384)
         custom = gr.Video(label="With the subject / motion", interactive=False, elem_id="cmp-custom", autoplay=True,
-                          loop=True)
+                          loop=True, height=384)
     metrics = gr.Dataframe(label="Toy oracle metrics" if toy else "Metrics (toy base only)", interactive=False,
                            elem_id="cmp-metrics")
     sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="cmp-sheet")

@@ -21,7 +21,7 @@ from dreamvideo.app.workspace import Workspace, WorkspaceError
 from dreamvideo.fileio import DreamVideoError, read_json
 from dreamvideo.training import StageConfig
 
-VALIDATION_SIZE = 32  # decoding every upload at this size is enough to find unreadable files quickly
+VALIDATION_SIZE = 16  # decoding every upload at the smallest accepted size finds unreadable files quickly
 
 
 @dataclass
