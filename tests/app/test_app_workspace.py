@@ -130,3 +130,17 @@ def test_compare_and_toy_metrics(tmp_path):
     assert [r["video"] for r in rows] == ["base model", "customized"]
     assert {"subject fidelity", "temporal consistency", "CLIP-T"} <= set(rows[0]) and "motion fidelity" not in rows[0]
     ctx.jobs.stop(5)
+
+
+def test_the_app_command_binds_localhost_by_default_and_explains_a_missing_gradio(monkeypatch):
+    import sys
+
+    from dreamvideo.app import cmd_app
+    from dreamvideo.cli import build_parser
+    from dreamvideo.fileio import DreamVideoError
+
+    args = build_parser().parse_args(["app", "--port", "7999"])
+    assert (args.host, args.port, args.base, args.func) == ("127.0.0.1", 7999, "toy", cmd_app)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the [app] extra were not installed
+    with pytest.raises(DreamVideoError, match=r'pip install -e "\.\[app\]"'):
+        cmd_app(args)

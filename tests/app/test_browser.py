@@ -43,6 +43,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # training steps per stage: enough to write checkpoints and previews, seconds on a CPU (docs/app/ used more)
 STEPS = int(os.environ.get("DREAMVIDEO_APP_TEST_STEPS", "6"))
 EVERY = max(1, STEPS // 2)  # checkpoints and previews
+TRAIN_TIMEOUT = float(os.environ.get("DREAMVIDEO_APP_TEST_TIMEOUT", "300"))  # seconds per learning job
 FRAMES = 8
 
 
@@ -222,9 +223,9 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     browser.find_element(By.ID, "subject-learn").click()
     wait_for(browser, lambda d: "queued subject 'totem'" in text(d, "subject-status"), 30, "the job to queue")
     if STEPS > 50:  # long enough to catch it running: the progress bars half way
-        wait_for(browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), 240, "the second stage")
+        wait_for(browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), TRAIN_TIMEOUT, "stage 2")
         screenshot(browser, tmp_path, "subjects-training")
-    wait_for(browser, lambda d: "totem" in text(d, "subject-library"), 240, "the subject in the library")
+    wait_for(browser, lambda d: "totem" in text(d, "subject-library"), TRAIN_TIMEOUT, "the subject in the library")
     jobs = text(browser, "subject-jobs")
     assert "done" in jobs and f"textual inversion: step {STEPS}/{STEPS}" in jobs and "loss" in jobs, jobs
     assert f"identity adapter: step {STEPS}/{STEPS}" in jobs, jobs
@@ -246,7 +247,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     for field, value in (("motion-steps", STEPS), ("motion-checkpoint-every", EVERY), ("motion-preview-every", EVERY)):
         fill(browser, field, value)
     browser.find_element(By.ID, "motion-learn").click()
-    wait_for(browser, lambda d: "pendulum" in text(d, "motion-library"), 240, "the motion in the library")
+    wait_for(browser, lambda d: "pendulum" in text(d, "motion-library"), TRAIN_TIMEOUT, "the motion in the library")
     assert f"motion adapter: step {STEPS}/{STEPS}" in text(browser, "motion-jobs")
     playable_video(browser, "motion-preview")
     screenshot(browser, tmp_path, "motions")
