@@ -121,23 +121,50 @@ def _preflight_subject(args: argparse.Namespace, settings) -> None:
         v.check_caption_template(settings.caption, needs_token=False)
 
 
-def cmd_learn_subject(args: argparse.Namespace) -> int:
-    from dreamvideo import adapters as ad
-    from dreamvideo.stages import SubjectSettings, learn_subject
+def subject_settings(
+    token: str,
+    init_word: str,
+    textual_inversion,
+    identity,
+    caption: str = "a {token}",
+    resolution: int | None = None,
+    use_masks: bool = True,
+    adapter_sites: tuple[str, ...] = ("attn2",),
+    hidden_ratio: float = 0.5,
+    placement: str = "parallel",
+    train_token: bool = True,
+):
+    """The :class:`~dreamvideo.stages.SubjectSettings` of ``learn-subject`` (shared by the CLI and the web app).
 
-    settings = SubjectSettings(
-        token=args.token,
-        init_word=args.init_word,
-        caption=args.caption,
-        resolution=args.resolution,
-        textual_inversion=_stage("ti_", args),
-        identity=_stage("adapter_", args),
-        use_masks=not args.no_masks,
-        identity_adapter=ad.identity_adapter_config(
-            sites=tuple(args.adapter_sites), hidden_ratio=args.hidden_ratio, placement=args.placement
-        ),
-        train_token=not args.no_textual_inversion,
+    Args:
+        token, init_word, caption, resolution, use_masks, train_token: as in ``SubjectSettings``.
+        textual_inversion, identity: the two stages' :class:`~dreamvideo.training.StageConfig`.
+        adapter_sites, hidden_ratio, placement: the identity adapter's placement and width.
+    """
+    from dreamvideo import adapters as ad
+    from dreamvideo.stages import SubjectSettings
+
+    return SubjectSettings(
+        token=token,
+        init_word=init_word,
+        caption=caption,
+        resolution=resolution,
+        textual_inversion=textual_inversion,
+        identity=identity,
+        use_masks=use_masks,
+        identity_adapter=ad.identity_adapter_config(sites=adapter_sites, hidden_ratio=hidden_ratio, placement=placement),
+        train_token=train_token,
     )
+
+
+def cmd_learn_subject(args: argparse.Namespace) -> int:
+    from dreamvideo.stages import learn_subject
+
+    settings = subject_settings(
+        args.token, args.init_word, _stage("ti_", args), _stage("adapter_", args), caption=args.caption,
+        resolution=args.resolution, use_masks=not args.no_masks, adapter_sites=tuple(args.adapter_sites),
+        hidden_ratio=args.hidden_ratio, placement=args.placement, train_token=not args.no_textual_inversion,
+    )  # fmt: skip
     preview = _preview(args)
     _preflight_subject(args, settings)
     pipe = _load_pipe(args)
@@ -184,31 +211,62 @@ def _preflight_motion(args: argparse.Namespace) -> None:
     load_motion_data(args.videos, size, lengths, args.caption)
 
 
-def cmd_learn_motion(args: argparse.Namespace) -> int:
+def motion_settings(
+    pipe,
+    stage,
+    num_frames: int = 32,
+    frame_stride: int | None = None,
+    target_fps: float = 8.0,
+    resolution: int | None = None,
+    caption_dropout: float = 0.5,
+    appearance_dropout: float = 0.5,
+    appearance_guidance: bool = True,
+    adapter_sites: tuple[str, ...] = ("attn1", "attn2", "ff"),
+    hidden_ratio: float = 0.5,
+    placement: str = "parallel",
+    short_videos: str = "loop",
+):
+    """The :class:`~dreamvideo.stages.MotionSettings` of ``learn-motion`` (shared by the CLI and the web app).
+
+    Args:
+        pipe: the base model (its image encoder sets the adapter's condition width under appearance guidance).
+        stage: the :class:`~dreamvideo.training.StageConfig`.
+        num_frames, frame_stride, target_fps, resolution, caption_dropout, appearance_dropout, appearance_guidance,
+            short_videos: as in ``MotionSettings``.
+        adapter_sites, hidden_ratio, placement: the motion adapter's placement and width.
+    """
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import MotionSettings, learn_motion
+    from dreamvideo.stages import MotionSettings
+
+    return MotionSettings(
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        target_fps=target_fps,
+        resolution=resolution,
+        stage=stage,
+        caption_dropout=caption_dropout,
+        appearance_dropout=appearance_dropout,
+        appearance_guidance=appearance_guidance,
+        motion_adapter=ad.motion_adapter_config(
+            pipe.condition_dim if appearance_guidance else None, sites=adapter_sites, hidden_ratio=hidden_ratio,
+            placement=placement,
+        ),
+        short_videos=short_videos,
+    )
+
+
+def cmd_learn_motion(args: argparse.Namespace) -> int:
+    from dreamvideo.stages import learn_motion
 
     preview = _preview(args)
     _preflight_motion(args)
     pipe = _load_pipe(args)
-    guidance = not args.no_appearance_guidance
-    settings = MotionSettings(
-        num_frames=args.num_frames,
-        frame_stride=args.frame_stride,
-        target_fps=args.target_fps,
-        resolution=args.resolution,
-        stage=_stage("", args),
-        caption_dropout=args.caption_dropout,
-        appearance_dropout=args.appearance_dropout,
-        appearance_guidance=guidance,
-        motion_adapter=ad.motion_adapter_config(
-            pipe.condition_dim if guidance else None,
-            sites=tuple(args.adapter_sites),
-            hidden_ratio=args.hidden_ratio,
-            placement=args.placement,
-        ),
-        short_videos=args.short_videos,
-    )
+    settings = motion_settings(
+        pipe, _stage("", args), num_frames=args.num_frames, frame_stride=args.frame_stride, target_fps=args.target_fps,
+        resolution=args.resolution, caption_dropout=args.caption_dropout, appearance_dropout=args.appearance_dropout,
+        appearance_guidance=not args.no_appearance_guidance, adapter_sites=tuple(args.adapter_sites),
+        hidden_ratio=args.hidden_ratio, placement=args.placement, short_videos=args.short_videos,
+    )  # fmt: skip
     if args.method != "dreamvideo":
         from dreamvideo import baselines
 
@@ -260,19 +318,59 @@ def _preflight_generate(args: argparse.Namespace):
     return v.open_rgb_image(args.appearance_image) if args.appearance_image else None
 
 
+def open_appearance_image(path: str | Path | None):
+    """The appearance-guidance reference as an RGB ``PIL.Image`` (``None`` without a path); bombs are refused."""
+    return v.open_rgb_image(Path(path)) if path else None
+
+
+def load_learned(
+    pipe,
+    subject: str | Path | None = None,
+    subject_step: int | None = None,
+    subject_scale: float = 1.0,
+    motion: str | Path | None = None,
+    motion_step: int | None = None,
+    motion_scale: float = 1.0,
+) -> str | None:
+    """Load a learned subject and/or motion into ``pipe``, as ``dreamvideo generate`` does.
+
+    Args:
+        pipe: a :class:`~dreamvideo.pipeline.DreamVideoPipeline`.
+        subject, motion: folders written by ``learn-subject`` / ``learn-motion`` (or ``None``).
+        subject_step, motion_step: a checkpoint step instead of the final weights.
+        subject_scale, motion_scale: adapter output scales.
+
+    Returns:
+        The subject's placeholder token, or ``None`` without one.
+    """
+    token = pipe.load_subject(subject, step=subject_step, scale=subject_scale) if subject else None
+    if motion:
+        pipe.load_motion(motion, step=motion_step, scale=motion_scale)
+    return token
+
+
+def write_both_formats(frames, target: Path, fps: float = 8) -> Path:
+    """Write ``target`` (.mp4 or .gif) and the same video in the other format next to it; return the other."""
+    from dreamvideo.video_io import write_video
+
+    target = Path(target)
+    other = target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")
+    write_video(frames, target, fps=fps)
+    write_video(frames, other, fps=fps)
+    return other
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from dreamvideo.data import load_motion_videos
     from dreamvideo.memory import check_sampling_memory
-    from dreamvideo.video_io import write_frames_png, write_video
+    from dreamvideo.video_io import write_frames_png
 
     appearance = _preflight_generate(args)
     pipe = _load_pipe(args)
-    if args.subject:
-        token = pipe.load_subject(args.subject, step=args.subject_step, scale=args.subject_scale)
-        if token is not None and token not in " ".join(args.prompt):
-            print(f"note: the prompt does not contain the subject token '{token}'")
-    if args.motion:
-        pipe.load_motion(args.motion, step=args.motion_step, scale=args.motion_scale)
+    token = load_learned(pipe, args.subject, args.subject_step, args.subject_scale, args.motion, args.motion_step,
+                         args.motion_scale)  # fmt: skip
+    if token is not None and token not in " ".join(args.prompt):
+        print(f"note: the prompt does not contain the subject token '{token}'")
     size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     check_sampling_memory(pipe, args.frames, args.height or size, args.width or size, args.guidance_scale > 1.0,
                           args.max_memory_gb)
@@ -304,8 +402,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         frames = result.frames[0]
-        write_video(frames, target, fps=args.fps)
-        write_video(frames, other, fps=args.fps)
+        write_both_formats(frames, target, args.fps)
         if args.png_frames:
             write_frames_png(frames, target.with_suffix(""))
         print(f"{prompt!r} -> {target} (+ {other.name})")

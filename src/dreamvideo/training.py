@@ -6,7 +6,9 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,28 @@ from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json, save
 
 class TrainingDiverged(DreamVideoError):
     pass
+
+
+# ``callback(stage, step, total, loss)`` of the running thread, set by :func:`report_progress`.
+_PROGRESS: ContextVar[Callable[[str, int, int, float | None], None] | None] = ContextVar("progress", default=None)
+
+
+@contextmanager
+def report_progress(callback: Callable[[str, int, int, float | None], None]) -> Iterator[None]:
+    """Call ``callback(stage, step, total, loss)`` at the start of every training stage run inside the block (loss
+    ``None``) and after each of its steps (loss averaged over the last 20 steps), in this thread only.
+
+    The callback may raise to stop training (e.g. a cancel button); the exception propagates out of the stage
+    function with the earlier checkpoints kept. Used by the web app's progress bars.
+
+    Args:
+        callback: ``callback(stage, step, total, loss)``; ``stage`` is the trainer's name ("textual inversion").
+    """
+    token = _PROGRESS.set(callback)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclass
@@ -310,18 +334,24 @@ class Trainer:
         bar = tqdm(total=self.config.steps, initial=self.step, desc=self.name, disable=not progress or self.rank > 0,
                    dynamic_ncols=True)
         modes = [m.training for m in self.train_mode]
+        report = _PROGRESS.get()  # the web app's progress callback, if one is set (see ``report_progress``)
+        if report is not None:
+            report(self.name, self.step, self.config.steps, None)
         try:
             for module in self.train_mode:  # the frozen base in train mode: its dropout is active
                 module.train()
             while self.step < self.config.steps:
                 self._one_step()
+                recent = sum(self.losses[-20:]) / len(self.losses[-20:])
                 bar.update(1)
-                bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
+                bar.set_postfix(loss=f"{recent:.4f}")
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self._check_after_update()
                     self.checkpoint()
                 if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
                     self._preview()
+                if report is not None:
+                    report(self.name, self.step, self.config.steps, recent)
         finally:
             for module, mode in zip(self.train_mode, modes, strict=True):
                 module.train(mode)
