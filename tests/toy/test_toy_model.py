@@ -204,3 +204,28 @@ def test_video_noise_shares_the_chosen_part_of_its_variance_across_frames():
         between_frames = torch.corrcoef(frames)[~torch.eye(8, dtype=torch.bool)].mean().item()
         assert between_frames == pytest.approx(shared, abs=0.03)
     assert pretrain_main(["--out", "unused", "--shared-noise", "1.0"]) == 2
+
+
+def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
+    import shutil
+
+    from diffusers import DDIMScheduler
+
+    from dreamvideo.pipeline import DreamVideoPipeline
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+
+    candidate = tmp_path / "candidate"  # only unet/: CLIP and the VAE come from the shipped model
+    shutil.copytree(TOY_MODEL_DIR / "unet", candidate / "unet")
+    out = tmp_path / "v"
+    flags = ["--prediction-type", "v_prediction", "--zero-snr", "--timestep-spacing", "trailing", "--snr-shift", "-1"]
+    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", str(candidate),
+                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0", *flags]) == 0  # fmt: skip
+    scheduler = DDIMScheduler.from_pretrained(out / "model", subfolder="scheduler")
+    assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
+    assert scheduler.alphas_cumprod[-1] == 0 and scheduler.config.timestep_spacing == "trailing"
+    shipped = DDIMScheduler.from_pretrained(TOY_MODEL_DIR, subfolder="scheduler")
+    assert (scheduler.alphas_cumprod[1:-1] < shipped.alphas_cumprod[1:-1]).all()  # shifted: noisier everywhere
+    pipe = DreamVideoPipeline.from_pretrained(out / "model")
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.default_guidance_rescale == 0.7
+    assert pipe("a red star moves left", num_frames=2, num_inference_steps=2, progress=False).frames[0].shape[0] == 2
+    assert pretrain_main(["--out", str(tmp_path / "x"), "--zero-snr"]) == 2  # zero SNR needs v-prediction

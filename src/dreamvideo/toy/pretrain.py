@@ -492,17 +492,26 @@ def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
 
 
 def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module) -> None:
-    """Load CLIP, the VAE (with its ``scaling_factor``) and the UNet of a saved base model into the toy modules."""
+    """Load CLIP, the VAE (with its ``scaling_factor``) and the UNet of a saved base model into the toy modules.
+
+    A folder holding only ``unet/`` (e.g. a candidate in ``docs/toy_model/recipe/``) takes CLIP and the VAE from the
+    shipped model.
+    """
     folder = TOY_MODEL_DIR if base == "toy" else Path(base)
     parts = {"clip": (clip, "clip/model.safetensors"), "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
              "unet": (unet, "unet/diffusion_pytorch_model.safetensors")}  # fmt: skip
+    if not (folder / parts["unet"][1]).is_file():
+        raise PretrainError(f"{folder}: no {parts['unet'][1]} to warm-start from")
     for name, (module, file) in parts.items():
-        weights, _ = load_safetensors(folder / file)
+        source = folder if (folder / file).is_file() else TOY_MODEL_DIR  # a UNet-only folder: the shipped CLIP/VAE
+        weights, _ = load_safetensors(source / file)
         try:
             module.load_state_dict(weights)
         except RuntimeError as err:
-            raise PretrainError(f"{folder / file}: does not fit the toy {name} ({err})") from err
-    vae.register_to_config(scaling_factor=read_json(folder / "vae" / "config.json")["scaling_factor"])
+            raise PretrainError(f"{source / file}: does not fit the toy {name} ({err})") from err
+    vae_config = folder / "vae" / "config.json"
+    vae_config = vae_config if vae_config.is_file() else TOY_MODEL_DIR / "vae" / "config.json"
+    vae.register_to_config(scaling_factor=read_json(vae_config)["scaling_factor"])
 
 
 def pretrain(args: argparse.Namespace) -> Path | None:
