@@ -365,3 +365,11 @@ def test_subject_trains_on_a_bf16_base(tiny_base, tiny_data, tmp_path):
     fresh = DreamVideoPipeline.from_pretrained(str(tiny_base), torch_dtype=torch.bfloat16)
     token = fresh.load_subject(out)
     assert fresh(f"a {token} dog", num_frames=1, num_inference_steps=1, progress=False).frames[0].shape[0] == 1
+
+
+def test_identity_adapter_none_skips_stage_two(pipe, tiny_data, tmp_path):
+    assert SubjectSettings().identity_adapter is not None  # the paper's adapter by default
+    out = learn_subject(pipe, tiny_data["subject"] / "images", tmp_path / "s",
+                        subject_settings(identity_adapter=None), progress=False)  # fmt: skip
+    assert (out / "learned_embeds.safetensors").is_file() and not (out / "identity_adapter.safetensors").exists()
+    assert read_json(out / "subject.json")["identity_adapter"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,7 @@ class SubjectSettings:
     textual_inversion: StageConfig = None  # type: ignore[assignment]
     identity: StageConfig = None  # type: ignore[assignment]
     use_masks: bool = True
-    identity_adapter: ad.AdapterConfig | None = None
+    identity_adapter: ad.AdapterConfig | None = field(default_factory=ad.identity_adapter_config)
     train_token: bool = True
 
     def __post_init__(self) -> None:
@@ -255,8 +255,6 @@ class SubjectSettings:
             self.textual_inversion = StageConfig(steps=3000, lr=1e-4, batch_size=4)
         if self.identity is None:
             self.identity = StageConfig(steps=1000, lr=1e-5, batch_size=4)
-        if self.identity_adapter is None:
-            self.identity_adapter = ad.identity_adapter_config()
 
 
 def check_subject_settings(tokenizer: Any, settings: SubjectSettings, data: SubjectData | None = None) -> None:
@@ -390,7 +388,7 @@ def _learn_subject(pipe: DreamVideoPipeline, data: SubjectData, ws: Workspace, s
     save_learned_embeds(files[EMBEDS_FILE], settings.token, vector, meta)
     identity_info = None
     id_trainer = None
-    if not skip_identity:
+    if not skip_identity and settings.identity_adapter is not None:  # None: no identity adapter (stage 1 only)
         idc = settings.identity
         with torch.no_grad():
             text = pipe.text_encoder(ids)[0]
