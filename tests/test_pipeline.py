@@ -146,3 +146,32 @@ def test_half_precision_base_generates_with_both_adapters(tiny_base, dtype):
                   generator=torch.Generator().manual_seed(0)).frames[0]  # fmt: skip
     assert frames.shape == (2, 16, 16, 3) and frames.std() > 0
     assert pipe.unet.dtype == dtype
+
+
+def test_guidance_branches_get_lam_u_with_zero_vector_and_lam_c_with_the_image(epipe, monkeypatch):
+    import dreamvideo.pipeline as module
+
+    ad.attach_adapter(epipe.unet, ad.motion_adapter_config(epipe.condition_dim), seed=0)
+    seen, texts = [], []
+    real_set = module.ad.set_adapter_condition
+    monkeypatch.setattr(module.ad, "set_adapter_condition",
+                        lambda unet, name, e, s: seen.append((e.clone(), s.clone())) or real_set(unet, name, e, s))
+    real_forward = epipe.unet.forward
+
+    def spy(sample, t, encoder_hidden_states=None, **kw):
+        texts.append(encoder_hidden_states.clone())
+        return real_forward(sample, t, encoder_hidden_states=encoder_hidden_states, **kw)
+
+    monkeypatch.setattr(epipe.unet, "forward", spy)
+    try:
+        image = (torch.rand(16, 16, 3) * 255).to(torch.uint8).numpy()
+        epipe("a dog", negative_prompt="a cat", num_frames=2, num_inference_steps=1, appearance_image=image,
+              appearance_strength=0.8, appearance_strength_uncond=0.3, progress=False)  # fmt: skip
+    finally:
+        ad.detach_adapter(epipe.unet, "motion")
+    (embeds, strength), = seen
+    assert strength.tolist() == pytest.approx([0.3, 0.8])  # [unconditional, conditional]
+    assert embeds[0].abs().sum() == 0 and torch.allclose(embeds[1], epipe.encode_image([image])[0])
+    # the unconditional branch is the negative prompt, the conditional one the prompt
+    torch.testing.assert_close(texts[0][0], epipe.encode_prompt(["a cat"])[0])
+    torch.testing.assert_close(texts[0][1], epipe.encode_prompt(["a dog"])[0])
