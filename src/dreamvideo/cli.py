@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "dreamvideo.metrics",
     "dreamvideo.convert",
     "dreamvideo.benchmark",
+    "dreamvideo.reference.cli",
 ]
 
 
