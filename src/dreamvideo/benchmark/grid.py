@@ -237,7 +237,7 @@ def quick_config() -> BenchmarkConfig:
         prompts={case: prompts[:1] for case, prompts in TOY_PROMPTS.items()},
         seeds=[0],
         ablations=list(builtin_ablations()),
-        training={"ti_steps": 100, "identity_steps": 60, "motion_steps": 100},
+        training={"ti_steps": 100, "identity_steps": 60, "motion_steps": 100, "encoder_steps": 100},
         sampling={"steps": 15},
         analysis={"steps": 30, "lr": 1e-4},
     )

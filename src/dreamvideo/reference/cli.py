@@ -111,8 +111,9 @@ def print_encoder_info(unet) -> None:
     sites = find_reference_sites(unet, config)
     encoder = AppearanceEncoder.from_unet(unet, config)
     m = encoder_memory_estimate(encoder)
+    m["bytes"] += 2 * sum(p.numel() for p in unet.parameters())  # the frozen main UNet in fp16
     gib = 2**30
     print(f"appearance encoder: copy of the UNet, reference attention in {len(sites)} spatial self-attentions "
           f"({'+'.join(config.blocks)}): {m['trainable']:,} trainable parameters (spatial path up to the last "
           f"site), {m['frozen']:,} frozen (temporal layers, unused tail); training memory without activations "
-          f"~{m['bytes'] / gib:.1f} GiB (fp32 trainables + grads + AdamW, fp16 frozen copy)")  # fmt: skip
+          f"~{m['bytes'] / gib:.1f} GiB (fp32 trainables + grads + AdamW, fp16 frozen parts and main UNet)")  # fmt: skip
