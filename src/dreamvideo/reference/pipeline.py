@@ -71,6 +71,7 @@ class AppearanceEncoderMixin:
         if self.appearance_encoder is None:
             raise DreamVideoError("reference_image needs an appearance encoder: call load_appearance_encoder(DIR) "
                                   "(CLI: --appearance-encoder DIR)")  # fmt: skip
+        self.appearance_encoder.to(self.unet.device)  # follows pipe.to(...) called after loading it
         latents = self._reference_latents(image, height, width).to(self.unet.dtype).expand(batch, -1, -1, -1)
         text = self.encode_prompt([""] * batch).to(self.unet.dtype)
         if guided and strength_uncond != strength:
