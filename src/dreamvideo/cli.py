@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "dreamvideo.convert",
     "dreamvideo.benchmark",
     "dreamvideo.app",
+    "dreamvideo.reference.cli",
 ]
 
 

@@ -371,6 +371,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          args.motion_scale)  # fmt: skip
     if token is not None and token not in " ".join(args.prompt):
         print(f"note: the prompt does not contain the subject token '{token}'")
+    from dreamvideo.reference.cli import apply_generate_arguments  # appearance encoder (section 9)
+
+    reference = apply_generate_arguments(pipe, args)
     size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     check_sampling_memory(pipe, args.frames, args.height or size, args.width or size, args.guidance_scale > 1.0,
                           args.max_memory_gb)
@@ -400,6 +403,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             init_video=init_video,
             init_strength=args.init_strength,
             progress=not args.quiet,
+            **reference,
         )
         frames = result.frames[0]
         write_both_formats(frames, target, args.fps)
@@ -433,6 +437,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"({', '.join(config.sites)}), widths {widths}, condition dim {config.condition_dim}: "
             f"{counted:,} trainable parameters (formula d^2 + 1.5d [+ cond*d + d] per site: {expected:,})"
         )
+    from dreamvideo.reference.cli import print_encoder_info
+
+    print_encoder_info(unet)
     return 0
 
 
@@ -545,6 +552,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
     p.add_argument("--quiet", action="store_true")
+    from dreamvideo.reference.cli import add_generate_arguments
+
+    add_generate_arguments(p)
     p.set_defaults(func=cmd_generate)
 
     p = subparsers.add_parser("info", help="adapter sites and trainable parameter counts of a base model")

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPV
 from dreamvideo import adapters as ad
 from dreamvideo.base import check_same_architecture, describe_base, resolve_base
 from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json
+from dreamvideo.reference.pipeline import AppearanceEncoderMixin  # appearance encoder (section 9)
 from dreamvideo.textual_inversion import insert_learned_token, load_learned_embeds
 
 SUBJECT_FILE = "subject.json"
@@ -39,7 +40,7 @@ class DreamVideoOutput:
     frames: list[np.ndarray]
 
 
-class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
+class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin, AppearanceEncoderMixin):
     """Generate videos from text with optional learned subjects (token + identity adapter) and motions.
 
     Args:
@@ -291,6 +292,9 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         guidance_rescale: float | None = None,
         offset_noise: float = 0.0,
         progress: bool = True,
+        reference_image: Image.Image | np.ndarray | None = None,
+        reference_strength: float = 1.0,
+        reference_strength_uncond: float = 1.0,
     ) -> DreamVideoOutput:
         """Generate one video per prompt.
 
@@ -315,6 +319,10 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             offset_noise: strength of an offset added to the starting noise, one draw per sample, channel and
                 frame, as in training (the authors sample with 0.1, the default of ``dreamvideo generate``).
             progress: show a progress bar.
+            reference_image: image of the subject for the appearance encoder (``load_appearance_encoder`` first;
+                section 9); it is also the motion adapter's appearance image unless ``appearance_image`` is given.
+            reference_strength, reference_strength_uncond: blend of the reference attention in the conditional and
+                unconditional branch (1: section 9's attention; 0: none).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not 0 <= init_strength <= 0.5:
@@ -334,6 +342,8 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
         cond = self.encode_prompt(prompts)
         text = torch.cat([self.encode_prompt([negative_prompt] * batch), cond]) if guided else cond
         text = text.to(self.unet.dtype)
+        if appearance_image is None:  # appearance encoder: the reference image also guides the motion adapter
+            appearance_image = reference_image
         self._set_appearance(appearance_image, batch, guided, appearance_strength, appearance_strength_uncond)
         try:  # the condition is cleared however sampling ends
             shape = (batch, self.unet.config.in_channels, num_frames, height // factor, width // factor)
@@ -350,9 +360,14 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
             latents = latents * self.scheduler.init_noise_sigma
             timesteps = self.scheduler.timesteps
+            # appearance encoder (section 9): y_a once per step, shared by every frame and both guidance branches
+            reference = self._start_reference(reference_image, batch, guided, height, width, reference_strength,
+                                              reference_strength_uncond)  # fmt: skip
             for t in self.progress_bar(timesteps) if progress else timesteps:
                 model_in = torch.cat([latents] * 2) if guided else latents
                 model_in = self.scheduler.scale_model_input(model_in, t).to(self.unet.dtype)
+                if reference is not None:
+                    reference.step(self.unet, t)
                 noise = self.unet(model_in, t, encoder_hidden_states=text).sample.float()
                 if guided:  # classifier-free guidance: eps_u + w (eps_c - eps_u)
                     uncond, conditional = noise.chunk(2)
@@ -362,6 +377,7 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin):
                 latents = self.scheduler.step(noise, t, latents, generator=generator).prev_sample
         finally:
             ad.clear_adapter_condition(self.unet, "motion")
+            self._end_reference()
         pixels = self.decode_latents(latents)
         frames = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
         return DreamVideoOutput(frames=list(frames))

@@ -19,6 +19,7 @@ METRICS = {  # key -> (title, cases where it is meaningful)
     "background_ok": ("Background acc.", CASES),
 }
 CELL_FILE = "cell.json"
+ENCODER_ENTRY = "appearance-encoder"
 
 
 class BenchmarkError(DreamVideoError):
@@ -92,6 +93,9 @@ def builtin_methods() -> dict[str, Entry]:
         s = Part(name) if m.subject_ref else None
         mo = Part(name) if m.motion_ref else None
         entries[name] = Entry(name, name, "method", s, mo, _cases(s, mo))
+    # section 9: one encoder trained once per base, any reference image at generation; joint with DreamVideo's motion
+    entries[ENCODER_ENTRY] = Entry(ENCODER_ENTRY, "appearance encoder, zero-shot", "method", Part(ENCODER_ENTRY),
+                                   Part("dreamvideo"), ("subject", "joint"))
     return entries
 
 
@@ -101,6 +105,7 @@ DEFAULT_TRAINING: dict[str, Any] = {  # toy-model scale (the demo's settings)
     "ti_steps": 200, "ti_lr": 5e-3, "identity_steps": 150, "identity_lr": 1e-3, "subject_batch_size": 4,
     "motion_steps": 250, "motion_lr": 1e-3, "motion_batch_size": 2, "num_frames": 8,
     "subject_caption": "a {token} {word}", "use_masks": True,
+    "encoder_steps": 2000, "encoder_lr": 1e-4, "encoder_batch_size": 2, "encoder_pairs": None,
 }  # fmt: skip
 # Per-method learning rates of the one-stage baselines: full fine-tuning far lower than adapters and LoRA. On the toy
 # model 1e-4 and 3e-5 (LoRA 1e-3 and 3e-4) were compared; the differences were within the noise of a few videos.
@@ -232,7 +237,7 @@ def quick_config() -> BenchmarkConfig:
         prompts={case: prompts[:1] for case, prompts in TOY_PROMPTS.items()},
         seeds=[0],
         ablations=list(builtin_ablations()),
-        training={"ti_steps": 100, "identity_steps": 60, "motion_steps": 100},
+        training={"ti_steps": 100, "identity_steps": 60, "motion_steps": 100, "encoder_steps": 100},
         sampling={"steps": 15},
         analysis={"steps": 30, "lr": 1e-4},
     )

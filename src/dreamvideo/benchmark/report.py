@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from dreamvideo.benchmark.grid import CASES, METRICS, Entry
+from dreamvideo.benchmark.grid import CASES, ENCODER_ENTRY, METRICS, Entry
 from dreamvideo.metrics import paired_difference
 
 # ----------------------------------------------------------------------------- tables
@@ -75,6 +75,10 @@ def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], en
                           "metrics": _seed_stats(sel, keys), "trainable_parameters": int(params),
                           "training_seconds": round(seconds, 1),
                           "vs_base": {} if entry.name == "base" else _vs_base(sel, base_rows, keys)})  # fmt: skip
+            if entry.name == ENCODER_ENTRY:  # zero-shot against DreamVideo's learned subjects, same prompts and seeds
+                dv = [r for r in rows if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] != "tradeoff"]
+                table[-1]["vs_dreamvideo"] = _vs_base(sel, dv, keys)
+                table[-1]["per_subject_seconds"] = 0.0
     trade = [r for r in rows if r["group"] == "tradeoff"]
     points = []
     for i, j in sorted({(r["identity_step"], r["motion_step"]) for r in trade}):
@@ -137,6 +141,7 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             lines.append(f"| {it['title']} | {it['case']} | " + " | ".join(cells)
                          + f" | {max(v['n'] for v in d.values())} |")  # fmt: skip
         lines.append("")
+    lines += _encoder_lines(table)
     ablations = [it for it in table if it["group"] == "ablation"]
     if ablations:
         lines += ["## Ablations of DreamVideo", ""]
@@ -168,6 +173,28 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
     lines += [f"Cells: {s['trained']} trained, {s['training_skipped']} reused; {s['generated']} videos generated, "
               f"{s['generation_skipped']} reused. Wall time of this run: {results['seconds']} s.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
+    """The appearance encoder (zero-shot) minus DreamVideo's learned subjects, paired, and its training cost."""
+    items = [it for it in table if it["entry"] == ENCODER_ENTRY]
+    if not items:
+        return []
+    subject = next((it for it in items if it["case"] == "subject"), items[0])
+    lines = ["## Appearance encoder (zero-shot) vs DreamVideo's learned subjects (paired)", "",
+             f"One encoder trained once ({subject['training_seconds']:.0f} s of optimisation, "
+             f"{subject['trainable_parameters']:,} trainable parameters), then 0 s per subject; DreamVideo learns each "
+             "subject (its train time above). Each encoder video minus DreamVideo's video of the same prompt template, "
+             "subject, motion and seed; mean ± standard error.", ""]  # fmt: skip
+    keys = [k for k in METRICS if any(k in it.get("vs_dreamvideo", {}) for it in items)]
+    if not keys:
+        return [*lines, "(no DreamVideo rows to pair with in this run)", ""]
+    lines += ["| case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |", "|---|" + "---|" * (len(keys) + 1)]
+    for it in items:
+        d = it.get("vs_dreamvideo", {})
+        cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
+        lines.append(f"| {it['case']} | " + " | ".join(cells) + f" | {max((v['n'] for v in d.values()), default=0)} |")
+    return [*lines, ""]
 
 
 # ----------------------------------------------------------------------------- plots

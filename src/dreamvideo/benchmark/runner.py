@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from dreamvideo import distributed
-from dreamvideo.benchmark.grid import CASES, CELL_FILE, BenchmarkConfig, Entry, Part, builtin_methods
+from dreamvideo.benchmark.grid import (
+    CASES,
+    CELL_FILE,
+    ENCODER_ENTRY,
+    BenchmarkConfig,
+    Entry,
+    Part,
+    builtin_methods,
+)
 from dreamvideo.benchmark.report import format_markdown, plot_results, summarize
 from dreamvideo.fileio import atomic_path, read_json, write_json
 
@@ -128,9 +136,37 @@ class Benchmark:
         options = {"rank": ms["rank"]} if part.method == "lora" and "rank" in ms else {}
         return settings, options
 
+    def _encoder_job(self, seed: int) -> dict[str, Any]:
+        """The appearance encoder: trained once per seed for every subject (none of which it sees)."""
+        from dreamvideo.reference.encoder import ENCODER_INFO
+
+        t = self.config.training
+        spec = {k: t[k] for k in ("encoder_steps", "encoder_lr", "encoder_batch_size", "encoder_pairs", "num_frames")}
+        key = _hash({"kind": "encoder", "spec": spec, "base": self.config.base})
+        return {"kind": "encoder", "seed": seed, "spec": spec, "marker": ENCODER_INFO,
+                "folder": self.out / "train" / "encoder" / f"{key}-seed{seed}", "ti_key": None}  # fmt: skip
+
+    def _train_encoder(self, job: dict[str, Any]) -> None:
+        from dreamvideo.reference.training import EncoderSettings, learn_appearance_encoder
+
+        if (job["folder"] / job["marker"]).is_file():
+            self.stats["training_skipped"] += 1
+            return
+        s = job["spec"]
+        settings = EncoderSettings(num_frames=s["num_frames"], stage=self._stage(
+            s["encoder_steps"], s["encoder_lr"], s["encoder_batch_size"], job["seed"]))  # fmt: skip
+        pairs = self.config.root / s["encoder_pairs"] if s["encoder_pairs"] else None
+        print(f"[benchmark] training the appearance encoder (seed {job['seed']}) -> {job['folder']}")
+        learn_appearance_encoder(self._pipe(), job["folder"], settings, pairs=pairs, resume=True,
+                                 progress=self.progress)  # fmt: skip
+        self.stats["trained"] += 1
+
     def _job(self, kind: str, part: Part, item: dict[str, Any], seed: int) -> dict[str, Any]:
         """Where one subject/motion of the grid is trained, and with what (nothing is run here)."""
         from dreamvideo.pipeline import MOTION_FILE, SUBJECT_FILE
+
+        if kind == "subject" and part.method == ENCODER_ENTRY:
+            return self._encoder_job(seed) | {"item": item, "part": part}
 
         if kind == "subject":
             data, class_word = self._subject_data(item)
@@ -157,6 +193,8 @@ class Benchmark:
         """Train one job unless its folder already holds the finished result."""
         from dreamvideo import baselines
 
+        if job["kind"] == "encoder":
+            return self._train_encoder(job)
         kind, part, item, seed, folder = job["kind"], job["part"], job["item"], job["seed"], job["folder"]
         if (folder / job["marker"]).is_file():
             self.stats["training_skipped"] += 1
@@ -177,9 +215,10 @@ class Benchmark:
         if job["ti_key"] is not None:
             self._ti_runs.setdefault(job["ti_key"], folder)
 
-    @staticmethod
-    def _learned(job: dict[str, Any]) -> Learned:
+    def _learned(self, job: dict[str, Any]) -> Learned:
         folder = job["folder"]
+        if job["kind"] == "encoder":  # zero-shot: the prompt names the subject by its class word
+            return Learned(folder, self._subject_data(job["item"])[1], None)
         if job["kind"] == "motion":
             return Learned(folder)
         info = read_json(folder / job["marker"])
@@ -259,8 +298,12 @@ class Benchmark:
             m.folder / "motion.json"
         ).get("appearance_guidance"):
             appearance = self._subject_refs(s_item)["paths"][0]  # section 6: e from a subject image
-        load = {"subject": self._rel(s.folder) if s else None, "subject_step": s_step,
+        encoder = s is not None and entry.subject is not None and entry.subject.method == ENCODER_ENTRY
+        load = {"subject": self._rel(s.folder) if s and not encoder else None, "subject_step": s_step,
                 "motion": self._rel(m.folder) if m else None, "motion_step": m_step}  # fmt: skip
+        if encoder:  # the appearance encoder with the subject's first image as its reference
+            load["encoder"] = self._rel(s.folder)
+            appearance = self._subject_refs(s_item)["paths"][0]
         key = _hash({**load, "prompt": prompt, "seed": seed, "sampling": self.config.sampling, "base":
                      self.config.base, "appearance": self._rel(appearance) if appearance else None})  # fmt: skip
         row = {"entry": entry.name, "title": entry.title, "group": entry.group, "case": case, "seed": seed,
@@ -391,16 +434,19 @@ class Benchmark:
             if load["motion"]:
                 pipe.load_motion(self.out / load["motion"] if not Path(load["motion"]).is_absolute()
                                  else load["motion"], step=load["motion_step"])  # fmt: skip
+            if load.get("encoder"):
+                pipe.load_appearance_encoder(self.out / load["encoder"])
             for cell in todo:
                 row, folder = cell["row"], self.out / "videos" / cell["key"]
                 appearance = None
                 if cell["appearance"] is not None:
                     appearance = self._subject_refs(cell["s_item"])["images"][0]
                 sampling = self.config.sampling
+                extra = {"reference_image": appearance} if load.get("encoder") else {}
                 frames = pipe(row["prompt"], num_frames=sampling["num_frames"],
                               num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"],
                               appearance_image=appearance, generator=torch.Generator().manual_seed(row["seed"]),
-                              progress=False).frames[0]  # fmt: skip
+                              progress=False, **extra).frames[0]  # fmt: skip
                 scores = self._score(cell, frames)
                 folder.mkdir(parents=True, exist_ok=True)
                 _save_strip(frames, folder / "frames.png")
@@ -433,7 +479,7 @@ class Benchmark:
         from dreamvideo.baselines import training_record
 
         for (entry, kind, item, seed), item_learned in learned.items():
-            records[f"{entry}|{kind}|{item}|{seed}"] = training_record(item_learned.folder)
+            records[f"{entry}|{kind}|{item}|{seed}"] = _record(item_learned.folder, training_record)
         results = {"config": _config_dict(self.config), "stats": self.stats, "rows": rows, "training": records,
                    "analysis": analysis}  # fmt: skip
         results["summary"] = summarize(rows, records, self.config.entries())
@@ -484,6 +530,17 @@ class Benchmark:
                                                                               "frames.png", cfg.sampling["num_frames"]))
                     for c in chosen]  # fmt: skip
             contact_sheet(rows, self.out / f"contact_{case}.png", scale=2, label_width=40)
+
+
+def _record(folder: Path, training_record) -> dict[str, Any]:
+    """A training record; the appearance encoder's is its one-off training (0 s per subject)."""
+    from dreamvideo.reference.encoder import ENCODER_INFO
+
+    if not (folder / ENCODER_INFO).is_file():
+        return training_record(folder)
+    info = read_json(folder / ENCODER_INFO)
+    return {"method": ENCODER_ENTRY, "kind": "subject", "trainable_parameters": int(info["trainable_parameters"]),
+            "training_seconds": float(info["training"]["seconds"]), "one_off": True, "per_subject_seconds": 0.0}
 
 
 def _reuse_textual_inversion(source: Path, folder: Path) -> None:
