@@ -226,11 +226,11 @@ def test_decompression_bomb_appearance_image(tiny_base, tmp_path, capsys, monkey
 
 
 def test_subject_token_that_is_an_existing_word_refused(tiny_base, tiny_learned, tmp_path, capsys):
-    from dreamvideo.textual_inversion import save_tiny_learned_embeds
+    from dreamvideo.textual_inversion import save_learned_embeds
 
     subject = tmp_path / "dog"
     shutil.copytree(tiny_learned["subject"], subject)
-    save_tiny_learned_embeds(subject / "tiny_learned_embeds.safetensors", "cat", torch.zeros(32))
+    save_learned_embeds(subject / "learned_embeds.safetensors", "cat", torch.zeros(32))
     assert main(_generate(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
     err = _err(capsys)
     assert "'cat'" in err and "existing word" in err

@@ -556,6 +556,10 @@ def _reuse_textual_inversion(source: Path, folder: Path) -> None:
         return
     target.mkdir(parents=True)
     shutil.copytree(last, target / last.name)
+    from dreamvideo.fileio import read_json, write_json
+
+    info = read_json(target / last.name / "trainer.json")  # another run's checkpoint, adopted on purpose:
+    write_json(info | {"run_id": None, "copied_from": str(last)}, target / last.name / "trainer.json")
 
 
 # ----------------------------------------------------------------------------- frames on disk
