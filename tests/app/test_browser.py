@@ -64,13 +64,15 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "dreamvideo.cli", "app", "--port", str(port), "--workspace",
                              str(root / "workspace"), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # importing torch and gradio can take minutes on a busy machine
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()  # never leave a server behind
+                proc.wait(10)
                 log.close()
                 raise RuntimeError(f"the app did not start:\n{(root / 'server.log').read_text()}") from None
             time.sleep(0.5)
