@@ -64,13 +64,15 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "dreamvideo.cli", "app", "--port", str(port), "--workspace",
                              str(root / "workspace"), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # importing torch and gradio can take minutes on a busy machine
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()  # never leave a server behind
+                proc.wait(10)
                 log.close()
                 raise RuntimeError(f"the app did not start:\n{(root / 'server.log').read_text()}") from None
             time.sleep(0.5)
@@ -222,7 +224,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
         fill(browser, field, value)
     browser.find_element(By.ID, "subject-learn").click()
     wait_for(browser, lambda d: "queued subject 'totem'" in text(d, "subject-status"), 30, "the job to queue")
-    if STEPS > 50:  # long enough to catch it running: the progress bars half way
+    if STEPS >= 12:  # long enough to catch it running: the progress bars part way
         wait_for(browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), TRAIN_TIMEOUT, "stage 2")
         screenshot(browser, tmp_path, "subjects-training")
     wait_for(browser, lambda d: "totem" in text(d, "subject-library"), TRAIN_TIMEOUT, "the subject in the library")

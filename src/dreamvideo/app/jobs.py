@@ -133,10 +133,11 @@ class JobQueue:
         """Cancel a queued job at once, a running one at its next training step."""
         job = self.get(job_id)
         if job.state == QUEUED:
-            job.state, job.finished, job.message = CANCELLED, time.time(), "cancelled before it started"
-            self._save()
+            job.state, job.message = CANCELLED, "cancelled before it started"
             if self.on_finish:
                 self.on_finish(job)
+            job.finished = time.time()
+            self._save()
         elif job.state == RUNNING:
             job.cancel_requested.set()
         return job
@@ -170,10 +171,10 @@ class JobQueue:
             self._thread.join(timeout)
 
     def wait(self, job_id: str, timeout: float = 60.0) -> Job:
-        """Block until a job reaches a final state (tests, scripts)."""
+        """Block until a job reaches a final state and its clean-up is done (tests, scripts)."""
         deadline = time.monotonic() + timeout
         job = self.get(job_id)
-        while job.state not in FINAL_STATES:
+        while job.state not in FINAL_STATES or job.finished is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.state} after {timeout} s")
             time.sleep(0.05)
@@ -204,11 +205,11 @@ class JobQueue:
         except Exception as err:  # a bug, not bad input: keep the traceback in the log, the gist in the page
             logger.error("job %s failed:\n%s", job.id, traceback.format_exc())
             job.state, job.message = FAILED, f"{type(err).__name__}: {err}"
-        job.finished = time.time()
         try:
             if self.on_finish:
                 self.on_finish(job)
         finally:
+            job.finished = time.time()  # last: wait() returns once the clean-up is done too
             self._save()
 
     # ------------------------------------------------------------------ record
@@ -237,4 +238,5 @@ class JobQueue:
                 job.state, job.message = INTERRUPTED, "the app stopped while this job was queued or running"
                 if self.on_finish:
                     self.on_finish(job)
+                job.finished = job.finished or time.time()
             self._jobs[job.id] = job

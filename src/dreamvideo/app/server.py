@@ -144,16 +144,17 @@ def build_app(ctx: tasks.AppContext):
     return demo
 
 
-def _training_inputs(gr, prefix: str, steps: list[tuple[str, int, float]], toy: bool) -> dict[str, Any]:
+def _training_inputs(gr, prefix: str, steps: list[tuple[str, int, float]], toy: bool, batch: int = 4) -> dict[str, Any]:
     out = {}
     with gr.Accordion("Training settings", open=False, elem_id=f"{prefix}-settings"):
         with gr.Row():
             for key, value, lr in steps:
-                out[key] = gr.Number(value, label=f"{key.replace('_', ' ')}", precision=0, minimum=1,
-                                     elem_id=f"{prefix}-{key}")
-                out[key + "_lr"] = gr.Number(lr, label=f"{key.replace('_steps', '')} learning rate")
+                label = key.replace("_", " ").replace("ti ", "textual inversion ")
+                out[key] = gr.Number(value, label=label, precision=0, minimum=1, elem_id=f"{prefix}-{key}")
+                stage = key.replace("_steps", "").replace("steps", "").replace("ti", "textual inversion")
+                out[key + "_lr"] = gr.Number(lr, label=f"{stage} learning rate".strip())
         with gr.Row():
-            out["batch_size"] = gr.Number(4, label="batch size", precision=0, minimum=1)
+            out["batch_size"] = gr.Number(batch, label="batch size", precision=0, minimum=1)
             out["checkpoint_every"] = gr.Number(50 if toy else 100, label="checkpoint every N steps", precision=0,
                                                 minimum=1, elem_id=f"{prefix}-checkpoint-every")
             out["preview_every"] = gr.Number(50 if toy else 0, label="preview every N steps (0: none)", precision=0,
@@ -226,7 +227,8 @@ def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             with gr.Row():
                 frames = gr.Number(8 if toy else 16, label="frames per clip", precision=0, minimum=1)
                 short = gr.Radio(["loop", "error"], value="loop", label="videos shorter than a clip")
-            settings = _training_inputs(gr, "motion", [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)], toy)
+            settings = _training_inputs(gr, "motion", [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)], toy,
+                                       batch=2 if toy else 1)
             with gr.Row():
                 learn = gr.Button("Learn motion", variant="primary", elem_id="motion-learn")
                 cancel = gr.Button("Cancel", elem_id="motion-cancel")
@@ -243,7 +245,7 @@ def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
         try:
             job = tasks.submit_motion(ctx, tasks.MotionRequest(
                 name=name, videos=_paths(videos), caption=caption or "", num_frames=frames, short_videos=short,
-                steps=steps, lr=lr, batch_size=min(int(batch), 2), checkpoint_every=every, preview_every=prev,
+                steps=steps, lr=lr, batch_size=batch, checkpoint_every=every, preview_every=prev,
                 preview_steps=prev_steps, seed=seed))
         except DreamVideoError as err:
             return error_text(err)

@@ -203,8 +203,10 @@ def _submit(ctx: AppContext, job: Job, task) -> Job:
 
 
 def previews(job: Job) -> list[Path]:
-    """The preview videos a job has written so far (newest last)."""
-    return sorted((Path(job.output) / "previews").glob("*.mp4")) if job.output else []
+    """The preview videos a job has written so far (newest last; not the hidden ones still being written)."""
+    if not job.output:
+        return []
+    return sorted(p for p in (Path(job.output) / "previews").glob("*.mp4") if not p.name.startswith("."))
 
 
 # ----------------------------------------------------------------------------------------------- generating
