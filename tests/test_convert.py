@@ -126,8 +126,11 @@ def test_convert_base_end_to_end(tiny_base: Path, tmp_path: Path):
         assert (out / component).is_dir()
     converted = UNet3DConditionModel.from_config(UNet3DConditionModel.load_config(out / "unet"))
     converted.load_state_dict(load_file(out / "unet" / "diffusion_pytorch_model.safetensors"), strict=True)
+    unet.eval()  # the temporal convolutions have dropout
     assert torch.equal(run(converted.eval()), run(unet))
-    assert torch.equal(run(UNet3DConditionModel.from_pretrained(out / "unet").eval()), run(unet))
+    # the mapping is bit-exact (above); diffusers' loader may pick other kernels, so this one is to rounding
+    torch.testing.assert_close(run(UNet3DConditionModel.from_pretrained(out / "unet").eval()), run(unet),
+                               atol=1e-6, rtol=0)  # fmt: skip
 
     with pytest.raises(CheckpointError, match="already exists"):
         convert_vgen_base(ckpt, out, template_dir=tiny_base)

@@ -38,7 +38,7 @@ WORKER = textwrap.dedent(
     stages.learn_motion = spy
     base, videos, root = sys.argv[1:4]
     common = ["--base", base, "--videos", videos, "--num-frames", "4", "--batch-size", "1", "--lr", "1e-2",
-              "--checkpoint-every", "2", "--device", "cpu", "--quiet"]
+              "--checkpoint-every", "2", "--warmup-steps", "0", "--device", "cpu", "--quiet"]
     runs = [
         ["learn-motion", *common, "--out", f"{root}/full", "--steps", "4"],
         ["learn-motion", *common, "--out", f"{root}/cut", "--steps", "2"],

@@ -360,6 +360,19 @@ class Trainer:
 
     def _one_step(self) -> None:
         start = time.perf_counter()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the base's dropout: one seed per step, so resume is exact
+            torch.manual_seed(self.config.seed * 1_000_003 + 7919 * self.rank + self.step)
+            self._forward_backward()
+        self.scaler.step(self.optimizer)  # an fp16 step with inf gradients is skipped and the scale lowered
+        self.scaler.update()
+        self.lr_schedule.step()
+        if not tensors_finite(self.params):
+            self._diverged(f"weights are not finite after the update of step {self.step + 1}")
+        self.step += 1
+        self.seconds += time.perf_counter() - start
+
+    def _forward_backward(self) -> None:
         with self._autocast():
             loss = self.loss_fn(self.step, self.generator)
         value = distributed.mean_loss(loss)  # loss.item(), averaged over processes
@@ -371,13 +384,6 @@ class Trainer:
         if self.config.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
-        self.scaler.step(self.optimizer)  # an fp16 step with inf gradients is skipped and the scale lowered
-        self.scaler.update()
-        self.lr_schedule.step()
-        if not tensors_finite(self.params):
-            self._diverged(f"weights are not finite after the update of step {self.step + 1}")
-        self.step += 1
-        self.seconds += time.perf_counter() - start
         self.losses.append(round(value, 6))
 
     def _preview(self) -> None:

@@ -18,11 +18,12 @@ from dreamvideo.training import StageConfig
 
 
 def stage(steps: int = 2, **kw) -> StageConfig:
-    return StageConfig(**({"steps": steps, "lr": 1e-2, "batch_size": 1, "checkpoint_every": 1} | kw))
+    return StageConfig(**({"steps": steps, "lr": 1e-2, "batch_size": 1, "checkpoint_every": 1, "warmup_steps": 0} | kw))
 
 
 def subject_settings() -> SubjectSettings:
-    return SubjectSettings(token="<sks>", init_word="dog", textual_inversion=stage(), identity=stage())
+    return SubjectSettings(token="<sks>", init_word="dog", caption="a {token} {word}", textual_inversion=stage(),
+                           identity=stage())
 
 
 def motion_settings(**kw) -> MotionSettings:

@@ -147,7 +147,7 @@ def test_cli_learns_resumes_and_generates(tiny_base, tiny_data, tmp_path, capsys
     clip = tmp_path / "clip.gif"
     gen = ["generate", "--base", str(tiny_base), "--appearance-encoder", str(out), "--reference-image",
            str(tmp_path / "photo.png"), "--prompt", "a dog moves left", "--out", str(clip), "--steps", "2",
-           "--frames", "2", "--device", "cpu", "--quiet"]  # fmt: skip
+           "--frames", "2", "--device", "cpu", "--quiet", "--overwrite"]  # fmt: skip
     assert main(gen) == 0 and clip.is_file()
     # bad input: a clear message, exit code 2
     assert main(gen[:3] + gen[5:]) == 2 and "go together" in capsys.readouterr().err

@@ -149,7 +149,14 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         pairs: a pairs folder (see :func:`load_pairs`); ``None`` on the toy base renders toy-world pairs.
         overwrite, resume: what to do with an existing ``out`` (as every stage).
     """
-    from dreamvideo.stages import LatentCache, native_resolution, prepare_output, publish, staging_dir
+    from dreamvideo.stages import (
+        LatentCache,
+        native_resolution,
+        prepare_output,
+        publish,
+        release,
+        staging_dir,
+    )
 
     out = Path(out)
     size = settings.resolution or native_resolution(pipe)
@@ -157,78 +164,81 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         raise DreamVideoError("--pairs is required except on the toy base (where the toy world supplies pairs)")
     data = load_pairs(pairs, size) if pairs is not None else toy_pairs(settings.toy_pairs, settings.num_frames, size,
                                                                         settings.stage.seed)  # fmt: skip
-    prepare_output(out, ENCODER_INFO, overwrite, resume)
-    started = time.perf_counter()
-    st = settings.stage
-    refs = LatentCache.encode(pipe, data.references)
-    clips = [LatentCache.encode(pipe, v) for v in data.videos]
-    with torch.no_grad():
-        texts = pipe.encode_prompt(sorted(set(data.captions)) + [""]).float()
-    index_of = {c: i for i, c in enumerate(sorted(set(data.captions)))}
-    empty = texts[-1]
-
-    encoder = AppearanceEncoder.from_unet(pipe.unet, settings.reference).to(torch.float32)
-    params = list(encoder.trainable_named_parameters().values())
-    for p in params:
-        p.requires_grad_(True)
-    if reference_state(pipe.unet) is not None:
-        detach_reference_attention(pipe.unet)
-    attach_reference_attention(pipe.unet, settings.reference)
-
-    def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xs, rs, ts = [], [], []
-        for _ in range(st.batch_size):
-            i = int(torch.randint(0, len(data.captions), (1,), generator=generator))
-            frames = torch.arange(clips[i].mean.shape[0])
-            index = sample_clip(frames, settings.num_frames, 1, generator, "loop", f"pair {i}")
-            xs.append(clips[i].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
-            rs.append(refs.sample(torch.tensor([i]), generator)[0])
-            drop = torch.rand((), generator=generator) < settings.caption_dropout
-            ts.append(empty if drop else texts[index_of[data.captions[i]]])
-        return torch.stack(xs), torch.stack(rs), torch.stack(ts)
-
-    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
-        x, r, text = batch(generator)
-        model = ReferencedUNet(pipe.unet, encoder, r, empty.expand(len(r), -1, -1))
-        return diffusion_loss(model, pipe.scheduler, x, text, generator, st.offset_noise)
-
-    def info(steps_done: int, seconds: float, losses: list[float]) -> dict[str, Any]:
-        return {"type": "dreamvideo-appearance-encoder", "format_version": 1, "base": pipe.base_description(),
-                "trainable_parameters": sum(p.numel() for p in params),
-                "frozen_encoder_parameters": encoder.frozen_parameter_count(),
-                "temporal_layers": "copied from the base, frozen", "encoder_text": "empty prompt",
-                "reference_input": "clean VAE latent at the main UNet's timestep", "pairs": data.source,
-                "num_pairs": len(data.captions), "num_frames": settings.num_frames, "resolution": size,
-                "caption_dropout": settings.caption_dropout,
-                "training": st.to_dict() | {"steps_done": steps_done, "seconds": round(seconds, 2)},
-                "losses": losses}  # fmt: skip
-
-    def save(folder: Path) -> None:
-        save_encoder(encoder, folder, info(trainer.step, trainer.seconds, trainer.losses))
-
-    def load(folder: Path) -> None:
-        encoder.load_trainable(load_safetensors(folder / ENCODER_FILE)[0], str(folder / ENCODER_FILE))
-
-    trainer = Trainer("appearance encoder", params, loss_fn, save, load, out / "checkpoints" / STAGE, st,
-                      device=pipe.unet.device)  # fmt: skip
-    if resume:
-        trainer.resume()
-    _checkpointing(pipe.unet, encoder, st, True)
+    ws = prepare_output(out, ENCODER_INFO, overwrite, resume)
     try:
-        trainer.train(progress)
+        started = time.perf_counter()
+        st = settings.stage
+        refs = LatentCache.encode(pipe, data.references)
+        clips = [LatentCache.encode(pipe, v) for v in data.videos]
+        with torch.no_grad():
+            texts = pipe.encode_prompt(sorted(set(data.captions)) + [""]).float()
+        index_of = {c: i for i, c in enumerate(sorted(set(data.captions)))}
+        empty = texts[-1]
+
+        encoder = AppearanceEncoder.from_unet(pipe.unet, settings.reference).to(torch.float32)
+        params = list(encoder.trainable_named_parameters().values())
+        for p in params:
+            p.requires_grad_(True)
+        if reference_state(pipe.unet) is not None:
+            detach_reference_attention(pipe.unet)
+        attach_reference_attention(pipe.unet, settings.reference)
+
+        def batch(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            xs, rs, ts = [], [], []
+            for _ in range(st.batch_size):
+                i = int(torch.randint(0, len(data.captions), (1,), generator=generator))
+                frames = torch.arange(clips[i].mean.shape[0])
+                index = sample_clip(frames, settings.num_frames, 1, generator, "loop", f"pair {i}")
+                xs.append(clips[i].sample(index, generator).permute(1, 0, 2, 3))  # (C, F, h, w)
+                rs.append(refs.sample(torch.tensor([i]), generator)[0])
+                drop = torch.rand((), generator=generator) < settings.caption_dropout
+                ts.append(empty if drop else texts[index_of[data.captions[i]]])
+            return torch.stack(xs), torch.stack(rs), torch.stack(ts)
+
+        def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+            x, r, text = batch(generator)
+            model = ReferencedUNet(pipe.unet, encoder, r, empty.expand(len(r), -1, -1))
+            return diffusion_loss(model, pipe.scheduler, x, text, generator, st.offset_noise)
+
+        def info(steps_done: int, seconds: float, losses: list[float]) -> dict[str, Any]:
+            return {"type": "dreamvideo-appearance-encoder", "format_version": 1, "base": pipe.base_description(),
+                    "trainable_parameters": sum(p.numel() for p in params),
+                    "frozen_encoder_parameters": encoder.frozen_parameter_count(),
+                    "temporal_layers": "copied from the base, frozen", "encoder_text": "empty prompt",
+                    "reference_input": "clean VAE latent at the main UNet's timestep", "pairs": data.source,
+                    "num_pairs": len(data.captions), "num_frames": settings.num_frames, "resolution": size,
+                    "caption_dropout": settings.caption_dropout,
+                    "training": st.to_dict() | {"steps_done": steps_done, "seconds": round(seconds, 2)},
+                    "losses": losses}  # fmt: skip
+
+        def save(folder: Path) -> None:
+            save_encoder(encoder, folder, info(trainer.step, trainer.seconds, trainer.losses))
+
+        def load(folder: Path) -> None:
+            encoder.load_trainable(load_safetensors(folder / ENCODER_FILE)[0], str(folder / ENCODER_FILE))
+
+        trainer = Trainer("appearance encoder", params, loss_fn, save, load, ws.work / "checkpoints" / STAGE, st,
+                          device=pipe.unet.device, run_id=ws.run_id, train_mode=(pipe.unet,))  # fmt: skip
+        if resume:
+            trainer.resume()
+        _checkpointing(pipe.unet, encoder, st, True)
+        try:
+            trainer.train(progress)
+        finally:
+            _checkpointing(pipe.unet, encoder, st, False)
+            clear_reference_features(pipe.unet)
+            detach_reference_attention(pipe.unet)
+        for p in params:
+            p.requires_grad_(False)
+        staging = staging_dir(ws.work)
+        staging.mkdir(exist_ok=True)
+        record = info(trainer.step, trainer.seconds, trainer.losses)
+        record["training"]["wall_seconds"] = round(time.perf_counter() - started, 2)
+        save_encoder(encoder, staging, record)
+        publish(ws, {ENCODER_FILE: staging / ENCODER_FILE, ENCODER_INFO: staging / ENCODER_INFO}, ENCODER_INFO)
+        shutil.rmtree(staging, ignore_errors=True)
     finally:
-        _checkpointing(pipe.unet, encoder, st, False)
-        clear_reference_features(pipe.unet)
-        detach_reference_attention(pipe.unet)
-    for p in params:
-        p.requires_grad_(False)
-    staging = staging_dir(out)
-    staging.mkdir(exist_ok=True)
-    record = info(trainer.step, trainer.seconds, trainer.losses)
-    record["training"]["wall_seconds"] = round(time.perf_counter() - started, 2)
-    save_encoder(encoder, staging, record)
-    publish(out, {ENCODER_FILE: staging / ENCODER_FILE, ENCODER_INFO: staging / ENCODER_INFO}, ENCODER_INFO)
-    shutil.rmtree(staging, ignore_errors=True)
+        release(ws)
     return out
 
 
