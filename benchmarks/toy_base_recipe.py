@@ -18,16 +18,14 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from toy_base_scaling import ema_model
-from toy_temporal_probe import probe
+from toy_temporal_probe import probe, probe_inputs
 
 from dreamvideo.fileio import read_json, write_json
 from dreamvideo.pipeline import DreamVideoPipeline
 from dreamvideo.toy import pretrain as toy_pretrain
-from dreamvideo.toy import quality, world
-from dreamvideo.toy.model import TOY_MODEL_DIR, toy_scheduler, vae_pixels
+from dreamvideo.toy import quality
+from dreamvideo.toy.model import TOY_MODEL_DIR, toy_scheduler
 
 ZERO_SNR = ["--prediction-type", "v_prediction", "--zero-snr", "--timestep-spacing", "trailing"]
 ARMS: dict[str, list[str]] = {
@@ -41,17 +39,7 @@ ARMS: dict[str, list[str]] = {
 def probe_summary(model: Path, clips: int = 16) -> dict:
     """Frame-alone loss gap and cross-frame sensitivity of a base-model folder (mean over the probe's timesteps)."""
     pipe = DreamVideoPipeline.from_pretrained(model)
-    rng = np.random.default_rng(1)
-    specs = [world.sample_pretraining_spec(rng) for _ in range(clips)]
-    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    with torch.no_grad():
-        latents = (
-            pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode()
-            * pipe.vae.config.scaling_factor
-        )
-        latents = latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
-        text = pipe.encode_prompt([world.caption(s) for s in specs])
-    rows = probe(pipe.unet, latents, text, pipe.scheduler)
+    rows = probe(pipe.unet, *probe_inputs(pipe, clips), pipe.scheduler)
     gap = {t: r["loss_frames_alone"] / r["loss_whole_clip"] - 1 for t, r in rows.items()}
     return {"rows": rows, "frames_alone_gap": gap,
             "cross_frame_sensitivity": {t: r["other_frames_change_vs_frame0"] for t, r in rows.items()}}  # fmt: skip

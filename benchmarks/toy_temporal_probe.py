@@ -85,6 +85,17 @@ def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int 
     return rows
 
 
+@torch.no_grad()
+def probe_inputs(pipe, clips: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latents (clips, 4, frames, h, w) and caption features of ``clips`` training clips (fixed draw, seed 1)."""
+    rng = np.random.default_rng(1)
+    specs = [world.sample_pretraining_spec(rng) for _ in range(clips)]
+    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
+    latents = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents = latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
+    return latents, pipe.encode_prompt([world.caption(s) for s in specs])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -101,16 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = DreamVideoPipeline.from_pretrained(
         "toy"
     )  # VAE, text encoder, tokenizer, scheduler of the shipped model
-    rng = np.random.default_rng(1)
-    specs = [world.sample_pretraining_spec(rng) for _ in range(args.clips)]
-    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    with torch.no_grad():
-        latents = (
-            pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode()
-            * pipe.vae.config.scaling_factor
-        )
-        latents = latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
-        text = pipe.encode_prompt([world.caption(s) for s in specs])
+    latents, text = probe_inputs(pipe, args.clips)
     results = {}
     for source in args.unet:
         folder = TOY_MODEL_DIR if source == "toy" else Path(source)
