@@ -93,7 +93,7 @@ def test_component_shapes_and_sizes(tokenizer):
         for num_frames in (8, 1):  # videos and images as 1-frame videos
             x = torch.randn(2, 4, num_frames, 16, 16)
             assert unet(x, torch.tensor([10, 900]), encoder_hidden_states=text).sample.shape == x.shape
-    video = generate(unet, vae, clip, tokenizer, toy_scheduler(), ["a red star"], num_frames=2, steps=1)
+    video = generate(unet, vae, clip.text_model, tokenizer, toy_scheduler(), ["a red star"], num_frames=2, steps=1)
     assert video.shape == (1, 2, 64, 64, 3) and video.dtype == np.uint8
 
 

@@ -316,12 +316,15 @@ def save_base_model(
     clip: CLIPModel,
     tokenizer: CLIPTokenizer,
     scheduler: DDIMScheduler,
+    text_encoder: torch.nn.Module | None = None,
 ) -> Path:
     """Write a diffusers-layout base model (safetensors); an existing folder is replaced only once all is written.
 
     Args:
         directory: output folder.
         unet, vae, clip, tokenizer, scheduler: the trained components.
+        text_encoder: the UNet's text encoder (a ``CLIPTextTransformer``) when it was trained apart from ``clip``'s
+            text tower; ``clip/`` (for metrics) keeps the contrastive one.
 
     Returns:
         The folder.
@@ -332,6 +335,8 @@ def save_base_model(
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     text, vision = split_clip(clip)
+    if text_encoder is not None:
+        getattr(text, "text_model", text).load_state_dict(text_encoder.state_dict())
     unet.save_pretrained(staging / "unet")
     vae.save_pretrained(staging / "vae")
     text.save_pretrained(staging / "text_encoder")

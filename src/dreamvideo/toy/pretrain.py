@@ -112,7 +112,7 @@ class Phase:
         name: phase name.
         out: output folder of the run.
         modules: everything whose state is checkpointed, by name (e.g. ``{"unet": ..., "ema": ...}``).
-        params: the trained parameters.
+        params: the trained parameters, or optimizer groups ``{"params": [...], "lr_scale": s}`` (lr times s).
         steps, lr, warmup: schedule (linear warmup, then cosine decay to 10 % of ``lr``).
         args: the command-line arguments (checkpoint interval, device, limits).
     """
@@ -128,11 +128,13 @@ class Phase:
         warmup: int,
         args: argparse.Namespace,
     ) -> None:
+        groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr_scale": 1.0}]
+        params = [p for g in groups for p in g["params"]]
         self.name, self.modules, self.params, self.args = name, modules, params, args
         self.steps, self.lr, self.warmup = steps, lr, min(warmup, max(1, steps // 10))
         self.folder = out / "checkpoints" / name
         fused = {"fused": True} if torch.device(args.device).type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01, **fused)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), weight_decay=0.01, **fused)
         self.step, self.seconds, self.losses, self.done = 0, 0.0, [], False
         self.extra: dict[str, Any] = {}
 
@@ -198,7 +200,7 @@ class Phase:
         try:
             while self.step < self.steps:
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(self.step)
+                    group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
                 batch = next(batches)
                 with autocast:
                     loss = step_fn(batch)
@@ -369,12 +371,20 @@ def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch
     return shared**0.5 * common + (1 - shared) ** 0.5 * own
 
 
-def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module, tokenizer, scheduler,
-               args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
-    """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; EMA of the weights."""
+def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn.Module, ema_text: nn.Module,
+               tokenizer, scheduler, args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
+    """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; EMA of the weights.
+
+    ``text_encoder`` (a ``CLIPTextTransformer``) is trained too when ``--text-encoder-lr`` > 0: the toy CLIP learnt
+    its words from single frames, so its motion words carry little (see ``docs/toy_model/recipe.md``).
+    """
     device = torch.device(args.device)
-    phase = Phase("unet", args.out, {"unet": unet, "ema": ema}, list(unet.parameters()), _steps(args.unet_steps, args),
-                  args.unet_lr, args.warmup, args)  # fmt: skip
+    train_text = args.text_encoder_lr > 0
+    modules = {"unet": unet, "ema": ema} | ({"text": text_encoder, "ema_text": ema_text} if train_text else {})
+    groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
+    if train_text:
+        groups.append({"params": list(text_encoder.parameters()), "lr_scale": args.text_encoder_lr / args.unet_lr})
+    phase = Phase("unet", args.out, modules, groups, _steps(args.unet_steps, args), args.unet_lr, args.warmup, args)
     if phase.load() and phase.done:
         return phase
     unet.train()
@@ -382,6 +392,10 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module,
     torch.manual_seed(args.seed * 1_000_003 + phase.step)
     scaling = vae.config.scaling_factor
     ema_params, params = list(ema.parameters()), list(unet.parameters())
+    if train_text:
+        text_encoder.train().requires_grad_(True)
+        ema_params += list(ema_text.parameters())
+        params += list(text_encoder.parameters())
 
     def step_fn(batch) -> torch.Tensor:
         frames, captions = batch
@@ -393,7 +407,8 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, clip: nn.Module,
             x = vae_pixels(frames.to(device, non_blocking=True).flatten(0, 1))
             latents = vae.encode(x).latent_dist.sample().float() * scaling
             latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (b, 4, f, h, w)
-            text = clip.text_model(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
+        with torch.set_grad_enabled(train_text):
+            text = text_encoder(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
         offset = torch.randn(b, latents.shape[1], 1, 1, 1, device=device)  # ModelScope's offset noise
         noise = video_noise(latents.shape, args.shared_noise, device) + args.offset_noise * offset
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
@@ -430,11 +445,14 @@ def _save_reconstructions(frames: torch.Tensor, rec: torch.Tensor, path: Path) -
 
 
 @torch.no_grad()
-def generate(unet, vae, clip, tokenizer, scheduler, prompts: list[str], num_frames: int = world.NUM_FRAMES,
+def generate(unet, vae, text_encoder, tokenizer, scheduler, prompts: list[str], num_frames: int = world.NUM_FRAMES,
              steps: int = 25, guidance: float = 9.0, seed: int = 0) -> np.ndarray:  # fmt: skip
-    """DDIM sampling with classifier-free guidance (no pipeline needed); returns uint8 (N,F,H,W,3)."""
+    """DDIM sampling with classifier-free guidance (no pipeline needed); returns uint8 (N,F,H,W,3).
+
+    ``text_encoder``: the UNet's text encoder (a ``CLIPTextTransformer``, e.g. ``clip.text_model``).
+    """
     device = next(unet.parameters()).device
-    text = clip.text_model(
+    text = text_encoder(
         input_ids=_tokenize(tokenizer, prompts + [""] * len(prompts), device)
     ).last_hidden_state
     size = unet.config.sample_size
@@ -453,14 +471,14 @@ def generate(unet, vae, clip, tokenizer, scheduler, prompts: list[str], num_fram
     return pixels.unflatten(0, (len(prompts), num_frames)).cpu().numpy()
 
 
-def save_samples(unet, vae, clip, tokenizer, scheduler, path: Path, steps: int, seed: int = 0) -> list[str]:
+def save_samples(unet, vae, text_encoder, tokenizer, scheduler, path: Path, steps: int, seed: int = 0) -> list[str]:
     """Generate a few training-distribution and held-out prompts; save them with the true renderings."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     specs = [world.sample_pretraining_spec(rng) for _ in range(3)] + world.held_out_specs(n=3, seed=seed)
     prompts = [world.caption(s) for s in specs]
-    videos = generate(unet, vae, clip, tokenizer, scheduler, prompts, steps=steps, seed=seed)
+    videos = generate(unet, vae, text_encoder, tokenizer, scheduler, prompts, steps=steps, seed=seed)
     rows = [
         v for spec, video in zip(specs, videos, strict=True) for v in (world.render_clip(spec).frames, video)
     ]
@@ -491,20 +509,24 @@ def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module) -> None:
-    """Load CLIP, the VAE (with its ``scaling_factor``) and the UNet of a saved base model into the toy modules.
+def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module) -> None:
+    """Load CLIP, the VAE (with its ``scaling_factor``), the UNet and its text encoder of a saved base model.
 
-    A folder holding only ``unet/`` (e.g. a candidate in ``docs/toy_model/recipe/``) takes CLIP and the VAE from the
-    shipped model.
+    A folder without some of them (e.g. a candidate in ``docs/toy_model/recipe/`` with only ``unet/``) takes the
+    others from the shipped model. ``text_encoder`` is a ``CLIPTextTransformer`` (the UNet's, which may differ from
+    ``clip``'s text tower when it was trained with the UNet).
     """
     folder = TOY_MODEL_DIR if base == "toy" else Path(base)
     parts = {"clip": (clip, "clip/model.safetensors"), "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
-             "unet": (unet, "unet/diffusion_pytorch_model.safetensors")}  # fmt: skip
+             "unet": (unet, "unet/diffusion_pytorch_model.safetensors"),
+             "text_encoder": (text_encoder, "text_encoder/model.safetensors")}  # fmt: skip
     if not (folder / parts["unet"][1]).is_file():
         raise PretrainError(f"{folder}: no {parts['unet'][1]} to warm-start from")
     for name, (module, file) in parts.items():
         source = folder if (folder / file).is_file() else TOY_MODEL_DIR  # a UNet-only folder: the shipped CLIP/VAE
         weights, _ = load_safetensors(source / file)
+        if name == "text_encoder":  # stored as a CLIPTextModel: keys under text_model.
+            weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
         try:
             module.load_state_dict(weights)
         except RuntimeError as err:
@@ -538,8 +560,9 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         toy_unet().to(device),
         toy_scheduler(args.prediction_type, args.zero_snr, args.timestep_spacing, args.snr_shift),
     )
+    text_encoder = copy.deepcopy(clip.text_model)  # the UNet's; trained with it when --text-encoder-lr > 0
     if args.init_from is not None:
-        warm_start(args.init_from, clip, vae, unet)
+        warm_start(args.init_from, clip, vae, unet, text_encoder)
     ema = copy.deepcopy(unet).requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.max_steps, args.time_limit)
@@ -550,7 +573,11 @@ def pretrain(args: argparse.Namespace) -> Path | None:
             phases["vae"] = train_vae(vae, args, budget)
         clip.eval().requires_grad_(False)
         vae.eval().requires_grad_(False)
-        phases["unet"] = train_unet(unet, ema, vae, clip, tokenizer, scheduler, args, budget)
+        if "clip" in phases:
+            text_encoder.load_state_dict(clip.text_model.state_dict())
+        text_encoder.eval().requires_grad_(False)
+        ema_text = copy.deepcopy(text_encoder)
+        phases["unet"] = train_unet(unet, ema, vae, text_encoder, ema_text, tokenizer, scheduler, args, budget)
     except StopRun as stop:
         print(f"stopped after {stop} (limit reached); continue with --resume")
         return None
@@ -558,13 +585,15 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         print(
             f"{name}: {phase.step} steps in {phase.seconds:.1f} s ({1000 * phase.seconds / max(1, phase.step):.1f} ms/step)"
         )
-    ema.eval()
-    model_dir = save_base_model(out / "model", ema.cpu(), vae.cpu(), clip.cpu(), tokenizer, scheduler)
-    ema.to(device), vae.to(device), clip.to(device)
+    ema.eval(), ema_text.eval()
+    model_dir = save_base_model(
+        out / "model", ema.cpu(), vae.cpu(), clip.cpu(), tokenizer, scheduler, text_encoder=ema_text.cpu()
+    )
+    ema.to(device), vae.to(device), clip.to(device), ema_text.to(device)
     prompts = []
     if args.preview_steps > 0:
         prompts = save_samples(
-            ema, vae, clip, tokenizer, scheduler, out / "samples.png", args.preview_steps, args.seed
+            ema, vae, ema_text, tokenizer, scheduler, out / "samples.png", args.preview_steps, args.seed
         )
     save_loss_curve(phases, out / "loss_curve.png")
     log = {
@@ -635,6 +664,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument("--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM step grid")
     p.add_argument("--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)")
+    p.add_argument(
+        "--text-encoder-lr",
+        type=float,
+        default=0.0,
+        help="also train the UNet's text encoder at this learning rate (0: frozen; clip/ for metrics stays as is)",
+    )
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
     p.add_argument(
         "--workers", type=int, default=min(12, max(0, (os.cpu_count() or 1) - 2)), help="rendering processes"
