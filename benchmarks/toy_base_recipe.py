@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from toy_base_scaling import ema_model
-from toy_temporal_probe import probe, probe_inputs
+from toy_temporal_probe import probe, probe_inputs, word_use
 
 from dreamvideo.fileio import read_json, write_json
 from dreamvideo.pipeline import DreamVideoPipeline
@@ -42,7 +42,8 @@ def probe_summary(model: Path, clips: int = 16) -> dict:
     rows = probe(pipe.unet, *probe_inputs(pipe, clips), pipe.scheduler)
     gap = {t: r["loss_frames_alone"] / r["loss_whole_clip"] - 1 for t, r in rows.items()}
     return {"rows": rows, "frames_alone_gap": gap,
-            "cross_frame_sensitivity": {t: r["other_frames_change_vs_frame0"] for t, r in rows.items()}}  # fmt: skip
+            "cross_frame_sensitivity": {t: r["other_frames_change_vs_frame0"] for t, r in rows.items()},
+            "word_use": word_use(pipe, 2 * clips)}  # fmt: skip
 
 
 def measure(name: str, model: Path, args: argparse.Namespace, shared: float | None, sheet: Path) -> dict:
@@ -51,7 +52,8 @@ def measure(name: str, model: Path, args: argparse.Namespace, shared: float | No
     p = probe_summary(model)
     print(f"{name}: " + ", ".join(f"{k} {v:.0%}" for k, v in q["accuracy"].items())
           + " | gap " + " ".join(f"{v:+.2f}" for v in p["frames_alone_gap"].values())
-          + " | cross " + " ".join(f"{v:.3f}" for v in p["cross_frame_sensitivity"].values()), flush=True)  # fmt: skip
+          + " | cross " + " ".join(f"{v:.3f}" for v in p["cross_frame_sensitivity"].values())
+          + " | motion-word use " + " ".join(f"{r['motion']:+.1%}" for r in p["word_use"].values()), flush=True)  # fmt: skip
     return {
         "accuracy": q["accuracy"],
         "stderr": q["stderr"],

@@ -5,7 +5,9 @@ of the UNet on the whole clip with its loss when every frame is denoised alone (
 model whose temporal layers carry information across frames is clearly better on the whole clip, most of all
 at high noise, where the layout is decided. It also gives the loss with the temporal layers skipped, and it
 perturbs the noise of frame 0 and reports how much the prediction for the other frames moves, relative to frame
-0's own change.
+0's own change. ``word_use`` asks whether the UNet reads each kind of word of the caption: how much its loss rises
+when the caption's motion, colour or background is swapped for another (a model that ignores its motion words scores
+0 there, whatever its samples look like).
 
     python benchmarks/toy_temporal_probe.py --unet toy path/to/other/unet.safetensors --out probe.json
 """
@@ -13,6 +15,7 @@ perturbs the noise of frame 0 and reports how much the prediction for the other 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +27,11 @@ from diffusers import DDIMScheduler
 
 from dreamvideo.fileio import load_safetensors, write_json
 from dreamvideo.toy import world
-from dreamvideo.toy.model import TOY_MODEL_DIR, toy_unet, vae_pixels
+from dreamvideo.toy.model import vae_pixels
+from dreamvideo.training import prediction_target
 
 TIMESTEPS = (900, 600, 300, 100)
+WORD_TIMESTEPS = (999, 900, 700, 500)
 
 
 @contextmanager
@@ -85,15 +90,85 @@ def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int 
     return rows
 
 
+def probe_specs(clips: int = 16) -> list[world.ClipSpec]:
+    """A fixed draw (seed 1) of ``clips`` training clips."""
+    rng = np.random.default_rng(1)
+    return [world.sample_pretraining_spec(rng) for _ in range(clips)]
+
+
+@torch.no_grad()
+def probe_latents(pipe, specs: list[world.ClipSpec]) -> torch.Tensor:
+    """VAE latents (clips, 4, frames, h, w) of the rendered clips."""
+    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
+    latents = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
+    return latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
+
+
 @torch.no_grad()
 def probe_inputs(pipe, clips: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents (clips, 4, frames, h, w) and caption features of ``clips`` training clips (fixed draw, seed 1)."""
-    rng = np.random.default_rng(1)
-    specs = [world.sample_pretraining_spec(rng) for _ in range(clips)]
-    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    latents = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
-    latents = latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
-    return latents, pipe.encode_prompt([world.caption(s) for s in specs])
+    specs = probe_specs(clips)
+    return probe_latents(pipe, specs), pipe.encode_prompt([world.caption(s) for s in specs])
+
+
+def swapped(spec: world.ClipSpec, word: str, rng: np.random.Generator) -> world.ClipSpec:
+    """``spec`` with its motion, colour or background replaced by another of the vocabulary."""
+    if word == "motion":
+        return dataclasses.replace(spec, motion=str(rng.choice([m for m in world.MOTIONS if m != spec.motion])))
+    if word == "background":
+        others = [b for b in world.BACKGROUNDS if b != spec.background]
+        return dataclasses.replace(spec, background=str(rng.choice(others)))
+    others = [c for c in world.COLORS if c != spec.sprite.color]
+    return dataclasses.replace(spec, sprite=dataclasses.replace(spec.sprite, color=str(rng.choice(others))))
+
+
+@torch.no_grad()
+def word_use(pipe, clips: int = 32, seed: int = 0) -> dict:
+    """Relative rise of the model's own loss when one kind of caption word is swapped, at each of ``WORD_TIMESTEPS``.
+
+    Args:
+        pipe: a pipeline holding the model's UNet, text encoder and scheduler.
+        clips: training clips (the same fixed draw for every model); each keeps its noise across the captions.
+    """
+    specs = probe_specs(clips)
+    latents = probe_latents(pipe, specs)
+    captions = {"true": [world.caption(s) for s in specs]}
+    for i, word in enumerate(("motion", "color", "background")):
+        rng = np.random.default_rng(seed + i)
+        captions[word] = [world.caption(swapped(s, word, rng)) for s in specs]
+    text = {k: pipe.encode_prompt(v) for k, v in captions.items()}
+    rows = {}
+    for t in WORD_TIMESTEPS:
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + t))
+        ts = torch.full((clips,), t)
+        noisy = pipe.scheduler.add_noise(latents, noise, ts)
+        target = prediction_target(pipe.scheduler, latents, noise, ts)
+        loss = {k: F.mse_loss(pipe.unet(noisy, ts, encoder_hidden_states=e).sample, target).item() for k, e in text.items()}
+        rows[t] = {k: loss[k] / loss["true"] - 1 for k in ("motion", "color", "background")}
+    return rows
+
+
+def model_pipe(source: str):
+    """The shipped toy pipeline with the UNet, scheduler and (when there is one) text encoder of ``source``.
+
+    ``source``: 'toy', a base-model folder (all of it or just ``unet/``, ``scheduler/``, ``text_encoder/``), or a UNet
+    safetensors file of the toy config.
+    """
+    from transformers import CLIPTextModel
+
+    from dreamvideo.pipeline import DreamVideoPipeline
+
+    pipe = DreamVideoPipeline.from_pretrained("toy")
+    if source == "toy":
+        return pipe
+    folder = Path(source)
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors" if folder.is_dir() else folder
+    pipe.unet.load_state_dict(load_safetensors(path)[0])
+    if folder.is_dir():
+        pipe.scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+        if (folder / "text_encoder").is_dir():
+            pipe.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").eval()
+    return pipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,30 +177,24 @@ def main(argv: list[str] | None = None) -> int:
         "--unet",
         nargs="+",
         default=["toy"],
-        help="'toy', base-model folders (their unet/ and scheduler/), or UNet safetensors files of the toy config",
+        help="'toy', base-model folders (their unet/, scheduler/, text_encoder/), or UNet safetensors of the toy config",
     )
     p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--words", action="store_true", help="also measure the use of motion/colour/background words")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    from dreamvideo.pipeline import DreamVideoPipeline
-
-    pipe = DreamVideoPipeline.from_pretrained(
-        "toy"
-    )  # VAE, text encoder, tokenizer, scheduler of the shipped model
-    latents, text = probe_inputs(pipe, args.clips)
     results = {}
     for source in args.unet:
-        folder = TOY_MODEL_DIR if source == "toy" else Path(source)
-        path = folder / "unet" / "diffusion_pytorch_model.safetensors" if folder.is_dir() else folder
-        scheduler = (
-            DDIMScheduler.from_pretrained(folder, subfolder="scheduler") if folder.is_dir() else pipe.scheduler
-        )
-        unet = toy_unet()
-        unet.load_state_dict(load_safetensors(path)[0])
-        results[source] = probe(unet.eval(), latents, text, scheduler)
-        for t, row in results[source].items():
+        pipe = model_pipe(source)
+        results[source] = {"temporal": probe(pipe.unet.eval(), *probe_inputs(pipe, args.clips), pipe.scheduler)}
+        for t, row in results[source]["temporal"].items():
             print(source, f"t={t}", {k: round(v, 4) for k, v in row.items()})
-    write_json({"clips": args.clips, "timesteps": TIMESTEPS, "results": results}, args.out)
+        if args.words:
+            results[source]["word_use"] = word_use(pipe, 2 * args.clips)
+            for t, row in results[source]["word_use"].items():
+                print(source, f"t={t} loss rise when swapped:", {k: f"{v:+.1%}" for k, v in row.items()})
+    write_json({"clips": args.clips, "timesteps": TIMESTEPS, "word_timesteps": WORD_TIMESTEPS, "results": results},
+               args.out)  # fmt: skip
     return 0
 
 

@@ -229,3 +229,27 @@ def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.default_guidance_rescale == 0.7
     assert pipe("a red star moves left", num_frames=2, num_inference_steps=2, progress=False).frames[0].shape[0] == 2
     assert pretrain_main(["--out", str(tmp_path / "x"), "--zero-snr"]) == 2  # zero SNR needs v-prediction
+
+
+def test_pretrain_trains_the_text_encoder_apart_from_clip_and_exports_a_stopped_run(tmp_path):
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+
+    out = tmp_path / "text"
+    flags = ["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy", "--unet-steps", "4",
+             "--unet-batch", "1", "--preview-steps", "0", "--text-encoder-lr", "1e-3", "--checkpoint-every", "1"]  # fmt: skip
+    assert pretrain_main([*flags, "--export-only"]) == 2  # nothing to export yet
+    assert pretrain_main([*flags, "--max-steps", "2"]) == 0 and not (out / "model").exists()  # stopped at step 2
+    assert pretrain_main([*flags, "--resume", "--export-only"]) == 0
+    key = "text_model.embeddings.token_embedding.weight"
+    shipped = load_safetensors(TOY_MODEL_DIR / "text_encoder/model.safetensors")[0][key]
+    exported = load_safetensors(out / "model/text_encoder/model.safetensors")[0][key]
+    assert not torch.equal(exported, shipped)  # the UNet's text encoder was trained ...
+    clip = load_safetensors(out / "model/clip/model.safetensors")[0][key]
+    assert torch.equal(clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key])  # ... not CLIP's
+    checkpoint = load_safetensors(out / "checkpoints/unet/weights.safetensors")[0]
+    assert read_json(out / "checkpoints/unet/state.json")["step"] == 2  # exporting did not train
+    assert torch.equal(exported, checkpoint[f"ema_text.{key.removeprefix('text_model.')}"])
+    unet = load_safetensors(out / "model/unet/diffusion_pytorch_model.safetensors")[0]
+    assert all(torch.equal(v, checkpoint[f"ema.{k}"]) for k, v in unet.items())  # the EMA weights
+    assert pretrain_main([*flags, "--resume"]) == 0  # and the run continues to its end
+    assert read_json(out / "checkpoints/unet/state.json")["step"] == 4

@@ -385,7 +385,7 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
     if train_text:
         groups.append({"params": list(text_encoder.parameters()), "lr_scale": args.text_encoder_lr / args.unet_lr})
     phase = Phase("unet", args.out, modules, groups, _steps(args.unet_steps, args), args.unet_lr, args.warmup, args)
-    if phase.load() and phase.done:
+    if (phase.load() and phase.done) or args.export_only:
         return phase
     unet.train()
     rng = np.random.default_rng(_seed(args, "unet", phase.step))
@@ -543,7 +543,9 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         args: the parsed command line (see :func:`build_parser`).
     """
     out: Path = args.out
-    if (out / "checkpoints").exists() and not args.resume:
+    if args.export_only and not (out / "checkpoints" / "unet" / "state.json").is_file():
+        raise PretrainError(f"{out / 'checkpoints' / 'unet'}: no UNet checkpoint to export")
+    if (out / "checkpoints").exists() and not (args.resume or args.export_only):
         raise PretrainError(
             f"{out / 'checkpoints'} exists: pass --resume to continue that run, or choose another --out"
         )
@@ -568,7 +570,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
     budget = Budget(args.max_steps, args.time_limit)
     phases: dict[str, Phase] = {}
     try:
-        if args.init_from is None:
+        if args.init_from is None:  # finished phases only load their checkpoints
             phases["clip"] = train_clip(clip, tokenizer, args, budget)
             phases["vae"] = train_vae(vae, args, budget)
         clip.eval().requires_grad_(False)
@@ -686,6 +688,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--time-limit", type=float, help="stop this run after about this many seconds (resume later)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="write model/ from the run's last UNet checkpoint (EMA weights) without training the UNet; same flags",
+    )
     p.add_argument("--init-from", help="warm start from a saved base model ('toy' or a folder): train the UNet only")
     return p
 
