@@ -253,3 +253,23 @@ def test_pretrain_trains_the_text_encoder_apart_from_clip_and_exports_a_stopped_
     assert all(torch.equal(v, checkpoint[f"ema.{k}"]) for k, v in unet.items())  # the EMA weights
     assert pretrain_main([*flags, "--resume"]) == 0  # and the run continues to its end
     assert read_json(out / "checkpoints/unet/state.json")["step"] == 4
+
+
+def test_foreground_weighted_mse_counts_sprite_cells_weight_times():
+    from dreamvideo.toy.pretrain import foreground_weighted_mse
+
+    pred, target = torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+    pred[0, 0, 0, 0, 0], pred[0, 0, 1, 1, 1] = 1.0, 2.0  # errors 1 (on the sprite) and 4 (background)
+    masks = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
+    masks[0, 0, 1, 2] = True  # one pixel of frame 0 inside latent cell (0, 0)
+    assert foreground_weighted_mse(pred, target, masks, 1.0) == pytest.approx(5 / 8)
+    assert foreground_weighted_mse(pred, target, masks, 3.0) == pytest.approx((3 * 1 + 4) / 8 / (10 / 8))
+
+
+def test_pretrain_with_foreground_weight_trains(tmp_path):
+    out = tmp_path / "fg"
+    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
+                          "--unet-steps", "2", "--unet-batch", "2", "--preview-steps", "0", "--image-prob", "0.5",
+                          "--foreground-weight", "4"]) == 0  # fmt: skip
+    log = read_json(out / "train_log.json")
+    assert log["args"]["foreground_weight"] == 4 and len(log["phases"]["unet"]["losses"]) == 2

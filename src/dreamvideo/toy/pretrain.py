@@ -78,27 +78,32 @@ class WorldClips(IterableDataset):
     Args:
         seed: list of ints seeding the generator; the worker id is appended so workers differ.
         single_frame: yield one random frame of each clip instead of the clip.
+        with_masks: yield ``(frames, sprite masks (F,H,W) bool, caption)`` (clips only); the same clips either way.
     """
 
-    def __init__(self, seed: list[int], single_frame: bool = False) -> None:
-        self.seed, self.single_frame = seed, single_frame
+    def __init__(self, seed: list[int], single_frame: bool = False, with_masks: bool = False) -> None:
+        self.seed, self.single_frame, self.with_masks = seed, single_frame, with_masks
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         info = get_worker_info()
         rng = np.random.default_rng([*self.seed, 0 if info is None else info.id])
         while True:
             spec = world.sample_pretraining_spec(rng)
-            frames = world.render_clip(spec).frames
+            clip = world.render_clip(spec)
+            frames = clip.frames
             if self.single_frame:
                 frames = frames[rng.integers(len(frames))]
-            yield torch.from_numpy(np.ascontiguousarray(frames)), world.caption(spec)
+            if self.with_masks:
+                yield torch.from_numpy(frames), torch.from_numpy(clip.masks), world.caption(spec)
+            else:
+                yield torch.from_numpy(np.ascontiguousarray(frames)), world.caption(spec)
 
 
-def make_loader(seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool) -> Iterator:
+def make_loader(seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool,
+                with_masks: bool = False) -> Iterator:  # fmt: skip
     extra = {"prefetch_factor": 4} if workers > 0 else {}
-    loader = DataLoader(
-        WorldClips(seed, single_frame), batch_size=batch_size, num_workers=workers, pin_memory=pin, **extra
-    )
+    clips = WorldClips(seed, single_frame, with_masks)
+    loader = DataLoader(clips, batch_size=batch_size, num_workers=workers, pin_memory=pin, **extra)
     return iter(loader)
 
 
@@ -397,11 +402,14 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
         ema_params += list(ema_text.parameters())
         params += list(text_encoder.parameters())
 
+    weighted = args.foreground_weight != 1.0
+
     def step_fn(batch) -> torch.Tensor:
-        frames, captions = batch
+        frames, masks, captions = batch if weighted else (batch[0], None, batch[1])
         b, f = frames.shape[:2]
         if rng.random() < args.image_prob:  # a batch of images as 1-frame videos, as the subject stage uses
-            frames, f = frames[torch.arange(b), torch.from_numpy(rng.integers(f, size=b))][:, None], 1
+            pick = torch.arange(b), torch.from_numpy(rng.integers(f, size=b))
+            frames, masks, f = frames[pick][:, None], None if masks is None else masks[pick][:, None], 1
         captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
         with torch.no_grad():
             x = vae_pixels(frames.to(device, non_blocking=True).flatten(0, 1))
@@ -414,7 +422,10 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
         t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text).sample
-        return F.mse_loss(pred.float(), prediction_target(scheduler, latents, noise, t))
+        target = prediction_target(scheduler, latents, noise, t)
+        if not weighted:
+            return F.mse_loss(pred.float(), target)
+        return foreground_weighted_mse(pred.float(), target, masks.to(device), args.foreground_weight)
 
     def after_step(step: int) -> None:
         decay = min(args.ema_decay, (1 + step) / (10 + step))
@@ -422,10 +433,23 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
             torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
     batches = make_loader(
-        _seed(args, "unet", phase.step), args.unet_batch, args.workers, False, device.type == "cuda"
+        _seed(args, "unet", phase.step), args.unet_batch, args.workers, False, device.type == "cuda", weighted
     )
     phase.run(batches, step_fn, after_step, budget)
     return phase
+
+
+def foreground_weighted_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, weight: float) -> torch.Tensor:
+    """MSE with latent cells that hold any sprite pixel counted ``weight`` times, normalised by the mean weight.
+
+    Args:
+        pred, target: (b, c, f, h, w) latents.
+        masks: (b, f, H, W) bool sprite masks at pixel resolution (H a multiple of h).
+        weight: the sprite cells' weight (1: plain MSE).
+    """
+    cells = F.adaptive_max_pool2d(masks.flatten(0, 1)[:, None].float(), pred.shape[-2:])  # (b*f, 1, h, w)
+    w = 1 + (weight - 1) * cells.unflatten(0, masks.shape[:2]).transpose(1, 2)  # (b, 1, f, h, w)
+    return ((pred - target) ** 2 * w).mean() / w.mean()
 
 
 # ----------------------------------------------------------------------------- previews and plots
@@ -671,6 +695,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         type=float,
         default=0.0,
         help="also train the UNet's text encoder at this learning rate (0: frozen; clip/ for metrics stays as is)",
+    )
+    p.add_argument(
+        "--foreground-weight",
+        type=float,
+        default=1.0,
+        help="weight of the loss on latent cells the sprite covers (1: plain MSE; the world renders the masks)",
     )
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
     p.add_argument(
