@@ -1,33 +1,40 @@
 #!/usr/bin/env bash
-# The toy base's long UNet run on a lent GPU (one H200: ~6 steps/s at batch 64), in one `device` call.
+# The toy base's UNet runs on a lent GPU (one H200: ~6 steps/s at batch 64 for one run), in one `device` call.
 #
 # Here, once per session (the wheels are not kept):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 imageio-ffmpeg==0.6.0
-# then `run` with carry [".whl"], e.g.
-#   bash benchmarks/gpu/toy_base_vzero.sh 420          # seconds of training; leaves time to measure and copy back
-# It continues the CPU candidate (docs/toy_model/recipe/vzero_shift_800: v-prediction, zero terminal SNR, trailing
-# steps, log-SNR shift -1; docs/toy_model/recipe.md) with the same recipe at batch 64; EXTRA adds flags (e.g.
-# EXTRA="--text-encoder-lr 2e-4"). It writes to $OUT: the model's unet/, scheduler/ (and text_encoder/ when it was
-# trained), train_log.json, loss_curve.png, samples.png, the quality bar (64 held-out prompts) and the run's last
-# checkpoint (to continue on the CPU with --resume). Check the weights on the CPU afterwards with
-#   python -m dreamvideo.toy.quality --base FOLDER --out DIR
+# then `run` with carry [".whl"], e.g. (seconds of training; leave ~4 minutes to measure and copy back)
+#   bash benchmarks/gpu/toy_base_vzero.sh 420
+# Two arms train side by side from the CPU candidate (docs/toy_model/recipe/vzero_shift_800: v-prediction, zero
+# terminal SNR, trailing steps, log-SNR shift -1; docs/toy_model/recipe.md), each at batch 64 with 8 rendering
+# workers: `recipe` (the same recipe, continued) and `fg_text` (+ the loss weighted 5x on the sprite, + the UNet's
+# text encoder trained). Each is measured there with the quality bar (64 held-out prompts) and the word-use probe.
+# Back in $OUT (at most 8 files come back): ARM_unet.safetensors, ARM_text_encoder.safetensors (fg_text),
+# ARM_report.json (training, quality, word use), ARM_samples.png. Rebuild a model folder here with
+#   python benchmarks/gpu/unpack_arm.py FILES_AT ARM docs/toy_model/recipe/ARM
 set -euo pipefail
 LIMIT=${1:-420}
 INIT=${INIT:-docs/toy_model/recipe/vzero_shift_800}
-EXTRA=${EXTRA:-}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-RUN=/tmp/toy_vzero
-FLAGS="--out $RUN --init-from $INIT --device cuda --workers 12 --unet-steps 6000 --unet-batch 64 --unet-lr 2e-4
-  --warmup 50 --checkpoint-every 500 --prediction-type v_prediction --zero-snr --timestep-spacing trailing
-  --snr-shift -1.0 $EXTRA"
-python3 -m dreamvideo.toy.pretrain $FLAGS --time-limit "$LIMIT" --preview-steps 25 || true
-[ -d "$RUN/model/unet" ] || python3 -m dreamvideo.toy.pretrain $FLAGS --resume --export-only --preview-steps 0
-python3 -m dreamvideo.toy.quality --base "$RUN/model" --device cuda --out "$OUT" || true
-for part in unet scheduler text_encoder; do mkdir -p "$OUT/$part"; cp "$RUN/model/$part/"* "$OUT/$part/"; done
-for f in train_log.json loss_curve.png samples.png; do [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/"; done
-mkdir -p "$OUT/checkpoints" && cp -r "$RUN/checkpoints/unet" "$OUT/checkpoints/"
-python3 -c "import json; d=json.load(open('$RUN/checkpoints/unet/state.json')); print('unet step', d['step'], 'seconds', round(d['seconds']))"
+DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-7} BATCH=${BATCH:-64} N=${N:-64}  # a CPU dry run: DEVICE=cpu WORKERS=0 ...
+[ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+declare -A ARMS=([recipe]="" [fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4")
+flags() {
+  echo "--out /tmp/arm_$1 --init-from $INIT --device $DEVICE --workers $WORKERS --unet-steps 6000 --unet-batch $BATCH
+    --unet-lr 2e-4 --warmup 50 --checkpoint-every 500 --prediction-type v_prediction --zero-snr
+    --timestep-spacing trailing --snr-shift -1.0 --preview-steps 0 ${ARMS[$1]}"
+}
+for arm in "${!ARMS[@]}"; do
+  python3 -m dreamvideo.toy.pretrain $(flags $arm) --time-limit "$LIMIT" > /tmp/arm_$arm.log 2>&1 &
+done
+wait || true
+for arm in "${!ARMS[@]}"; do
+  tail -c 300 /tmp/arm_$arm.log
+  [ -d /tmp/arm_$arm/model/unet ] || python3 -m dreamvideo.toy.pretrain $(flags $arm) --resume --export-only > /dev/null
+  python3 -m dreamvideo.toy.quality --base /tmp/arm_$arm/model --device $DEVICE --n $N --out /tmp/q_$arm > /dev/null 2>&1 || true
+  python3 benchmarks/toy_temporal_probe.py --unet /tmp/arm_$arm/model --words --out /tmp/w_$arm.json > /dev/null 2>&1 || true
+  python3 benchmarks/gpu/pack_arm.py "$arm" "$OUT"
+done
