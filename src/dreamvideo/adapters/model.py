@@ -94,19 +94,27 @@ def adapter_names(unet: nn.Module) -> list[str]:
     return names
 
 
+def _wrapped_sites(unet: nn.Module) -> list[tuple[nn.Module, str, str, AdaptedSublayer]]:
+    """``(block, site, norm attribute, wrapper)`` of every adapted sub-layer of the site map's blocks."""
+    site_map = site_map_for(unet)
+    return [
+        (block, site, norm, block._modules[site])
+        for target in site_map.containers
+        for _, block in site_map.blocks(unet, target)
+        for site, norm in site_map.sublayers.items()
+        if isinstance(block._modules.get(site), AdaptedSublayer)
+    ]
+
+
 def detach_adapter(unet: nn.Module, name: str) -> None:
     """Remove adapter ``name``; sub-layers left with no adapter get their original module objects back."""
     if name not in adapter_names(unet):
         raise KeyError(f"no adapter named {name!r} is attached")
-    site_map = site_map_for(unet)
-    for target in site_map.containers:
-        for _, block in site_map.blocks(unet, target):
-            for site, norm in site_map.sublayers.items():
-                wrapper = block._modules.get(site)
-                if isinstance(wrapper, AdaptedSublayer) and name in wrapper.adapters:
-                    wrapper.remove_adapter(name)
-                    if not wrapper.adapters:
-                        unwrap_sublayer(block, site, norm)
+    for block, site, norm, wrapper in _wrapped_sites(unet):
+        if name in wrapper.adapters:
+            wrapper.remove_adapter(name)
+            if not wrapper.adapters:
+                unwrap_sublayer(block, site, norm)
     _conditions(unet).pop(name, None)
 
 
