@@ -4,8 +4,8 @@ backend, freezing and autocast.
 diffusers' UNet3D has no gradient checkpointing (``_supports_gradient_checkpointing = False``), so we wrap its
 heavy sub-modules -- every ``ResnetBlock2D``, ``TemporalConvLayer``, ``Transformer2DModel`` and
 ``TransformerTemporalModel`` (``transformer_in`` included) -- in :class:`CheckpointedModule`. Wrapping at the
-transformer level composes with the adapters, which replace the ``BasicTransformerBlock``s inside those
-transformers.
+transformer level composes with the adapters, which wrap sub-layers of the ``BasicTransformerBlock``s inside
+those transformers.
 """
 
 from __future__ import annotations

@@ -1,8 +1,25 @@
-"""DreamVideo adapters (peft-style: config, layer, model)."""
+"""DreamVideo adapters, peft-style (method.md, section 3).
+
+- :mod:`~dreamvideo.adapters.config`: where an adapter goes and its shape (:class:`AdapterConfig`).
+- :mod:`~dreamvideo.adapters.layer`: the :class:`Adapter` and the wrappers that put it on a sub-layer
+  (:class:`AdaptedSublayer` around ``attn1``/``attn2``/``ff``, :class:`DeferredNorm` around its pre-norm).
+- :mod:`~dreamvideo.adapters.sites`: one site map per base architecture (which blocks, which sub-layers, their
+  norms); supporting another base is one new file there.
+- :mod:`~dreamvideo.adapters.model`: attach, scale, enable, condition, save, load and detach on a UNet.
+"""
 
 from dreamvideo.adapters.config import SITES, AdapterConfig, identity_adapter_config, motion_adapter_config
-from dreamvideo.adapters.layer import AdaptedTransformerBlock, Adapter, AdapterCondition
+from dreamvideo.adapters.layer import (
+    AdaptedSublayer,
+    Adapter,
+    AdapterCondition,
+    DeferredNorm,
+    unwrap,
+    unwrap_sublayer,
+    wrap_sublayer,
+)
 from dreamvideo.adapters.model import (
+    adapted_sublayers,
     adapter_names,
     adapter_parameters,
     adapter_state_dict,
@@ -19,6 +36,7 @@ from dreamvideo.adapters.model import (
     set_adapter_condition,
     set_adapter_scale,
 )
+from dreamvideo.adapters.sites import SiteMap, site_map_for
 
 
 def attach_identity_adapter(unet, **overrides):
@@ -34,9 +52,12 @@ def attach_motion_adapter(unet, condition_dim: int | None, **overrides):
 __all__ = [
     "SITES",
     "Adapter",
-    "AdaptedTransformerBlock",
+    "AdaptedSublayer",
     "AdapterCondition",
     "AdapterConfig",
+    "DeferredNorm",
+    "SiteMap",
+    "adapted_sublayers",
     "adapter_names",
     "adapter_parameters",
     "adapter_state_dict",
@@ -56,4 +77,8 @@ __all__ = [
     "restore_adapter_condition",
     "set_adapter_condition",
     "set_adapter_scale",
+    "site_map_for",
+    "unwrap",
+    "unwrap_sublayer",
+    "wrap_sublayer",
 ]

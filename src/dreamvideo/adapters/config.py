@@ -62,5 +62,11 @@ def identity_adapter_config(**overrides: Any) -> AdapterConfig:
 def motion_adapter_config(condition_dim: int | None, **overrides: Any) -> AdapterConfig:
     """The paper's motion adapter: parallel to attn1, attn2 and ff of every temporal block, with appearance guidance."""
     return AdapterConfig(
-        **{"name": "motion", "target": "temporal", "sites": SITES, "condition_dim": condition_dim, **overrides}
+        **{
+            "name": "motion",
+            "target": "temporal",
+            "sites": SITES,
+            "condition_dim": condition_dim,
+            **overrides,
+        }
     )

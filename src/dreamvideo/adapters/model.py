@@ -1,44 +1,45 @@
-"""Attach, scale, disable, save, load and remove adapters on any diffusers ``UNet3DConditionModel``."""
+"""Attach, scale, disable, save, load and remove adapters on a base UNet, peft-style.
+
+Attaching wraps sub-layers of the blocks that the UNet's site map names (:mod:`dreamvideo.adapters.sites`) in
+:class:`~dreamvideo.adapters.layer.AdaptedSublayer`s; the base weights are never touched, and detaching the last
+adapter of a sub-layer puts the original module objects back, so a detached UNet is exactly the untouched one.
+"""
 
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
 from dreamvideo.adapters.config import AdapterConfig
-from dreamvideo.adapters.layer import AdaptedTransformerBlock, Adapter, AdapterCondition
+from dreamvideo.adapters.layer import (
+    AdaptedSublayer,
+    Adapter,
+    AdapterCondition,
+    unwrap_sublayer,
+    wrap_sublayer,
+)
+from dreamvideo.adapters.sites import SiteMap, site_map_for
 
 _CONDITIONS_ATTR = "_dreamvideo_adapter_conditions"
 
 
-def _parent_and_name(root: nn.Module, path: str) -> tuple[nn.Module, str]:
-    parent_path, _, name = path.rpartition(".")
-    return (root.get_submodule(parent_path) if parent_path else root), name
-
-
 def find_transformer_blocks(unet: nn.Module, target: str) -> list[tuple[str, nn.Module]]:
-    """``(path, block)`` for every transformer block of ``target`` kind, in module order.
-
-    Spatial blocks sit in ``Transformer2DModel``s; temporal ones in ``TransformerTemporalModel``s (``temp_attentions``
-    and ``transformer_in``). Paths are stable diffusers paths, already-wrapped blocks included.
-    """
-    kind = Transformer2DModel if target == "spatial" else TransformerTemporalModel
-    found = []
-    for tpath, transformer in unet.named_modules():
-        if not isinstance(transformer, kind):
-            continue
-        tpath = tpath.replace(".module.", ".").removesuffix(".module")  # tolerate checkpointing wrappers
-        for i, block in enumerate(transformer.transformer_blocks):
-            if isinstance(block, (BasicTransformerBlock, AdaptedTransformerBlock)):
-                found.append((f"{tpath}.transformer_blocks.{i}", block))
-    return found
+    """``(path, block)`` for every transformer block of ``target`` kind (``"spatial"``/``"temporal"``), in module
+    order, as the UNet's site map finds them (plain diffusers paths, adapted blocks included)."""
+    return site_map_for(unet).blocks(unet, target)
 
 
-def adapted_blocks(unet: nn.Module) -> list[AdaptedTransformerBlock]:
-    return [m for m in unet.modules() if isinstance(m, AdaptedTransformerBlock)]
+def _selected_blocks(
+    site_map: SiteMap, unet: nn.Module, config: AdapterConfig
+) -> list[tuple[str, nn.Module]]:
+    blocks = site_map.blocks(unet, config.target)
+    if config.blocks is not None:
+        blocks = [(p, b) for p, b in blocks if any(p.startswith(prefix) for prefix in config.blocks)]
+    return blocks
+
+
+def adapted_sublayers(unet: nn.Module) -> list[AdaptedSublayer]:
+    return [m for m in unet.modules() if isinstance(m, AdaptedSublayer)]
 
 
 def _conditions(unet: nn.Module) -> dict[str, AdapterCondition]:
@@ -48,90 +49,96 @@ def _conditions(unet: nn.Module) -> dict[str, AdapterCondition]:
 
 
 def attach_adapter(unet: nn.Module, config: AdapterConfig, seed: int = 0) -> nn.ModuleDict:
-    """Add adapters described by ``config`` to ``unet`` and return them (``path -> site -> Adapter``).
+    """Add the adapters described by ``config`` to ``unet`` and return them (``path -> site -> Adapter``).
 
-    The base weights are untouched; each targeted block is wrapped once in an :class:`AdaptedTransformerBlock`.
-    ``seed`` makes the (non-zero) initialisation of ``W_down`` and ``W_cond`` reproducible.
+    Args:
+        unet: a model that a site map describes (e.g. diffusers' ``UNet3DConditionModel``).
+        config: where the adapters go and their shape.
+        seed: makes the (non-zero) initialisation of ``W_down`` and ``W_cond`` reproducible.
     """
     if config.name in adapter_names(unet):
         raise ValueError(f"an adapter named {config.name!r} is already attached")
-    blocks = find_transformer_blocks(unet, config.target)
-    if config.blocks is not None:
-        blocks = [(p, b) for p, b in blocks if any(p.startswith(prefix) for prefix in config.blocks)]
+    site_map = site_map_for(unet)
+    blocks = _selected_blocks(site_map, unet, config)
     if not blocks:
         raise ValueError(f"no {config.target} transformer blocks match adapter {config.name!r}")
+    for path, block in blocks:  # refuse before changing anything
+        site_map.check(block, path, config.sites)
     added = nn.ModuleDict()
     ref = next(unet.parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for path, block in blocks:
-            _attach_to_block(unet, path, block, config, added, ref)
+            added[path.replace(".", "/")] = _attach_to_block(unet, site_map, path, block, config, ref)
     return added
 
 
 def _attach_to_block(
-    unet: nn.Module, path: str, block: nn.Module, config: AdapterConfig, added: nn.ModuleDict, ref: torch.Tensor
-) -> None:
-    if not isinstance(block, AdaptedTransformerBlock):
-        wrapper = AdaptedTransformerBlock(block, path)
-        wrapper.conditions = _conditions(unet)
-        parent, name = _parent_and_name(unet, _module_path(unet, block))
-        parent._modules[name] = wrapper
-        block = wrapper
-    dim = block.block.norm1.normalized_shape[0]
+    unet: nn.Module, site_map: SiteMap, path: str, block: nn.Module, config: AdapterConfig, ref: torch.Tensor
+) -> nn.ModuleDict:
+    dim = site_map.width(block)
     hidden = max(1, int(dim * config.hidden_ratio))
-    sites = nn.ModuleDict({s: Adapter(dim, hidden, config.condition_dim) for s in config.sites})
-    sites.to(device=ref.device, dtype=torch.float32)
-    block.adapters[config.name] = sites
-    block.placement[config.name] = config.placement
-    added[path.replace(".", "/")] = sites
-
-
-def _module_path(root: nn.Module, module: nn.Module) -> str:
-    for path, m in root.named_modules():
-        if m is module:
-            return path
-    raise ValueError("module not found in root")
+    adapters = nn.ModuleDict({s: Adapter(dim, hidden, config.condition_dim) for s in config.sites})
+    adapters.to(device=ref.device, dtype=torch.float32)  # trainables in fp32, also on a half-precision base
+    for site, adapter in adapters.items():
+        wrapper = wrap_sublayer(block, site, site_map.sublayers[site], path)
+        wrapper.conditions = _conditions(unet)
+        wrapper.add_adapter(config.name, adapter, config.placement)
+    return adapters
 
 
 def adapter_names(unet: nn.Module) -> list[str]:
     names: list[str] = []
-    for block in adapted_blocks(unet):
-        names += [n for n in block.adapters if n not in names]
+    for wrapper in adapted_sublayers(unet):
+        names += [n for n in wrapper.adapters if n not in names]
     return names
 
 
+def _wrapped_sites(unet: nn.Module) -> list[tuple[nn.Module, str, str, AdaptedSublayer]]:
+    """``(block, site, norm attribute, wrapper)`` of every adapted sub-layer of the site map's blocks."""
+    site_map = site_map_for(unet)
+    return [
+        (block, site, norm, block._modules[site])
+        for target in site_map.containers
+        for _, block in site_map.blocks(unet, target)
+        for site, norm in site_map.sublayers.items()
+        if isinstance(block._modules.get(site), AdaptedSublayer)
+    ]
+
+
 def detach_adapter(unet: nn.Module, name: str) -> None:
-    """Remove adapter ``name``; blocks left with no adapter are unwrapped back to the original diffusers block."""
+    """Remove adapter ``name``; sub-layers left with no adapter get their original module objects back."""
     if name not in adapter_names(unet):
         raise KeyError(f"no adapter named {name!r} is attached")
-    for block in adapted_blocks(unet):
-        if name in block.adapters:
-            del block.adapters[name]
-        block.placement.pop(name, None)
-        block.disabled.discard(name)
-        if not block.adapters:
-            parent, child = _parent_and_name(unet, _module_path(unet, block))
-            parent._modules[child] = block.block
+    for block, site, norm, wrapper in _wrapped_sites(unet):
+        if name in wrapper.adapters:
+            wrapper.remove_adapter(name)
+            if not wrapper.adapters:
+                unwrap_sublayer(block, site, norm)
     _conditions(unet).pop(name, None)
 
 
 def set_adapter_scale(unet: nn.Module, name: str, scale: float) -> None:
+    """Multiply adapter ``name``'s term by ``scale`` (0: exactly the base model)."""
     for adapter in _adapters(unet, name).values():
         adapter.scale = float(scale)
 
 
 def enable_adapter(unet: nn.Module, name: str, enabled: bool = True) -> None:
+    """Turn adapter ``name`` on or off without detaching it (off: exactly the base model)."""
     _adapters(unet, name)  # raises if missing
-    for block in adapted_blocks(unet):
-        if name in block.adapters:
-            (block.disabled.discard if enabled else block.disabled.add)(name)
+    for wrapper in adapted_sublayers(unet):
+        if name in wrapper.adapters:
+            (wrapper.disabled.discard if enabled else wrapper.disabled.add)(name)
 
 
 def set_adapter_condition(
     unet: nn.Module, name: str, embeds: torch.Tensor | None, strength: torch.Tensor | float = 1.0
 ) -> None:
-    """Give adapter ``name`` its appearance embedding ``e`` (batch, dim) and strength ``lam`` (scalar or (batch,))."""
+    """Give adapter ``name`` its appearance embedding ``e`` (batch, dim) and strength ``lam`` (scalar or (batch,)).
+
+    The condition stays until cleared: callers set it inside ``try`` and clear or restore it in ``finally``.
+    """
     _conditions(unet)[name] = AdapterCondition(embeds, strength)
 
 
@@ -153,12 +160,8 @@ def restore_adapter_condition(unet: nn.Module, name: str, condition: AdapterCond
 
 
 def _adapters(unet: nn.Module, name: str) -> dict[str, Adapter]:
-    found = {
-        f"{block.path}.{site}": adapter
-        for block in adapted_blocks(unet)
-        if name in block.adapters
-        for site, adapter in block.adapters[name].items()
-    }
+    """Adapter ``name``'s layers keyed ``"{block_path}.{site}"``, in module order."""
+    found = {f"{w.path}.{w.site}": w.adapters[name] for w in adapted_sublayers(unet) if name in w.adapters}
     if not found:
         raise KeyError(f"no adapter named {name!r} is attached")
     return found
@@ -168,18 +171,23 @@ def adapter_parameters(unet: nn.Module, name: str) -> list[nn.Parameter]:
     return [p for adapter in _adapters(unet, name).values() for p in adapter.parameters()]
 
 
-def adapter_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    """Tensors of adapter ``name`` keyed ``"{block_path}.{site}.{down|up|cond}.{weight|bias}"``."""
+def _named_adapter_parameters(unet: nn.Module, name: str) -> dict[str, nn.Parameter]:
+    """The saved-file names: ``"{block_path}.{site}.{down|up|cond}.{weight|bias}"``."""
     return {
-        f"{key}.{pname}": p.detach().clone()
+        f"{key}.{pname}": p
         for key, adapter in _adapters(unet, name).items()
         for pname, p in adapter.named_parameters()
     }
 
 
+def adapter_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Tensors of adapter ``name`` keyed ``"{block_path}.{site}.{down|up|cond}.{weight|bias}"``."""
+    return {key: p.detach().clone() for key, p in _named_adapter_parameters(unet, name).items()}
+
+
 def load_adapter_state_dict(unet: nn.Module, name: str, state_dict: dict[str, torch.Tensor]) -> None:
     """Load tensors saved by :func:`adapter_state_dict`; every key and shape must match exactly."""
-    own = {f"{key}.{pname}": p for key, adapter in _adapters(unet, name).items() for pname, p in adapter.named_parameters()}
+    own = _named_adapter_parameters(unet, name)
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     if missing or unexpected:
@@ -190,7 +198,8 @@ def load_adapter_state_dict(unet: nn.Module, name: str, state_dict: dict[str, to
     with torch.no_grad():
         for key, p in own.items():
             if p.shape != state_dict[key].shape:
-                raise ValueError(f"adapter {name!r}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(p.shape)}")
+                shape = tuple(state_dict[key].shape)
+                raise ValueError(f"adapter {name!r}: {key} has shape {shape}, expected {tuple(p.shape)}")
             p.copy_(state_dict[key])
 
 
@@ -200,15 +209,13 @@ def count_adapter_parameters(unet: nn.Module, name: str) -> int:
 
 def expected_adapter_parameters(unet: nn.Module, config: AdapterConfig) -> int:
     """Section 3's formula: per site ``d^2 + 1.5 d`` (with ``hidden = d/2``) plus ``cond_dim * d + d`` if conditioned."""
+    site_map = site_map_for(unet)
     total = 0
-    for path, block in find_transformer_blocks(unet, config.target):
-        if config.blocks is not None and not any(path.startswith(p) for p in config.blocks):
-            continue
-        inner = block.block if isinstance(block, AdaptedTransformerBlock) else block
-        d = inner.norm1.normalized_shape[0]
+    for _, block in _selected_blocks(site_map, unet, config):
+        d = site_map.width(block)
         hidden = max(1, int(d * config.hidden_ratio))
-        per_site = 2 * d * hidden + hidden + d
+        per_site = 2 * d * hidden + hidden + d  # W_down + W_up, with biases
         if config.condition_dim:
-            per_site += config.condition_dim * d + d
+            per_site += config.condition_dim * d + d  # W_cond
         total += per_site * len(config.sites)
     return total

@@ -92,14 +92,20 @@ class ReferenceAttnProcessor:
         self.state = state
         self.calls = 0  # forward calls that used the reference (tests count them)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
         state = self.state
         reference = state.features.get(self.path) if state.enabled else None
         scale = state.scale
         if reference is None or (not isinstance(scale, torch.Tensor) and scale == 0):
-            return self.base_processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+            return self.base_processor(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs
+            )
         if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
-            raise ValueError(f"{self.path}: reference attention needs a plain self-attention over (rows, tokens, dim)")
+            raise ValueError(
+                f"{self.path}: reference attention needs a plain self-attention over (rows, tokens, dim)"
+            )
         self.calls += 1
         rows = hidden_states.shape[0]
         out = reference_attention(attn, hidden_states, _per_row(reference, rows, self.path))
@@ -134,7 +140,9 @@ class ReferenceCaptureProcessor:
         self.path = path
         self.store = store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
         self.store.features[self.path] = hidden_states  # y_a: the normalised input of the self-attention
         if self.store.stopping and self.store.stop_at == self.path:
             raise EncoderStop

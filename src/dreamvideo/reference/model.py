@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dreamvideo.adapters.layer import AdaptedTransformerBlock
+from dreamvideo.adapters.layer import unwrap
 from dreamvideo.adapters.model import find_transformer_blocks
 from dreamvideo.reference.config import ReferenceConfig
 from dreamvideo.reference.layer import ReferenceAttnProcessor, ReferenceState
@@ -35,8 +35,7 @@ def find_reference_sites(unet: nn.Module, config: ReferenceConfig) -> list[tuple
     sites = []
     for path, block in find_transformer_blocks(unet, "spatial"):
         if path.startswith(config.prefixes()):
-            inner = block.block if isinstance(block, AdaptedTransformerBlock) else block
-            sites.append((path, inner.attn1))
+            sites.append((path, unwrap(block.attn1)))
     return sorted(sites, key=lambda s: _forward_order(s[0]))
 
 
