@@ -160,7 +160,7 @@ def test_motion_uses_frame_embeddings_and_dropouts(pipe, tiny_data, tmp_path, mo
     assert 0.25 < zero.float().mean() < 0.75  # appearance dropout 0.5
     for e in embeds[~zero]:
         assert (table - e).abs().amax(1).min() < 1e-6  # each is the embedding of a training frame
-    empty = pipe.encode_prompt([""])[0]
+    empty = pipe.encode_text([""])[0]
     dropped = torch.tensor([torch.equal(t, empty) for batch in texts for t in batch])
     assert 0.25 < dropped.float().mean() < 0.75  # caption dropout 0.5
     info = read_json(out / "motion.json")
@@ -318,7 +318,7 @@ def test_motion_adapter_lowers_the_velocity_loss_on_a_v_prediction_base(tiny_vpr
     pipe.load_motion(out)
     frames = torch.stack([v[:4] for v in load_motion_videos(tiny_data["motion"], 16).videos])
     latents = pipe.encode_video(frames, torch.Generator().manual_seed(0))
-    text = pipe.encode_prompt(["a red star moves left", "a blue dog moves right"])
+    text = pipe.encode_text(["a red star moves left", "a blue dog moves right"])
 
     def loss() -> float:  # the same 16 draws of noise and timesteps each time
         return sum(

@@ -659,7 +659,7 @@ class MotionBatches:
         caches = [LatentCache.encode(pipe, v) for v in data.videos]
         captions_list = sorted(set(data.captions))
         with torch.no_grad():
-            text_table = pipe.encode_prompt(captions_list + [""])
+            text_table = pipe.encode_text(captions_list + [""])
         text_of = {c: text_table[i] for i, c in enumerate(captions_list)}
         appearance = None
         if settings.appearance_guidance:

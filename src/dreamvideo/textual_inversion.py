@@ -119,20 +119,20 @@ def load_learned_embeds(path: str | os.PathLike) -> tuple[str, torch.Tensor]:
     return token, vector.reshape(-1)
 
 
-def insert_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tensor, source: str = "") -> int:
-    """Add a learned token to a tokenizer/text encoder pair (inference); its width must match the text encoder."""
+def check_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tensor, source: str = "") -> None:
+    """Check that a learned token can be added to a tokenizer/text encoder pair (inference): its width matches the
+    text encoder and it is not an existing word of the base's vocabulary (whose embedding it would overwrite).
+
+    Args:
+        tokenizer: a transformers CLIP tokenizer.
+        text_encoder: the matching text model.
+        token: the learned word, e.g. ``"<sks>"``.
+        vector: its embedding.
+        source: the file it came from, for the error message.
+    """
     weight = text_encoder.get_input_embeddings().weight
     if vector.numel() != weight.shape[1]:
         raise TokenError(f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}")
     if token not in tokenizer.get_added_vocab() and is_existing_word(tokenizer, token):
         raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
                          "would overwrite that word's embedding")
-    if token in tokenizer.get_vocab():
-        token_id = tokenizer.convert_tokens_to_ids(token)
-    else:
-        tokenizer.add_tokens([token])
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with torch.no_grad():
-        text_encoder.get_input_embeddings().weight[token_id] = vector.to(weight.dtype)
-    return token_id

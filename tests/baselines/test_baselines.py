@@ -41,7 +41,7 @@ def snapshot(pipe: DreamVideoPipeline) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def unet_output(pipe: DreamVideoPipeline, token_text: str = "a dog") -> torch.Tensor:
     x = torch.randn((1, 4, 2, 2, 2), generator=torch.Generator().manual_seed(0))
-    return pipe.unet(x, 10, encoder_hidden_states=pipe.encode_prompt([token_text])).sample
+    return pipe.unet(x, 10, encoder_hidden_states=pipe.encode_text([token_text])).sample
 
 
 def stored_files(folder: Path) -> set[str]:

@@ -183,7 +183,6 @@ def load_learned(pipe: DreamVideoPipeline, path: str | os.PathLike, info: dict[s
     from dreamvideo.baselines.common import load_weights
     from dreamvideo.fileio import load_safetensors
     from dreamvideo.pipeline import EMBEDS_FILE, _checkpoint_file
-    from dreamvideo.textual_inversion import insert_learned_token, load_learned_embeds
 
     path = Path(path)
     get_method(info.get("method", ""))
@@ -192,8 +191,7 @@ def load_learned(pipe: DreamVideoPipeline, path: str | os.PathLike, info: dict[s
         stage = "textual_inversion" if info["method"] == "textual-inversion" else None
         embeds = _checkpoint_file(path, stage, step, EMBEDS_FILE) if stage else path / EMBEDS_FILE
         if embeds.is_file():
-            name, vector = load_learned_embeds(embeds)
-            insert_learned_token(pipe.tokenizer, pipe.text_encoder, name, vector, str(embeds))
+            pipe.load_learned_token(embeds)
         token = info.get("token") or info.get("class_word")
     storage = info.get("storage")
     if storage is not None:

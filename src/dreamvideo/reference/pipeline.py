@@ -71,12 +71,12 @@ class AppearanceEncoderMixin:
         if self.appearance_encoder is None:
             raise DreamVideoError("reference_image needs an appearance encoder: call load_appearance_encoder(DIR) "
                                   "(CLI: --appearance-encoder DIR)")  # fmt: skip
-        self.appearance_encoder.to(self.unet.device)  # follows pipe.to(...) called after loading it
+        self.appearance_encoder.to(self._execution_device)  # follows pipe.to(...) and cpu offload
         latents = self._reference_latents(image, height, width).to(self.unet.dtype).expand(batch, -1, -1, -1)
-        text = self.encode_prompt([""] * batch).to(self.unet.dtype)
+        text = self.encode_text([""] * batch).to(self.unet.dtype)
         if guided and strength_uncond != strength:
             scale = torch.cat([torch.full((batch,), float(strength_uncond)), torch.full((batch,), float(strength))])
-            set_reference_scale(self.unet, scale.to(self.unet.device))
+            set_reference_scale(self.unet, scale.to(self._execution_device))
         else:
             set_reference_scale(self.unet, strength)
         return ReferenceFeatureCache(self.appearance_encoder, latents, text, copies=2 if guided else 1)

@@ -171,7 +171,7 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         refs = LatentCache.encode(pipe, data.references)
         clips = [LatentCache.encode(pipe, v) for v in data.videos]
         with torch.no_grad():
-            texts = pipe.encode_prompt(sorted(set(data.captions)) + [""]).float()
+            texts = pipe.encode_text(sorted(set(data.captions)) + [""]).float()
         index_of = {c: i for i, c in enumerate(sorted(set(data.captions)))}
         empty = texts[-1]
 
