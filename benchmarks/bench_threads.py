@@ -49,7 +49,7 @@ def _make_step(frames: int):
     opt = torch.optim.AdamW(params, lr=1e-5)
     size = pipe.unet.config.sample_size
     latents = torch.randn(1, pipe.unet.config.in_channels, frames, size, size)
-    text = pipe.encode_prompt(["a red star moves left"])
+    text = pipe.encode_text(["a red star moves left"])
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:

@@ -289,7 +289,7 @@ def bench_caching(m: lib.Model, frames: int, repeats: int) -> list[dict[str, Any
     cache = LatentCache.encode(pipe, video)
     embeds = _frame_embeddings(pipe, video)
     with torch.no_grad():
-        text_cached = pipe.encode_prompt([caption])
+        text_cached = pipe.encode_text([caption])
 
     def train(x: torch.Tensor, text: torch.Tensor, e: torch.Tensor) -> None:
         ad.set_adapter_condition(unet, "motion", e, 1.0)
@@ -311,7 +311,7 @@ def bench_caching(m: lib.Model, frames: int, repeats: int) -> list[dict[str, Any
                 pipe.vae.encode(clip.to(m.device)).latent_dist.sample(generator)
                 * pipe.vae.config.scaling_factor
             )
-            text = pipe.encode_prompt([caption])
+            text = pipe.encode_text([caption])
             frame = ((clip[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
             e = pipe.encode_image([frame]).float()
         train(x.permute(1, 0, 2, 3).unsqueeze(0), text, e)

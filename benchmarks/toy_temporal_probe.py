@@ -108,7 +108,7 @@ def probe_latents(pipe, specs: list[world.ClipSpec]) -> torch.Tensor:
 def probe_inputs(pipe, clips: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents (clips, 4, frames, h, w) and caption features of ``clips`` training clips (fixed draw, seed 1)."""
     specs = probe_specs(clips)
-    return probe_latents(pipe, specs), pipe.encode_prompt([world.caption(s) for s in specs])
+    return probe_latents(pipe, specs), pipe.encode_text([world.caption(s) for s in specs])
 
 
 def swapped(spec: world.ClipSpec, word: str, rng: np.random.Generator) -> world.ClipSpec:
@@ -136,7 +136,7 @@ def word_use(pipe, clips: int = 32, seed: int = 0) -> dict:
     for i, word in enumerate(("motion", "color", "background")):
         rng = np.random.default_rng(seed + i)
         captions[word] = [world.caption(swapped(s, word, rng)) for s in specs]
-    text = {k: pipe.encode_prompt(v) for k, v in captions.items()}
+    text = {k: pipe.encode_text(v) for k, v in captions.items()}
     rows = {}
     for t in WORD_TIMESTEPS:
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed + t))
