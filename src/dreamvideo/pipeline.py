@@ -21,16 +21,11 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPVisionModelWithProjection
 
 from dreamvideo import adapters as ad
-from dreamvideo.base import check_same_architecture, describe_base, resolve_base
-from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json
+from dreamvideo import methods
+from dreamvideo.artifacts import EMBEDS_FILE, IDENTITY_FILE, MOTION_ADAPTER_FILE, MOTION_FILE, SUBJECT_FILE  # noqa: F401
+from dreamvideo.base import describe_base, resolve_base
+from dreamvideo.fileio import DreamVideoError
 from dreamvideo.reference.pipeline import AppearanceEncoderMixin  # appearance encoder (section 9)
-from dreamvideo.textual_inversion import insert_learned_token, load_learned_embeds
-
-SUBJECT_FILE = "subject.json"
-MOTION_FILE = "motion.json"
-EMBEDS_FILE = "learned_embeds.safetensors"
-IDENTITY_FILE = "identity_adapter.safetensors"
-MOTION_ADAPTER_FILE = "motion_adapter.safetensors"
 
 
 @dataclass
@@ -138,55 +133,14 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin, Appeara
         return None if self.image_encoder is None else int(self.image_encoder.config.projection_dim)
 
     def load_subject(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> str | None:
-        """Add a learned subject: its token and identity adapter (from ``checkpoints/`` at ``step`` if given).
-
-        Returns the placeholder token to use in prompts; ``None`` for a subject without a learned word (an
-        identity adapter converted without its embedding: prompt with the class word).
-        """
-        path = Path(path)
-        info = read_json(path / SUBJECT_FILE)
-        check_same_architecture(info["base"], self.base_description(), f"subject {path}")
-        if info.get("method", "dreamvideo") != "dreamvideo":  # a baseline's folder
-            from dreamvideo.baselines import load_learned
-
-            return load_learned(self, path, info, "subject", step, scale)
-        token = None
-        if (path / EMBEDS_FILE).is_file() or info.get("token", "") is not None:
-            token, vector = load_learned_embeds(path / EMBEDS_FILE)
-            insert_learned_token(self.tokenizer, self.text_encoder, token, vector, str(path / EMBEDS_FILE))
-        adapter_config = info.get("identity_adapter")
-        if adapter_config is not None:
-            file = _checkpoint_file(path, "identity_adapter", step, IDENTITY_FILE)
-            self._load_adapter(ad.AdapterConfig.from_dict(adapter_config), file, scale)
-        self.subject = info | {"path": str(path)}
-        return token
+        """Add a learned subject of any method (from ``checkpoints/`` at ``step`` if given; see
+        :func:`dreamvideo.methods.load_into`). Returns the words naming it in prompts (its token, or the class word
+        for a baseline without one); ``None`` for a subject without a learned word (prompt with the class word)."""
+        return methods.load_into(self, path, "subject", step, scale)
 
     def load_motion(self, path: str | os.PathLike, step: int | None = None, scale: float = 1.0) -> None:
-        """Add a learned motion adapter (from ``checkpoints/`` at ``step`` if given)."""
-        path = Path(path)
-        info = read_json(path / MOTION_FILE)
-        check_same_architecture(info["base"], self.base_description(), f"motion {path}")
-        if info.get("method", "dreamvideo") != "dreamvideo":  # a baseline's folder
-            from dreamvideo.baselines import load_learned
-
-            load_learned(self, path, info, "motion", step, scale)
-            return
-        file = _checkpoint_file(path, "motion_adapter", step, MOTION_ADAPTER_FILE)
-        self._load_adapter(ad.AdapterConfig.from_dict(info["motion_adapter"]), file, scale)
-        self.motion = info | {"path": str(path)}
-
-    def _load_adapter(self, config: ad.AdapterConfig, file: Path, scale: float) -> None:
-        if config.name in ad.adapter_names(self.unet):
-            ad.detach_adapter(self.unet, config.name)
-        tensors, _ = load_safetensors(file)
-        ad.attach_adapter(self.unet, config)
-        try:
-            ad.load_adapter_state_dict(self.unet, config.name, tensors)
-        except ValueError as err:
-            ad.detach_adapter(self.unet, config.name)
-            raise DreamVideoError(f"{file}: {err}") from err
-        ad.set_adapter_scale(self.unet, config.name, scale)
-        self.unet.to(self.device)
+        """Add a learned motion of any method (from ``checkpoints/`` at ``step`` if given)."""
+        methods.load_into(self, path, "motion", step, scale)
 
     def unload(self, name: str) -> None:
         """Remove the ``"identity"`` or ``"motion"`` adapter (the learned token stays in the vocabulary)."""
@@ -401,12 +355,3 @@ class DreamVideoPipeline(DiffusionPipeline, TextualInversionLoaderMixin, Appeara
             strength = torch.cat([torch.full((batch,), float(lam_u), device=self.unet.device), strength])
         ad.set_adapter_condition(self.unet, "motion", e, strength)
 
-
-def _checkpoint_file(folder: Path, stage: str, step: int | None, name: str) -> Path:
-    if step is None:
-        return folder / name
-    file = folder / "checkpoints" / stage / f"step-{step:06d}" / name
-    if not file.is_file():
-        available = sorted(p.name for p in (folder / "checkpoints" / stage).glob("step-*"))
-        raise DreamVideoError(f"{folder}: no {stage} checkpoint at step {step} (available: {', '.join(available) or 'none'})")
-    return file
