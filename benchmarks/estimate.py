@@ -21,8 +21,8 @@ import torch
 
 from dreamvideo import adapters as ad
 from dreamvideo.base import MODELSCOPE_IMAGE_EMBED_DIM, modelscope_unet_on_meta
-from dreamvideo.baselines.common import spatial_parameters, temporal_parameters
-from dreamvideo.baselines.lora import inject, lora_parameters, lora_targets
+from dreamvideo.methods.lora import inject, lora_parameters, lora_targets
+from dreamvideo.methods.weights import spatial_parameters, temporal_parameters
 
 METHODS = [
     ("DreamVideo identity adapter", "identity"),

@@ -27,8 +27,8 @@ import bench_lib as lib  # noqa: E402
 import estimate  # noqa: E402
 
 from dreamvideo import adapters as ad  # noqa: E402
-from dreamvideo.baselines.common import spatial_parameters, temporal_parameters  # noqa: E402
 from dreamvideo.memory import disable_gradient_checkpointing, enable_gradient_checkpointing  # noqa: E402
+from dreamvideo.methods.weights import spatial_parameters, temporal_parameters  # noqa: E402
 from dreamvideo.training import diffusion_loss  # noqa: E402
 
 
@@ -274,7 +274,8 @@ def bench_training(m: lib.Model, frames: int, image_batch: int, repeats: int) ->
 
 def bench_caching(m: lib.Model, frames: int, repeats: int) -> list[dict[str, Any]]:
     """Motion-adapter step on cached VAE latents / text / image embeddings vs encoding them every step."""
-    from dreamvideo.stages import LatentCache, _frame_embeddings
+    from dreamvideo.methods.latents import LatentCache
+    from dreamvideo.methods.motion import frame_embeddings
 
     pipe = m.pipe
     side = m.latent * m.vae_factor
@@ -287,7 +288,7 @@ def bench_caching(m: lib.Model, frames: int, repeats: int) -> list[dict[str, Any
     opt = torch.optim.AdamW(params, lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     cache = LatentCache.encode(pipe, video)
-    embeds = _frame_embeddings(pipe, video)
+    embeds = frame_embeddings(pipe, video)
     with torch.no_grad():
         text_cached = pipe.encode_text([caption])
 

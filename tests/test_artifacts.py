@@ -14,13 +14,35 @@ from dreamvideo import artifacts
 from dreamvideo.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-FAST = ["--ti-steps", "2", "--adapter-steps", "2", "--ti-batch-size", "1", "--adapter-batch-size", "1",
-        "--checkpoint-every", "1", "--quiet"]
+FAST = [
+    "--ti-steps",
+    "2",
+    "--adapter-steps",
+    "2",
+    "--ti-batch-size",
+    "1",
+    "--adapter-batch-size",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--quiet",
+]
 
 
 def _subject(base, data, out, *extra):
-    return ["learn-subject", "--base", str(base), "--images", str(data["subject"]), "--init-word", "dog",
-            "--out", str(out), *FAST, *extra]
+    return [
+        "learn-subject",
+        "--base",
+        str(base),
+        "--images",
+        str(data["subject"]),
+        "--init-word",
+        "dog",
+        "--out",
+        str(out),
+        *FAST,
+        *extra,
+    ]
 
 
 def _env():
@@ -39,11 +61,18 @@ time.sleep(120)
 
 def test_second_process_is_refused_while_the_first_holds_out(tiny_base, tiny_data, tmp_path):
     out = tmp_path / "dog"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], env=_env(), stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        second = subprocess.run([sys.executable, "-m", "dreamvideo.cli", *_subject(tiny_base, tiny_data, out)],
-                                env=_env(), capture_output=True, text=True, timeout=300)
+        second = subprocess.run(
+            [sys.executable, "-m", "dreamvideo.cli", *_subject(tiny_base, tiny_data, out)],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == 2, second.stderr
         assert "in use by another run" in second.stderr and str(holder.pid) in second.stderr
         assert "Traceback" not in second.stderr
@@ -88,19 +117,18 @@ def test_foreign_non_empty_folder_is_refused_as_out(tiny_base, tiny_data, tmp_pa
     assert "not a dreamvideo output" in capsys.readouterr().err
 
 
-def test_overwrite_builds_aside_and_keeps_the_old_result_until_complete(tiny_base, tiny_data, tmp_path,
-                                                                        monkeypatch):
+def test_overwrite_builds_aside_and_keeps_the_old_result_until_complete(
+    tiny_base, tiny_data, tmp_path, monkeypatch
+):
     out = tmp_path / "dog"
     assert main(_subject(tiny_base, tiny_data, out)) == 0
     old = json.loads((out / "subject.json").read_text())
     old_ckpts = sorted(p.relative_to(out) for p in (out / "checkpoints").rglob("trainer.json"))
 
-    from dreamvideo import stages
-
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the new run dies after training, before publishing
 
-    monkeypatch.setattr(stages, "publish", killed)
+    monkeypatch.setattr(artifacts, "publish", killed)
     assert main(_subject(tiny_base, tiny_data, out, "--overwrite", "--token", "<new>")) == 130
     monkeypatch.undo()
     assert json.loads((out / "subject.json").read_text())["run_id"] == old["run_id"]
@@ -122,8 +150,26 @@ def test_checkpoint_of_another_run_is_refused(tiny_base, tiny_data, tmp_path, ca
     trainer_json = out / "checkpoints" / "identity_adapter" / "step-000001" / "trainer.json"
     saved = json.loads(trainer_json.read_text())
     trainer_json.write_text(json.dumps(saved | {"run_id": "another-run"}))
-    code = main(["generate", "--base", str(tiny_base), "--subject", str(out), "--subject-step", "1", "--prompt",
-                 "a <sks> dog", "--out", str(tmp_path / "v.gif"), "--steps", "1", "--frames", "2", "--quiet"])
+    code = main(
+        [
+            "generate",
+            "--base",
+            str(tiny_base),
+            "--subject",
+            str(out),
+            "--subject-step",
+            "1",
+            "--prompt",
+            "a <sks> dog",
+            "--out",
+            str(tmp_path / "v.gif"),
+            "--steps",
+            "1",
+            "--frames",
+            "2",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "another-run" in err and "cannot be combined" in err
     assert not (tmp_path / "v.gif").exists()
@@ -139,7 +185,9 @@ def test_promote_order_leaves_no_mix(tmp_path):
     (work / "a.safetensors").write_text("new")
     (work / "subject.json").write_text('{"new": 1}')
     artifacts.promote(work, out, "subject.json")
-    assert (out / "a.safetensors").read_text() == "new" and json.loads((out / "subject.json").read_text()) == {"new": 1}
+    assert (out / "a.safetensors").read_text() == "new" and json.loads(
+        (out / "subject.json").read_text()
+    ) == {"new": 1}
     assert sorted(p.name for p in out.iterdir()) == ["a.safetensors", "checkpoints", "subject.json"]
 
 

@@ -15,13 +15,37 @@ from PIL import Image
 from dreamvideo.cli import main
 from dreamvideo.fileio import load_safetensors, save_safetensors
 
-TRAIN = ["--ti-steps", "2", "--adapter-steps", "2", "--ti-batch-size", "1", "--adapter-batch-size", "1",
-         "--checkpoint-every", "1", "--quiet"]
+TRAIN = [
+    "--ti-steps",
+    "2",
+    "--adapter-steps",
+    "2",
+    "--ti-batch-size",
+    "1",
+    "--adapter-batch-size",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--quiet",
+]
 
 
 def _generate(base, out, *extra):
-    return ["generate", "--base", str(base), "--prompt", "a <sks> dog", "--out", str(out), "--steps", "1",
-            "--frames", "2", "--quiet", *extra]
+    return [
+        "generate",
+        "--base",
+        str(base),
+        "--prompt",
+        "a <sks> dog",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--frames",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _err(capsys) -> str:
@@ -43,11 +67,22 @@ def _no_model(monkeypatch):
 # ----------------------------------------------------------------------------- item 4/5: numeric flags
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--steps", "-3"), ("--steps", "0"), ("--frames", "0"), ("--height", "-16"), ("--fps", "0"),
-    ("--guidance-scale", "nan"), ("--guidance-scale", "-1"), ("--appearance-strength", "inf"),
-    ("--init-strength", "0.9"), ("--guidance-rescale", "2"), ("--subject-scale", "nan"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--steps", "-3"),
+        ("--steps", "0"),
+        ("--frames", "0"),
+        ("--height", "-16"),
+        ("--fps", "0"),
+        ("--guidance-scale", "nan"),
+        ("--guidance-scale", "-1"),
+        ("--appearance-strength", "inf"),
+        ("--init-strength", "0.9"),
+        ("--guidance-rescale", "2"),
+        ("--subject-scale", "nan"),
+    ],
+)
 def test_generate_numeric_flags_checked_at_parse_time(tiny_base, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
         main(_generate(tiny_base, tmp_path / "v.gif", flag, value))
@@ -55,22 +90,55 @@ def test_generate_numeric_flags_checked_at_parse_time(tiny_base, tmp_path, capsy
     assert not (tmp_path / "v.gif").exists()
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--checkpoint-every", "0"), ("--ti-batch-size", "0"), ("--adapter-batch-size", "-1"), ("--ti-lr", "0"),
-    ("--adapter-lr", "nan"), ("--ti-steps", "-1"), ("--resolution", "0"), ("--threads", "0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--checkpoint-every", "0"),
+        ("--ti-batch-size", "0"),
+        ("--adapter-batch-size", "-1"),
+        ("--ti-lr", "0"),
+        ("--adapter-lr", "nan"),
+        ("--ti-steps", "-1"),
+        ("--resolution", "0"),
+        ("--threads", "0"),
+    ],
+)
 def test_training_numeric_flags_checked_at_parse_time(tiny_base, tiny_data, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
-        main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word", "dog",
-              "--out", str(tmp_path / "s"), flag, value])
+        main(
+            [
+                "learn-subject",
+                "--base",
+                str(tiny_base),
+                "--images",
+                str(tiny_data["subject"]),
+                "--init-word",
+                "dog",
+                "--out",
+                str(tmp_path / "s"),
+                flag,
+                value,
+            ]
+        )
     assert info.value.code == 2 and flag in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
 def test_motion_batch_size_zero(tiny_base, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["learn-motion", "--base", str(tiny_base), "--videos", str(tiny_data["motion"]), "--out",
-              str(tmp_path / "m"), "--batch-size", "0"])
+        main(
+            [
+                "learn-motion",
+                "--base",
+                str(tiny_base),
+                "--videos",
+                str(tiny_data["motion"]),
+                "--out",
+                str(tmp_path / "m"),
+                "--batch-size",
+                "0",
+            ]
+        )
     assert "--batch-size" in capsys.readouterr().err
 
 
@@ -98,8 +166,9 @@ def test_generate_refuses_nan_or_non_float_adapter_weights(tiny_base, tiny_learn
     tensors, meta = load_safetensors(file)
     name = next(iter(tensors))
     t = tensors[name]
-    tensors[name] = {"nan": torch.full_like(t, float("nan")), "int": t.to(torch.int32),
-                     "bool": t.bool()}[poison]
+    tensors[name] = {"nan": torch.full_like(t, float("nan")), "int": t.to(torch.int32), "bool": t.bool()}[
+        poison
+    ]
     save_safetensors(tensors, file, meta)
     code = main(_generate(tiny_base, tmp_path / "v.gif", "--motion", str(motion)))
     err = _err(capsys)
@@ -140,8 +209,17 @@ def test_evaluate_checks_out_before_loading_models(tmp_path, capsys):
     write_video(np.zeros((2, 16, 16, 3), np.uint8), tmp_path / "v.gif")
     (tmp_path / "m.json").write_text(json.dumps([{"video": "v.gif", "prompt": "a dog"}]))
     (tmp_path / "file").write_text("x")
-    code = main(["evaluate", "--manifest", str(tmp_path / "m.json"), "--clip", str(tmp_path / "no-clip"),
-                 "--out", str(tmp_path / "file" / "report")])
+    code = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(tmp_path / "m.json"),
+            "--clip",
+            str(tmp_path / "no-clip"),
+            "--out",
+            str(tmp_path / "file" / "report"),
+        ]
+    )
     err = _err(capsys)
     assert code == 2 and "--out" in err and "no-clip" not in err
 
@@ -154,24 +232,52 @@ def test_all_black_masks_refused(tiny_base, tiny_data, tmp_path, capsys):
     shutil.copytree(tiny_data["subject"], root)
     for mask in (root / "masks").iterdir():
         Image.fromarray(np.zeros((24, 24), np.uint8)).save(mask)
-    args = ["learn-subject", "--base", str(tiny_base), "--images", str(root), "--init-word", "dog", "--out",
-            str(tmp_path / "s"), *TRAIN]
+    args = [
+        "learn-subject",
+        "--base",
+        str(tiny_base),
+        "--images",
+        str(root),
+        "--init-word",
+        "dog",
+        "--out",
+        str(tmp_path / "s"),
+        *TRAIN,
+    ]
     assert main(args) == 2
     assert "all black" in _err(capsys) and not (tmp_path / "s").exists()
     assert main([*args, "--no-masks"]) == 0  # the way out the message names
 
 
-@pytest.mark.parametrize("caption, words", [
-    ("a photo of a {word}", "has no {token}"),
-    ("a {tokn} {word}", "unknown field {tokn}"),
-    ("a dog a dog a dog a dog a dog a {token}", "cut off"),
-    ("a {token", "malformed"),
-])  # fmt: skip
-def test_bad_caption_refused_before_loading_the_model(tiny_base, tiny_data, tmp_path, capsys, monkeypatch,
-                                                     caption, words):
+@pytest.mark.parametrize(
+    "caption, words",
+    [
+        ("a photo of a {word}", "has no {token}"),
+        ("a {tokn} {word}", "unknown field {tokn}"),
+        ("a dog a dog a dog a dog a dog a {token}", "cut off"),
+        ("a {token", "malformed"),
+    ],
+)
+def test_bad_caption_refused_before_loading_the_model(
+    tiny_base, tiny_data, tmp_path, capsys, monkeypatch, caption, words
+):
     _no_model(monkeypatch)
-    code = main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word",
-                 "dog", "--caption", caption, "--out", str(tmp_path / "s"), *TRAIN])
+    code = main(
+        [
+            "learn-subject",
+            "--base",
+            str(tiny_base),
+            "--images",
+            str(tiny_data["subject"]),
+            "--init-word",
+            "dog",
+            "--caption",
+            caption,
+            "--out",
+            str(tmp_path / "s"),
+            *TRAIN,
+        ]
+    )
     err = _err(capsys)
     assert code == 2 and "--caption" in err and words in err
     assert not (tmp_path / "s").exists()
@@ -180,8 +286,20 @@ def test_bad_caption_refused_before_loading_the_model(tiny_base, tiny_data, tmp_
 def test_still_image_as_motion_refused(tiny_base, tmp_path, capsys):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "still.png")
     os.rename(tmp_path / "still.png", tmp_path / "still.mp4")
-    code = main(["learn-motion", "--base", str(tiny_base), "--videos", str(tmp_path / "still.mp4"), "--out",
-                 str(tmp_path / "m"), "--steps", "1", "--quiet"])
+    code = main(
+        [
+            "learn-motion",
+            "--base",
+            str(tiny_base),
+            "--videos",
+            str(tmp_path / "still.mp4"),
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "1",
+            "--quiet",
+        ]
+    )
     err = _err(capsys)
     assert code == 2 and "still.mp4" in err and not (tmp_path / "m").exists()
 
@@ -189,13 +307,20 @@ def test_still_image_as_motion_refused(tiny_base, tmp_path, capsys):
 # ----------------------------------------------------------------------------- item 9: malformed inputs
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda info: [info], "must be a JSON object"),
-    (lambda info: {k: v for k, v in info.items() if k != "base"}, "'base'"),
-    (lambda info: info | {"identity_adapter": {"name": "identity", "target": "spatial", "sites": ["nope"]}},
-     "bad 'identity_adapter'"),
-    (lambda info: info | {"identity_adapter": "attn2"}, "'identity_adapter' must be an object"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda info: [info], "must be a JSON object"),
+        (lambda info: {k: v for k, v in info.items() if k != "base"}, "'base'"),
+        (
+            lambda info: (
+                info | {"identity_adapter": {"name": "identity", "target": "spatial", "sites": ["nope"]}}
+            ),
+            "bad 'identity_adapter'",
+        ),
+        (lambda info: info | {"identity_adapter": "attn2"}, "'identity_adapter' must be an object"),
+    ],
+)
 def test_hand_edited_subject_json(tiny_base, tiny_learned, tmp_path, capsys, monkeypatch, edit, words):
     _no_model(monkeypatch)
     subject = tmp_path / "dog"
@@ -221,7 +346,9 @@ def test_decompression_bomb_appearance_image(tiny_base, tmp_path, capsys, monkey
     _no_model(monkeypatch)
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert main(_generate(tiny_base, tmp_path / "v.gif", "--appearance-image", str(tmp_path / "bomb.png"))) == 2
+    assert (
+        main(_generate(tiny_base, tmp_path / "v.gif", "--appearance-image", str(tmp_path / "bomb.png"))) == 2
+    )
     assert "bomb.png" in _err(capsys)
 
 
@@ -242,17 +369,40 @@ def test_subject_token_that_is_an_existing_word_refused(tiny_base, tiny_learned,
 def test_path_like_base_is_not_tried_as_a_hub_id(tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "o").mkdir()
-    code = main(["learn-subject", "--base", "o/nope", "--images", str(tiny_data["subject"]), "--init-word", "dog",
-                 "--out", str(tmp_path / "s")])
+    code = main(
+        [
+            "learn-subject",
+            "--base",
+            "o/nope",
+            "--images",
+            str(tiny_data["subject"]),
+            "--init-word",
+            "dog",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     err = _err(capsys)
     assert code == 2 and "o/nope: no such folder, and not a hub id" in err
 
 
-def test_init_word_error_comes_first_lists_words_and_leaves_no_out(tiny_base, tiny_data, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_init_word_error_comes_first_lists_words_and_leaves_no_out(
+    tiny_base, tiny_data, tmp_path, capsys, monkeypatch
+):
     _no_model(monkeypatch)
-    code = main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word",
-                 "zebra", "--out", str(tmp_path / "s")])
+    code = main(
+        [
+            "learn-subject",
+            "--base",
+            str(tiny_base),
+            "--images",
+            str(tiny_data["subject"]),
+            "--init-word",
+            "zebra",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     err = _err(capsys)
     assert code == 2 and "--init-word 'zebra'" in err
     assert "dog" in err and "guitar" in err  # the tiny vocabulary is listed in full
@@ -262,6 +412,15 @@ def test_init_word_error_comes_first_lists_words_and_leaves_no_out(tiny_base, ti
 def test_bad_videos_refused_before_loading_the_model(tiny_base, tmp_path, capsys, monkeypatch):
     _no_model(monkeypatch)
     (tmp_path / "v.mp4").write_bytes(b"not a video")
-    code = main(["learn-motion", "--base", str(tiny_base), "--videos", str(tmp_path / "v.mp4"), "--out",
-                 str(tmp_path / "m")])
+    code = main(
+        [
+            "learn-motion",
+            "--base",
+            str(tiny_base),
+            "--videos",
+            str(tmp_path / "v.mp4"),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 2 and "v.mp4" in _err(capsys) and not (tmp_path / "m").exists()

@@ -382,7 +382,7 @@ def test_short_videos_are_padded_with_black_frames_as_the_authors_do():
 
 
 def test_motion_clips_default_to_32_frames_at_8_fps_of_the_source():
-    from dreamvideo.stages import MotionSettings
+    from dreamvideo.methods import MotionSettings
 
     s = MotionSettings()
     assert s.num_frames == 32 and s.stage.steps == 3000

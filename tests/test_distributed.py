@@ -22,20 +22,20 @@ WORKER = textwrap.dedent(
     import os, sys
     from pathlib import Path
 
-    import dreamvideo.stages as stages
     from dreamvideo import adapters as ad
     from dreamvideo.cli import main
     from dreamvideo.fileio import save_safetensors
+    from dreamvideo.methods.dreamvideo_motion import DreamVideoMotion
 
-    real = stages.learn_motion
+    real = DreamVideoMotion.learn
 
-    def spy(pipe, videos, out, *args, **kwargs):
-        result = real(pipe, videos, out, *args, **kwargs)
-        tensors = ad.adapter_state_dict(pipe.unet, "motion")
+    def spy(self, videos, out, *args, **kwargs):
+        result = real(self, videos, out, *args, **kwargs)
+        tensors = ad.adapter_state_dict(self.pipe.unet, "motion")
         save_safetensors(tensors, Path(out).parent / f"{Path(out).name}.rank{os.environ['RANK']}.safetensors")
         return result
 
-    stages.learn_motion = spy
+    DreamVideoMotion.learn = spy
     base, videos, root = sys.argv[1:4]
     common = ["--base", base, "--videos", videos, "--num-frames", "4", "--batch-size", "1", "--lr", "1e-2",
               "--checkpoint-every", "2", "--warmup-steps", "0", "--device", "cpu", "--quiet"]
@@ -154,7 +154,7 @@ def test_benchmark_splits_trainings_and_videos_between_processes(launched, tiny_
 
 def test_two_process_training_lowers_the_loss_on_its_videos(launched, tiny_base, tiny_data):
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import MotionBatches, MotionSettings, load_motion_data
+    from dreamvideo.methods.motion import MotionBatches, MotionSettings, load_motion_data
     from dreamvideo.training import diffusion_loss
 
     root, _ = launched

@@ -79,16 +79,15 @@ def test_motion_loads_and_unloads(pipe, tiny_learned):
 
 @pytest.mark.parametrize("kind", ["subject", "motion"])
 def test_a_baselines_folder_is_loaded_by_its_method(pipe, tiny_learned, tmp_path, monkeypatch, kind):
-    import dreamvideo.baselines as baselines
+    from dreamvideo import methods
 
     folder = tmp_path / kind
     shutil.copytree(tiny_learned[kind], folder)
     marker = folder / (SUBJECT_FILE if kind == "subject" else "motion.json")
     write_json(read_json(marker) | {"method": "lora"}, marker)
     calls = []
-    monkeypatch.setattr(baselines, "load_learned", lambda *a: calls.append(a) or "word")
+    learner = methods.get("lora", kind)
+    monkeypatch.setattr(learner, "load", classmethod(lambda cls, *a: calls.append(a) or "word"))
     result = (pipe.load_subject if kind == "subject" else pipe.load_motion)(folder, step=1, scale=0.5)
-    assert [c[:2] + c[3:] for c in calls] == [(pipe, folder, kind, 1, 0.5)] and calls[0][2][
-        "method"
-    ] == "lora"
+    assert [c[:2] + c[3:] for c in calls] == [(pipe, folder, 1, 0.5)] and calls[0][2]["method"] == "lora"
     assert result == ("word" if kind == "subject" else None) and ad.adapter_names(pipe.unet) == []

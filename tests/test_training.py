@@ -1,4 +1,5 @@
-"""The shared training loop: the NaN guard never saves diverged weights and names a checkpoint that is finite."""
+"""The shared training loop: the NaN guard never saves diverged weights and names a checkpoint that is finite;
+the diffusion loss (mask loss, offset noise)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 
+from dreamvideo import training
 from dreamvideo.fileio import load_safetensors, save_safetensors
 from dreamvideo.training import StageConfig, Trainer, TrainingDiverged, checkpoint_is_finite
 
@@ -17,7 +19,9 @@ def _trainer(tmp_path, lr=1e30, steps=6):
     def loss_fn(step, generator):
         if step < 2:  # zero gradient: Adam leaves the weights where they are
             return (p * 0).sum() + 1.0
-        return (p**2).sum()  # the first real update (lr 1e30) sends the weights to ~1e30, whose loss overflows
+        return (
+            p**2
+        ).sum()  # the first real update (lr 1e30) sends the weights to ~1e30, whose loss overflows
 
     def save(folder):
         save_safetensors({"p": p.detach()}, folder / "w.safetensors")
@@ -83,11 +87,21 @@ def _probe_trainer(tmp_path, config: StageConfig, modules=()):
 
     def loss_fn(step, generator):
         if torch.is_grad_enabled():
-            seen.append({"lr": trainer.optimizer.param_groups[0]["lr"], "train": [m.training for m in modules]})
+            seen.append(
+                {"lr": trainer.optimizer.param_groups[0]["lr"], "train": [m.training for m in modules]}
+            )
         return (p**2).sum()  # gradient norm 40: clipping at 1.0 would be visible
 
-    trainer = Trainer("probe", [p], loss_fn, lambda f: None, lambda f: None, tmp_path / "c", config,
-                      train_mode=tuple(modules))  # fmt: skip
+    trainer = Trainer(
+        "probe",
+        [p],
+        loss_fn,
+        lambda f: None,
+        lambda f: None,
+        tmp_path / "c",
+        config,
+        train_mode=tuple(modules),
+    )
     return trainer, p, seen
 
 
@@ -96,14 +110,20 @@ def test_authors_regime_warm_up_then_constant_lr_no_clipping_base_in_train_mode(
     trainer, p, seen = _probe_trainer(tmp_path, StageConfig(steps=14, lr=1e-2, checkpoint_every=100), [base])
     trainer.train(progress=False)
     lrs = [s["lr"] for s in seen]
-    assert lrs[:11] == pytest.approx([1e-2 * k / 10 for k in range(11)]) and lrs[11:] == pytest.approx([1e-2] * 3)
-    assert all(s["train"] == [True] for s in seen) and not base.training  # train mode while training, then back
+    assert lrs[:11] == pytest.approx([1e-2 * k / 10 for k in range(11)]) and lrs[11:] == pytest.approx(
+        [1e-2] * 3
+    )
+    assert (
+        all(s["train"] == [True] for s in seen) and not base.training
+    )  # train mode while training, then back
 
 
 def test_gradients_are_clipped_only_when_asked(tmp_path, monkeypatch):
     calls = []
     real = torch.nn.utils.clip_grad_norm_
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm) or real(params, norm))
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda params, norm: calls.append(norm) or real(params, norm)
+    )
     _probe_trainer(tmp_path / "a", StageConfig(steps=3, lr=1e-2))[0].train(progress=False)
     assert calls == []  # the authors' default: no clipping
     _probe_trainer(tmp_path / "b", StageConfig(steps=3, lr=1e-2, max_grad_norm=1.0))[0].train(progress=False)
@@ -128,3 +148,46 @@ def test_mixed_precision_auto_is_fp16_on_gpus_and_none_on_cpus():
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(Exception, match="mixed_precision"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_mask_loss_counts_only_inside_the_mask():
+    class Echo(torch.nn.Module):  # predicts a fixed field so the loss is checkable by hand
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": torch.ones_like(x)})()
+
+    from diffusers import DDIMScheduler
+
+    latents = torch.zeros(1, 1, 1, 2, 2)
+    mask = torch.tensor([1.0, 0.0, 0.0, 0.0]).reshape(1, 1, 1, 2, 2)
+    g = torch.Generator().manual_seed(0)
+    loss = training.diffusion_loss(Echo(), DDIMScheduler(), latents, torch.zeros(1, 1, 1), g, 0.0, mask)
+    noise = torch.randn((1, 1, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    # the authors' normalisation: the masked squared error averaged over all 4 elements of the sample
+    assert loss.item() == pytest.approx(((1 - noise.flatten()[0]) ** 2).item() / 4, rel=1e-5)
+
+
+def test_offset_noise_adds_a_constant_per_sample_channel_and_frame(monkeypatch):
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, encoder_hidden_states):
+            return type("Out", (), {"sample": x})()
+
+    from diffusers import DDIMScheduler
+
+    class Sched(DDIMScheduler):
+        def add_noise(self, original, noise, timesteps):
+            seen.append(noise)
+            return noise
+
+    latents = torch.zeros(64, 2, 4, 8, 8)
+    training.diffusion_loss(
+        Spy(), Sched(), latents, torch.zeros(64, 1, 1), torch.Generator().manual_seed(0), 0.0
+    )
+    training.diffusion_loss(
+        Spy(), Sched(), latents, torch.zeros(64, 1, 1), torch.Generator().manual_seed(0), 1.0
+    )
+    plain, offset = (n.mean(dim=(3, 4)).var().item() for n in seen)
+    assert plain < 0.05 and offset > 0.5  # per-(sample, channel, frame) means spread by the offset term
+    frame_means = seen[1].mean(dim=(3, 4))  # one offset per frame, as the authors draw: frames differ
+    assert frame_means.var(dim=2).mean() > 0.5

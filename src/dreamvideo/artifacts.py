@@ -1,10 +1,16 @@
-"""Output folders of training runs: one owner at a time (lock file), run ids, and results built aside.
+"""Result folders of training runs: what a subject or motion folder holds, one owner at a time, staging and publishing.
+
+A folder is *finished* when its marker JSON (``subject.json`` or ``motion.json``) exists: it names the method that
+wrote it (``"method"``; none means ``dreamvideo``), the base it was trained on (``"base"``, checked when loading) and
+the files beside it. Checkpoints live in ``checkpoints/<stage>/step-NNNNNN/`` with the same file names as the final
+result, plus the optimiser state and ``trainer.json``.
 
 A training command owns its ``--out`` folder through ``OUT/.dreamvideo.lock`` (the owner's pid and host; a lock
 whose process is gone is stale and taken over). Every run has a run id, written to each checkpoint's
-``trainer.json`` and to the final ``subject.json`` / ``motion.json``: a checkpoint belongs to the final files it
-sits beside only when the ids agree. ``--overwrite`` trains into ``OUT/.overwrite/`` and replaces the old result
-only when the new one is complete (:func:`promote`).
+``trainer.json`` and to the marker JSON: a checkpoint belongs to the final files it sits beside only when the ids
+agree. Final files are assembled in a per-process staging folder (:func:`staging_dir`) and moved into place marker
+last (:func:`publish`); ``--overwrite`` trains into ``OUT/.overwrite/`` and replaces the old result only when the
+new one is complete (:func:`promote`).
 """
 
 from __future__ import annotations
@@ -16,22 +22,108 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dreamvideo import distributed
 from dreamvideo.fileio import DreamVideoError, read_json, write_json
+
+# ----------------------------------------------------------------------------- what a result folder holds
+
+SUBJECT_FILE = "subject.json"
+MOTION_FILE = "motion.json"
+MARKERS = (SUBJECT_FILE, MOTION_FILE)
+KINDS = {"subject": SUBJECT_FILE, "motion": MOTION_FILE}
+EMBEDS_FILE = "learned_embeds.safetensors"  # a learned token, diffusers' textual-inversion format
+IDENTITY_FILE = "identity_adapter.safetensors"
+MOTION_ADAPTER_FILE = "motion_adapter.safetensors"
+WEIGHTS_FILE = "unet_weights.safetensors"  # the UNet tensors a weight-tuning baseline trained
+LORA_FILE = "lora_weights.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT_VERSION = 1
 
 LOCK_FILE = ".dreamvideo.lock"
 RUN_FILE = ".run.json"
 OVERWRITE_DIR = ".overwrite"
-MARKERS = ("subject.json", "motion.json")
-OURS = (*MARKERS, "checkpoints", RUN_FILE, LOCK_FILE, OVERWRITE_DIR, ".final")
+STAGING_DIR = ".final"
+OURS = (*MARKERS, CHECKPOINTS_DIR, RUN_FILE, LOCK_FILE, OVERWRITE_DIR, STAGING_DIR)
 
 
 class OutputFolderError(DreamVideoError):
     """``--out`` cannot be used: not ours, held by another run, or holding something else."""
 
 
+class OutputExistsError(OutputFolderError):
+    """``--out`` holds a finished or an unfinished result and neither ``--overwrite`` nor ``--resume`` was given."""
+
+
 class RunMismatchError(DreamVideoError):
     """A checkpoint and the final files beside it come from different runs."""
+
+
+# ----------------------------------------------------------------------------- reading a result
+
+
+def marker_of(kind: str) -> str:
+    """``subject.json`` or ``motion.json``.
+
+    Args:
+        kind: ``"subject"`` or ``"motion"``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'subject' or 'motion', not {kind!r}")
+    return KINDS[kind]
+
+
+def read_info(folder: Path, kind: str) -> dict[str, Any]:
+    """The marker JSON of a subject or motion folder.
+
+    Args:
+        folder: the folder.
+        kind: ``"subject"`` or ``"motion"``.
+    """
+    return read_json(Path(folder) / marker_of(kind))
+
+
+def check_base(info: dict[str, Any], base: dict[str, Any], what: str) -> None:
+    """Refuse a result trained on another architecture than ``base`` (the fingerprints of :mod:`dreamvideo.base`).
+
+    Args:
+        info: the result's marker JSON (its ``"base"`` entry).
+        base: ``pipe.base_description()`` of the pipeline it is loaded into.
+        what: names the result in the message, e.g. ``"subject out/dog"``.
+    """
+    from dreamvideo.base import check_same_architecture
+
+    check_same_architecture(info["base"], base, what)
+
+
+def checkpoint_dir(work: Path, stage: str) -> Path:
+    """Where the checkpoints of ``stage`` go: ``work/checkpoints/<stage>/``."""
+    return Path(work) / CHECKPOINTS_DIR / stage
+
+
+def checkpoint_file(folder: Path, stage: str, step: int | None, name: str) -> Path:
+    """File ``name`` of a result: the final one (``step`` ``None``) or the one of the checkpoint of ``step``.
+
+    Args:
+        folder: a subject or motion folder.
+        stage: the stage whose checkpoint is meant (``"identity_adapter"``, ``"motion_adapter"``, ``"training"``).
+        step: a training step, or ``None`` for the final file.
+        name: the file name, e.g. ``identity_adapter.safetensors``.
+
+    Raises:
+        DreamVideoError: there is no checkpoint of ``stage`` at ``step`` (the message lists those there are).
+    """
+    folder = Path(folder)
+    if step is None:
+        return folder / name
+    file = checkpoint_dir(folder, stage) / f"step-{step:06d}" / name
+    if not file.is_file():
+        available = sorted(p.name for p in checkpoint_dir(folder, stage).glob("step-*"))
+        raise DreamVideoError(
+            f"{folder}: no {stage} checkpoint at step {step} (available: {', '.join(available) or 'none'})"
+        )
+    return file
 
 
 # ----------------------------------------------------------------------------- ownership of a folder
@@ -269,6 +361,112 @@ def promote(work: Path, out: Path, marker: str) -> None:
     os.replace(work / marker, out / marker)
     work.rmdir()
     shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- one training run's folder
+
+
+def check_can_train(out: Path, marker: str, overwrite: bool, resume: bool) -> None:
+    """Refuse ``out`` when this run may not use it: not ours (:func:`check_output_folder`), or holding a result
+    that ``--overwrite`` or ``--resume`` must be asked for. Creates nothing (the CLI calls it before loading a model).
+
+    Args:
+        out: the output folder (need not exist).
+        marker: the result's JSON file name.
+        overwrite, resume: the run's flags.
+    """
+    check_output_folder(out, marker)
+    finished = (out / marker).is_file()
+    if finished and not (overwrite or resume):
+        raise OutputExistsError(
+            f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it"
+        )
+    if (out / CHECKPOINTS_DIR).is_dir() and not finished and not (overwrite or resume):
+        raise OutputExistsError(
+            f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart"
+        )
+
+
+def prepare_output(out: Path, marker: str, overwrite: bool, resume: bool) -> Workspace:
+    """Take ``out`` for this run (lock) and choose where it works; never clobber or delete a finished result.
+
+    Args:
+        out: the output folder.
+        marker: ``subject.json``, ``motion.json`` (or another result's JSON file name).
+        overwrite: build a new result aside (``out/.overwrite``) that replaces the old one when complete.
+        resume: continue an unfinished run.
+
+    Returns:
+        The :class:`Workspace` (its ``work`` folder takes checkpoints, previews, staging); pass it to
+        :func:`release` when the run ends, however it ends.
+    """
+    check_can_train(out, marker, overwrite, resume)
+    ws = open_workspace(out, marker, overwrite, resume) if distributed.is_main_process() else None
+    distributed.wait_for_everyone()
+    if ws is None:  # another process of the run: the main one has chosen the work folder
+        aside = overwrite and (out / OVERWRITE_DIR).is_dir()
+        work = out / OVERWRITE_DIR if aside else out
+        ws = Workspace(out, work, run_id_of(work, resume=True))
+    return ws
+
+
+def release(ws: Workspace) -> None:
+    """Give up ``ws``'s lock (after publishing, or when a run fails)."""
+    release_lock(ws.lock)
+
+
+def staging_dir(work: Path) -> Path:
+    """Where this process assembles the final files before :func:`publish`: one folder per process, so the
+    processes of a multi-process run never write into each other's files.
+
+    Args:
+        work: the run's work folder (``Workspace.work``).
+    """
+    rank = distributed.process_index()
+    return Path(work) / (STAGING_DIR if rank == 0 else f"{STAGING_DIR}-rank{rank}")
+
+
+def publish(ws: Workspace, files: dict[str, Path], marker: str) -> None:
+    """Move finished files into place; the marker JSON goes last, so a folder without it reads as unfinished.
+
+    Built aside (``--overwrite``), the complete new result then replaces the old one (:func:`promote`).
+    With several processes only the main one publishes (all trained the same weights); the others wait for it.
+
+    Args:
+        ws: the run's workspace.
+        files: final file name -> where it was staged; must include ``marker``.
+        marker: the result's JSON file name.
+    """
+    if distributed.is_main_process():
+        work = ws.work
+        (work / marker).unlink(missing_ok=True)
+        for name, src in files.items():
+            if name != marker:
+                os.replace(src, work / name)
+        os.replace(files[marker], work / marker)
+        if ws.aside:
+            promote(work, ws.out, marker)
+        release(ws)
+    distributed.wait_for_everyone()
+
+
+def publish_result(ws: Workspace, staging: Path, names: list[str], info: dict[str, Any], marker: str) -> Path:
+    """Write ``info`` (with the run id) as the marker JSON beside the staged files, publish them, clean up.
+
+    Args:
+        ws: the run's workspace.
+        staging: this process's :func:`staging_dir`, holding the files ``names``.
+        names: the final files (not the marker).
+        info: the marker JSON.
+        marker: its file name.
+
+    Returns:
+        The published folder (``ws.out``).
+    """
+    write_json(info | {"run_id": ws.run_id}, staging / marker)
+    publish(ws, {**{name: staging / name for name in names}, marker: staging / marker}, marker)
+    shutil.rmtree(staging, ignore_errors=True)
+    return ws.out
 
 
 def check_checkpoint_run(folder: Path, marker: str, step: int) -> None:

@@ -19,9 +19,8 @@ class BaseModelError(DreamVideoError):
 
 
 def toy_model_dir() -> Path:
-    from dreamvideo.toy.model import TOY_MODEL_DIR
-
-    return Path(TOY_MODEL_DIR)
+    """The built-in toy model's folder (``dreamvideo/toy/weights``; found without importing the toy package)."""
+    return Path(__file__).resolve().parent / "toy" / "weights"
 
 
 def resolve_base(base: str | os.PathLike | None) -> Path:

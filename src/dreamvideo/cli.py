@@ -48,8 +48,12 @@ def _add_threads(subparsers: argparse._SubParsersAction) -> None:
             for action in nested:
                 _add_threads(action)
         elif not any("--threads" in a.option_strings for a in sub._actions):
-            sub.add_argument("--threads", type=POSITIVE, default=None,
-                             help="CPU threads of torch (default: half the cores, at most 8; OMP_NUM_THREADS wins)")
+            sub.add_argument(
+                "--threads",
+                type=POSITIVE,
+                default=None,
+                help="CPU threads of torch (default: half the cores, at most 8; OMP_NUM_THREADS wins)",
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

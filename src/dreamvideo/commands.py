@@ -1,4 +1,9 @@
-"""The main sub-commands: learn-subject, learn-motion, generate, info and demo."""
+"""The main sub-commands: learn-subject, learn-motion, generate and info.
+
+``learn-subject`` and ``learn-motion`` turn their flags into a ``SubjectSettings`` / ``MotionSettings`` (flag names
+follow the fields: ``--identity-steps`` is ``SubjectSettings.identity.steps``) and hand them, with ``--method``, to
+:func:`dreamvideo.methods.learn_subject` / :func:`~dreamvideo.methods.learn_motion`: one path for every method.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,14 @@ from pathlib import Path
 import torch
 
 from dreamvideo import validate as v
-from dreamvideo.fileio import DreamVideoError
-
-DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda if available)"
-
-
-def _device(name: str | None) -> torch.device:
-    from dreamvideo.distributed import local_device
-
-    return local_device(name)  # under accelerate launch: this process's GPU
-
-
-def _load_pipe(args: argparse.Namespace):
-    from dreamvideo.base import BaseModelError
-    from dreamvideo.pipeline import DreamVideoPipeline
-
-    try:
-        pipe = DreamVideoPipeline.from_pretrained(
-            args.base, image_encoder=getattr(args, "image_encoder", None), device=_device(args.device)
-        )
-    except DreamVideoError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:  # e.g. a config that misfits its weights
-        first = (str(err).strip().splitlines() or [""])[0][:240]
-        raise BaseModelError(f"{args.base}: cannot load this base model ({type(err).__name__}: {first})") from err
-    if getattr(args, "compile", False):
-        pipe.unet.compile()  # in place: module names and adapter attachment unchanged; traced at the first call
-    return pipe
+from dreamvideo.artifacts import MOTION_FILE, SUBJECT_FILE
+from dreamvideo.cli_support import DEVICE_HELP, check_output_early, load_pipe
+from dreamvideo.fileio import DreamVideoError, read_json
 
 
 def _stage(prefix: str, args: argparse.Namespace):
+    """The :class:`~dreamvideo.training.StageConfig` of the flags ``--<prefix>steps``, ``-lr``, ``-batch-size``
+    and the common training flags."""
     from dreamvideo.training import StageConfig
 
     return StageConfig(
@@ -59,38 +42,74 @@ def _common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished result in --out")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--checkpoint-every", type=v.POSITIVE, default=100, help="save a resumable checkpoint every N steps")
+    p.add_argument(
+        "--checkpoint-every", type=v.POSITIVE, default=100, help="save a resumable checkpoint every N steps"
+    )
     p.add_argument("--seed", type=v.NON_NEGATIVE, default=0)
     p.add_argument("--offset-noise", type=v.float_range(0.0, 10.0), default=0.1)
-    p.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
-                   help="autocast of the forward pass; auto (the authors'): fp16 with a gradient scaler on GPUs, none on CPUs")
-    p.add_argument("--warmup-steps", type=v.NON_NEGATIVE, default=10,
-                   help="linear learning-rate warm-up, then constant (authors: 10)")
-    p.add_argument("--max-grad-norm", type=v.float_range(0.0, None, low_open=True),
-                   help="clip gradients to this norm (default: no clipping, as the authors)")
+    p.add_argument(
+        "--mixed-precision",
+        choices=["auto", "no", "bf16", "fp16"],
+        default="auto",
+        help="autocast of the forward pass; auto (the authors'): fp16 with a gradient scaler on GPUs, none on CPUs",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=v.NON_NEGATIVE,
+        default=10,
+        help="linear learning-rate warm-up, then constant (authors: 10)",
+    )
+    p.add_argument(
+        "--max-grad-norm",
+        type=v.float_range(0.0, None, low_open=True),
+        help="clip gradients to this norm (default: no clipping, as the authors)",
+    )
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
-    p.add_argument("--hidden-ratio", type=v.float_range(0.0, 4.0, low_open=True), default=0.5,
-                   help="adapter bottleneck width / block width")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)"
+    )
+    p.add_argument(
+        "--hidden-ratio",
+        type=v.float_range(0.0, 4.0, low_open=True),
+        default=0.5,
+        help="adapter bottleneck width / block width",
+    )
     p.add_argument("--placement", choices=["parallel", "serial"], default="parallel")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--preview-every", type=v.NON_NEGATIVE, default=0,
-                   help="write a preview video to OUT/previews/ every N steps (default 0: none; dreamvideo method)")
+    p.add_argument(
+        "--preview-every",
+        type=v.NON_NEGATIVE,
+        default=0,
+        help="write a preview video to OUT/previews/ every N steps of each stage (default 0: none)",
+    )
     p.add_argument("--preview-prompt", help="prompt of the previews (default: the training caption)")
     p.add_argument("--preview-steps", type=v.POSITIVE, default=25, help="DDIM steps of each preview")
     p.add_argument("--preview-frames", type=v.POSITIVE, default=8)
 
 
 def _preview(args: argparse.Namespace):
-    from dreamvideo.stages import PreviewSettings
+    from dreamvideo.methods import PreviewSettings
 
-    if args.preview_every < 0:
-        raise DreamVideoError(f"--preview-every must be >= 0, got {args.preview_every}")
-    if args.preview_every and args.method != "dreamvideo":
-        raise DreamVideoError(f"--preview-every is supported by --method dreamvideo only, not {args.method}")
-    return PreviewSettings(every=args.preview_every, prompt=args.preview_prompt, num_frames=args.preview_frames,
-                           steps=args.preview_steps, seed=args.seed)
+    return PreviewSettings(
+        every=args.preview_every,
+        prompt=args.preview_prompt,
+        num_frames=args.preview_frames,
+        steps=args.preview_steps,
+        seed=args.seed,
+    )
+
+
+def _method_argument(p: argparse.ArgumentParser, kind: str) -> None:
+    from dreamvideo import methods
+
+    extra = " (one-stage baselines train with the --identity-* settings)" if kind == "subject" else ""
+    p.add_argument(
+        "--method",
+        default="dreamvideo",
+        choices=methods.names(kind),
+        help=f"learning method: DreamVideo or a baseline of the paper's comparisons{extra}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- learn-subject
@@ -101,24 +120,21 @@ def _base_root(args: argparse.Namespace) -> Path:
 
 
 def _preflight_subject(args: argparse.Namespace, settings) -> None:
-    """Every check of learn-subject that needs no model: output folder, tokens, caption, photos and masks."""
+    """Every check of learn-subject that needs no model: output folder, the method's settings, photos and masks."""
     from transformers import AutoTokenizer
 
+    from dreamvideo import methods
     from dreamvideo.base import native_size
     from dreamvideo.data import load_subject_images
-    from dreamvideo.stages import check_subject_settings
 
-    _check_output_early(args.out, "subject.json", args.overwrite, args.resume)
+    check_output_early(args.out, SUBJECT_FILE, args.overwrite, args.resume)
     root = _base_root(args)
     try:
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
     except (OSError, ValueError) as err:
         raise DreamVideoError(f"{root / 'tokenizer'}: cannot load the tokenizer ({err})") from err
     data = load_subject_images(args.images, settings.resolution or native_size(root), args.masks)
-    if args.method == "dreamvideo":
-        check_subject_settings(tokenizer, settings, data)
-    else:
-        v.check_caption_template(settings.caption, needs_token=False)
+    methods.get(args.method, "subject").check_settings(tokenizer, settings, data)
 
 
 def subject_settings(
@@ -129,21 +145,24 @@ def subject_settings(
     caption: str = "a {token}",
     resolution: int | None = None,
     use_masks: bool = True,
-    adapter_sites: tuple[str, ...] = ("attn2",),
+    identity_sites: tuple[str, ...] = ("attn2",),
     hidden_ratio: float = 0.5,
     placement: str = "parallel",
     train_token: bool = True,
+    identity_adapter: bool = True,
 ):
-    """The :class:`~dreamvideo.stages.SubjectSettings` of ``learn-subject`` (shared by the CLI and the web app).
+    """The :class:`~dreamvideo.methods.SubjectSettings` of ``learn-subject`` (shared by the CLI and the web app).
 
     Args:
         token, init_word, caption, resolution, use_masks, train_token: as in ``SubjectSettings``.
         textual_inversion, identity: the two stages' :class:`~dreamvideo.training.StageConfig`.
-        adapter_sites, hidden_ratio, placement: the identity adapter's placement and width.
+        identity_sites, hidden_ratio, placement: the identity adapter's placement and width.
+        identity_adapter: ``False`` learns no identity adapter (``SubjectSettings.identity_adapter=None``).
     """
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import SubjectSettings
+    from dreamvideo.methods import SubjectSettings
 
+    config = ad.identity_adapter_config(sites=identity_sites, hidden_ratio=hidden_ratio, placement=placement)
     return SubjectSettings(
         token=token,
         init_word=init_word,
@@ -152,62 +171,64 @@ def subject_settings(
         textual_inversion=textual_inversion,
         identity=identity,
         use_masks=use_masks,
-        identity_adapter=ad.identity_adapter_config(sites=adapter_sites, hidden_ratio=hidden_ratio, placement=placement),
+        identity_adapter=config if identity_adapter else None,
         train_token=train_token,
     )
 
 
 def cmd_learn_subject(args: argparse.Namespace) -> int:
-    from dreamvideo.stages import learn_subject
+    from dreamvideo import methods
 
     settings = subject_settings(
-        args.token, args.init_word, _stage("ti_", args), _stage("adapter_", args), caption=args.caption,
-        resolution=args.resolution, use_masks=not args.no_masks, adapter_sites=tuple(args.adapter_sites),
-        hidden_ratio=args.hidden_ratio, placement=args.placement, train_token=not args.no_textual_inversion,
-    )  # fmt: skip
+        args.token,
+        args.init_word,
+        _stage("textual_inversion_", args),
+        _stage("identity_", args),
+        caption=args.caption,
+        resolution=args.resolution,
+        use_masks=args.use_masks,
+        identity_sites=tuple(args.identity_sites),
+        hidden_ratio=args.hidden_ratio,
+        placement=args.placement,
+        train_token=args.train_token,
+        identity_adapter=args.identity_adapter,
+    )
     preview = _preview(args)
     _preflight_subject(args, settings)
-    pipe = _load_pipe(args)
-    if args.method != "dreamvideo":  # a baseline: its one training stage takes the --adapter-* settings
-        from dreamvideo import baselines
-        from dreamvideo.fileio import read_json
-
-        out = baselines.learn_subject(args.method, pipe, args.images, args.out, settings, _stage("adapter_", args),
-                                      masks=args.masks, overwrite=args.overwrite, resume=args.resume,
-                                      progress=not args.quiet)
-        words = read_json(out / "subject.json").get("token") or args.init_word
-        print(f"subject ({args.method}) written to {out} (use '{words}' in prompts)")
-        return 0
-    out = learn_subject(pipe, args.images, args.out, settings, masks=args.masks, overwrite=args.overwrite,
-                        resume=args.resume, progress=not args.quiet, skip_identity=args.no_identity_adapter,
-                        preview=preview)
-    print(f"subject written to {out} (use '{args.token}' in prompts)")
+    pipe = load_pipe(args)
+    out = methods.learn_subject(
+        pipe,
+        args.images,
+        args.out,
+        settings,
+        method=args.method,
+        stage=_stage("identity_", args),
+        masks=args.masks,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        preview=preview,
+    )
+    words = read_json(out / SUBJECT_FILE).get("token") or args.init_word
+    print(f"subject ({args.method}) written to {out} (use '{words}' in prompts)")
     return 0
-
-
-def _check_output_early(out: Path, marker: str, overwrite: bool, resume: bool) -> None:
-    """Fail before loading any model when the output folder would be refused anyway (nothing is created)."""
-    from dreamvideo.artifacts import check_output_folder
-
-    check_output_folder(out, marker)
-    if (out / marker).is_file() and not (overwrite or resume):
-        raise DreamVideoError(f"{out}: already holds a finished result ({marker}); pass --overwrite to replace it")
-    if (out / "checkpoints").is_dir() and not (out / marker).is_file() and not (overwrite or resume):
-        raise DreamVideoError(f"{out}: holds an unfinished run; pass --resume to continue it or --overwrite to restart")
-    v.check_writable_folder(out, "--out")
 
 
 # ---------------------------------------------------------------------------------------------- learn-motion
 def _preflight_motion(args: argparse.Namespace) -> None:
     """Every check of learn-motion that needs no model: output folder and videos."""
     from dreamvideo.base import native_size
-    from dreamvideo.stages import MotionSettings, load_motion_data
+    from dreamvideo.methods.motion import MotionSettings, load_motion_data
 
-    _check_output_early(args.out, "motion.json", args.overwrite, args.resume)
+    check_output_early(args.out, MOTION_FILE, args.overwrite, args.resume)
     root = _base_root(args)
     size = min(args.resolution or native_size(root), 64)  # a small decode is enough to validate every frame
-    lengths = MotionSettings(num_frames=args.num_frames, frame_stride=args.frame_stride, target_fps=args.target_fps,
-                             short_videos=args.short_videos)  # fmt: skip
+    lengths = MotionSettings(
+        num_frames=args.num_frames,
+        frame_stride=args.frame_stride,
+        target_fps=args.target_fps,
+        short_videos=args.short_videos,
+    )
     load_motion_data(args.videos, size, lengths, args.caption)
 
 
@@ -221,22 +242,22 @@ def motion_settings(
     caption_dropout: float = 0.5,
     appearance_dropout: float = 0.5,
     appearance_guidance: bool = True,
-    adapter_sites: tuple[str, ...] = ("attn1", "attn2", "ff"),
+    motion_sites: tuple[str, ...] = ("attn1", "attn2", "ff"),
     hidden_ratio: float = 0.5,
     placement: str = "parallel",
     short_videos: str = "loop",
 ):
-    """The :class:`~dreamvideo.stages.MotionSettings` of ``learn-motion`` (shared by the CLI and the web app).
+    """The :class:`~dreamvideo.methods.MotionSettings` of ``learn-motion`` (shared by the CLI and the web app).
 
     Args:
         pipe: the base model (its image encoder sets the adapter's condition width under appearance guidance).
         stage: the :class:`~dreamvideo.training.StageConfig`.
         num_frames, frame_stride, target_fps, resolution, caption_dropout, appearance_dropout, appearance_guidance,
             short_videos: as in ``MotionSettings``.
-        adapter_sites, hidden_ratio, placement: the motion adapter's placement and width.
+        motion_sites, hidden_ratio, placement: the motion adapter's placement and width.
     """
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import MotionSettings
+    from dreamvideo.methods import MotionSettings
 
     return MotionSettings(
         num_frames=num_frames,
@@ -248,7 +269,9 @@ def motion_settings(
         appearance_dropout=appearance_dropout,
         appearance_guidance=appearance_guidance,
         motion_adapter=ad.motion_adapter_config(
-            pipe.condition_dim if appearance_guidance else None, sites=adapter_sites, hidden_ratio=hidden_ratio,
+            pipe.condition_dim if appearance_guidance else None,
+            sites=motion_sites,
+            hidden_ratio=hidden_ratio,
             placement=placement,
         ),
         short_videos=short_videos,
@@ -256,27 +279,39 @@ def motion_settings(
 
 
 def cmd_learn_motion(args: argparse.Namespace) -> int:
-    from dreamvideo.stages import learn_motion
+    from dreamvideo import methods
 
     preview = _preview(args)
     _preflight_motion(args)
-    pipe = _load_pipe(args)
+    pipe = load_pipe(args)
     settings = motion_settings(
-        pipe, _stage("", args), num_frames=args.num_frames, frame_stride=args.frame_stride, target_fps=args.target_fps,
-        resolution=args.resolution, caption_dropout=args.caption_dropout, appearance_dropout=args.appearance_dropout,
-        appearance_guidance=not args.no_appearance_guidance, adapter_sites=tuple(args.adapter_sites),
-        hidden_ratio=args.hidden_ratio, placement=args.placement, short_videos=args.short_videos,
-    )  # fmt: skip
-    if args.method != "dreamvideo":
-        from dreamvideo import baselines
-
-        out = baselines.learn_motion(args.method, pipe, args.videos, args.out, settings, captions=args.caption,
-                                     overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
-        print(f"motion ({args.method}) written to {out}")
-        return 0
-    out = learn_motion(pipe, args.videos, args.out, settings, captions=args.caption, overwrite=args.overwrite,
-                       resume=args.resume, progress=not args.quiet, preview=preview)
-    print(f"motion written to {out}")
+        pipe,
+        _stage("", args),
+        num_frames=args.num_frames,
+        frame_stride=args.frame_stride,
+        target_fps=args.target_fps,
+        resolution=args.resolution,
+        caption_dropout=args.caption_dropout,
+        appearance_dropout=args.appearance_dropout,
+        appearance_guidance=args.appearance_guidance,
+        motion_sites=tuple(args.motion_sites),
+        hidden_ratio=args.hidden_ratio,
+        placement=args.placement,
+        short_videos=args.short_videos,
+    )
+    out = methods.learn_motion(
+        pipe,
+        args.videos,
+        args.out,
+        settings,
+        method=args.method,
+        captions=args.caption,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        preview=preview,
+    )
+    print(f"motion ({args.method}) written to {out}")
     return 0
 
 
@@ -287,7 +322,9 @@ def _video_targets(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
     rows = []
     for i, prompt in enumerate(args.prompt):
         target = out if len(args.prompt) == 1 else out.with_name(f"{out.stem}_{i:02d}{out.suffix}")
-        rows.append((prompt, target, target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4")))
+        rows.append(
+            (prompt, target, target.with_suffix(".gif" if target.suffix.lower() == ".mp4" else ".mp4"))
+        )
     return rows
 
 
@@ -299,15 +336,19 @@ def _preflight_generate(args: argparse.Namespace):
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise DreamVideoError(f"{out}: --out must end in .mp4 or .gif")
     v.check_writable_folder(out.parent, "--out's folder")
-    v.check_new_files([f for _, target, other in _video_targets(args) for f in (target, other)], args.overwrite)
+    v.check_new_files(
+        [f for _, target, other in _video_targets(args) for f in (target, other)], args.overwrite
+    )
     from dreamvideo.artifacts import resolve_step
 
     if args.subject:
         args.subject_step = resolve_step(args.subject, "identity_adapter", args.subject_step)
     if args.motion:
         args.motion_step = resolve_step(args.motion, "motion_adapter", args.motion_step)
-    for folder, marker, step in ((args.subject, "subject.json", args.subject_step),
-                                 (args.motion, "motion.json", args.motion_step)):
+    for folder, marker, step in (
+        (args.subject, "subject.json", args.subject_step),
+        (args.motion, "motion.json", args.motion_step),
+    ):
         if folder is None:
             continue
         v.check_learned_info(folder, marker)
@@ -366,17 +407,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dreamvideo.video_io import write_frames_png
 
     appearance = _preflight_generate(args)
-    pipe = _load_pipe(args)
-    token = load_learned(pipe, args.subject, args.subject_step, args.subject_scale, args.motion, args.motion_step,
-                         args.motion_scale)  # fmt: skip
+    pipe = load_pipe(args)
+    token = load_learned(
+        pipe,
+        args.subject,
+        args.subject_step,
+        args.subject_scale,
+        args.motion,
+        args.motion_step,
+        args.motion_scale,
+    )
     if token is not None and token not in " ".join(args.prompt):
         print(f"note: the prompt does not contain the subject token '{token}'")
     from dreamvideo.reference.cli import apply_generate_arguments  # appearance encoder (section 9)
 
     reference = apply_generate_arguments(pipe, args)
     size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    check_sampling_memory(pipe, args.frames, args.height or size, args.width or size, args.guidance_scale > 1.0,
-                          args.max_memory_gb)
+    check_sampling_memory(
+        pipe,
+        args.frames,
+        args.height or size,
+        args.width or size,
+        args.guidance_scale > 1.0,
+        args.max_memory_gb,
+    )
     init_video = None
     if args.init_video:
         video = load_motion_videos(args.init_video, args.height or size).videos[0]
@@ -419,9 +473,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from dreamvideo.base import MODELSCOPE_IMAGE_EMBED_DIM, modelscope_unet_on_meta
 
     if args.base is None:
-        unet, cond_dim, name = modelscope_unet_on_meta(), MODELSCOPE_IMAGE_EMBED_DIM, "ModelScopeT2V-1.7B (meta device)"
+        unet, cond_dim, name = (
+            modelscope_unet_on_meta(),
+            MODELSCOPE_IMAGE_EMBED_DIM,
+            "ModelScopeT2V-1.7B (meta device)",
+        )
     else:
-        pipe = _load_pipe(args)
+        pipe = load_pipe(args)
         unet, cond_dim, name = pipe.unet, pipe.condition_dim, pipe.base_name
     print(f"base: {name}")
     print(f"UNet parameters: {sum(p.numel() for p in unet.parameters()):,}")
@@ -443,15 +501,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_argument(p: argparse.ArgumentParser, kind: str) -> None:
-    from dreamvideo import baselines
-
-    names = baselines.subject_methods() if kind == "subject" else baselines.motion_methods()
-    extra = " (other methods train one stage with the --adapter-* settings)" if kind == "subject" else ""
-    p.add_argument("--method", default="dreamvideo", choices=names,
-                   help=f"learning method: DreamVideo or a baseline of the paper's comparisons{extra}")
-
-
 def _step_choice(text: str) -> int | str:
     """argparse type of --subject-step / --motion-step: 'auto', 'final' or a positive step."""
     if text in ("auto", "final"):
@@ -460,75 +509,167 @@ def _step_choice(text: str) -> int | str:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("learn-subject", help="learn a subject (token + identity adapter) from a few photos")
+    """Add ``learn-subject``, ``learn-motion``, ``generate`` and ``info``."""
+    _add_learn_subject(subparsers)
+    _add_learn_motion(subparsers)
+    _add_generate(subparsers)
+    _add_info(subparsers)
+
+
+def _add_learn_subject(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "learn-subject", help="learn a subject (token + identity adapter) from a few photos"
+    )
     p.add_argument("--images", required=True, type=Path, help="folder of photos (or with images/ and masks/)")
     p.add_argument("--masks", type=Path, help="folder of subject masks matched by file name (optional)")
-    p.add_argument("--no-masks", action="store_true", help="ignore masks even if present")
+    p.add_argument("--no-masks", dest="use_masks", action="store_false", help="ignore masks even if present")
     p.add_argument("--token", default="<sks>", help="placeholder word to learn (default <sks>)")
     p.add_argument("--init-word", required=True, help="one-token class word, e.g. dog")
-    p.add_argument("--caption", default="a {token}",
-                   help="caption template (default 'a {token}', the authors'; 'a {token} {word}' adds the class word)")
+    p.add_argument(
+        "--caption",
+        default="a {token}",
+        help="caption template (default 'a {token}', the authors'; 'a {token} {word}' adds the class word)",
+    )
     p.add_argument("--resolution", type=v.SIZE, help="training image size (default: the base's native size)")
-    p.add_argument("--ti-steps", type=v.NON_NEGATIVE, default=3000, help="textual inversion steps (authors: 1500-3000)")
-    p.add_argument("--ti-lr", type=v.LEARNING_RATE, default=1e-4)
-    p.add_argument("--ti-batch-size", type=v.POSITIVE, default=4)
-    p.add_argument("--adapter-steps", type=v.NON_NEGATIVE, default=1000, help="identity adapter steps (authors: 500-1000)")
-    p.add_argument("--adapter-lr", type=v.LEARNING_RATE, default=1e-5)
-    p.add_argument("--adapter-batch-size", type=v.POSITIVE, default=4)
-    p.add_argument("--adapter-sites", nargs="+", default=["attn2"], choices=["attn1", "attn2", "ff"],
-                   help="spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)")
-    p.add_argument("--no-textual-inversion", action="store_true", help="ablation: keep the init word's embedding")
-    p.add_argument("--no-identity-adapter", action="store_true", help="ablation / baseline: token only")
+    p.add_argument(
+        "--textual-inversion-steps",
+        "--ti-steps",
+        type=v.NON_NEGATIVE,
+        default=3000,
+        help="textual inversion steps (authors: 1500-3000)",
+    )
+    p.add_argument("--textual-inversion-lr", "--ti-lr", type=v.LEARNING_RATE, default=1e-4)
+    p.add_argument("--textual-inversion-batch-size", "--ti-batch-size", type=v.POSITIVE, default=4)
+    p.add_argument(
+        "--identity-steps",
+        "--adapter-steps",
+        type=v.NON_NEGATIVE,
+        default=1000,
+        help="identity adapter steps (authors: 500-1000); the one stage of the other methods",
+    )
+    p.add_argument("--identity-lr", "--adapter-lr", type=v.LEARNING_RATE, default=1e-5)
+    p.add_argument("--identity-batch-size", "--adapter-batch-size", type=v.POSITIVE, default=4)
+    p.add_argument(
+        "--identity-sites",
+        "--adapter-sites",
+        nargs="+",
+        default=["attn2"],
+        choices=["attn1", "attn2", "ff"],
+        help="spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)",
+    )
+    p.add_argument(
+        "--no-train-token",
+        "--no-textual-inversion",
+        dest="train_token",
+        action="store_false",
+        help="ablation: keep the init word's embedding",
+    )
+    p.add_argument(
+        "--no-identity-adapter",
+        dest="identity_adapter",
+        action="store_false",
+        help="ablation: the token only",
+    )
     _method_argument(p, "subject")
     _common_training(p)
     p.set_defaults(func=cmd_learn_subject)
 
+
+def _add_learn_motion(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("learn-motion", help="learn a motion adapter from a few videos")
-    p.add_argument("--videos", required=True, type=Path, help="folder of videos (optional captions.json) or one video")
+    p.add_argument(
+        "--videos", required=True, type=Path, help="folder of videos (optional captions.json) or one video"
+    )
     p.add_argument("--caption", help="caption for every video (default: captions.json or the file names)")
-    p.add_argument("--image-encoder", type=Path, help="CLIPVisionModelWithProjection folder (default: base/image_encoder)")
-    p.add_argument("--no-appearance-guidance", action="store_true", help="train without appearance guidance")
-    p.add_argument("--num-frames", type=v.int_range(2), default=32, help="frames per training clip (authors: 32)")
-    p.add_argument("--frame-stride", type=v.POSITIVE,
-                   help="take every n-th frame (default: from each video's frame rate, for --target-fps)")
-    p.add_argument("--target-fps", type=v.float_range(0.0, None, low_open=True), default=8.0,
-                   help="frame rate of the training clips when --frame-stride is not given (authors: 8)")
-    p.add_argument("--short-videos", choices=["loop", "pad", "error"], default="loop",
-                   help="videos shorter than a clip: play them ping-pong (loop), pad them with black frames as the "
-                        "authors do (pad), or refuse them (error)")
+    p.add_argument(
+        "--image-encoder",
+        type=Path,
+        help="CLIPVisionModelWithProjection folder (default: base/image_encoder)",
+    )
+    p.add_argument(
+        "--no-appearance-guidance",
+        dest="appearance_guidance",
+        action="store_false",
+        help="train without appearance guidance",
+    )
+    p.add_argument(
+        "--num-frames", type=v.int_range(2), default=32, help="frames per training clip (authors: 32)"
+    )
+    p.add_argument(
+        "--frame-stride",
+        type=v.POSITIVE,
+        help="take every n-th frame (default: from each video's frame rate, for --target-fps)",
+    )
+    p.add_argument(
+        "--target-fps",
+        type=v.float_range(0.0, None, low_open=True),
+        default=8.0,
+        help="frame rate of the training clips when --frame-stride is not given (authors: 8)",
+    )
+    p.add_argument(
+        "--short-videos",
+        choices=["loop", "pad", "error"],
+        default="loop",
+        help="videos shorter than a clip: play them ping-pong (loop), pad them with black frames as the "
+        "authors do (pad), or refuse them (error)",
+    )
     p.add_argument("--resolution", type=v.SIZE, help="training clip size (default: the base's native size)")
     p.add_argument("--steps", type=v.POSITIVE, default=3000, help="training steps (authors: 3000)")
     p.add_argument("--lr", type=v.LEARNING_RATE, default=1e-5)
     p.add_argument("--batch-size", type=v.POSITIVE, default=1)
     p.add_argument("--caption-dropout", type=v.FRACTION, default=0.5)
     p.add_argument("--appearance-dropout", type=v.FRACTION, default=0.5)
-    p.add_argument("--adapter-sites", nargs="+", default=["attn1", "attn2", "ff"], choices=["attn1", "attn2", "ff"])
+    p.add_argument(
+        "--motion-sites",
+        "--adapter-sites",
+        nargs="+",
+        default=["attn1", "attn2", "ff"],
+        choices=["attn1", "attn2", "ff"],
+        help="temporal sub-layers that get the motion adapter",
+    )
     _method_argument(p, "motion")
     _common_training(p)
     p.set_defaults(func=cmd_learn_motion)
 
+
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="generate videos with a subject, a motion, both, or neither")
     p.add_argument("--base", default="toy")
     p.add_argument("--subject", type=Path, help="subject folder from learn-subject")
-    p.add_argument("--subject-step", type=_step_choice, default="auto",
-                   help="identity adapter checkpoint: a step, 'final', or 'auto' (the authors': step 500, else the "
-                        "last one before it, or the final weights when training stopped earlier)")
+    p.add_argument(
+        "--subject-step",
+        type=_step_choice,
+        default="auto",
+        help="identity adapter checkpoint: a step, 'final', or 'auto' (the authors': step 500, else the "
+        "last one before it, or the final weights when training stopped earlier)",
+    )
     p.add_argument("--subject-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--motion", type=Path, help="motion folder from learn-motion")
-    p.add_argument("--motion-step", type=_step_choice, default="auto",
-                   help="motion adapter checkpoint: a step, 'final', or 'auto' (the authors': step 1500, likewise)")
+    p.add_argument(
+        "--motion-step",
+        type=_step_choice,
+        default="auto",
+        help="motion adapter checkpoint: a step, 'final', or 'auto' (the authors': step 1500, likewise)",
+    )
     p.add_argument("--motion-scale", type=v.STRENGTH, default=1.0)
     p.add_argument("--prompt", required=True, nargs="+", help="one or more prompts")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--out", required=True, type=Path, help="video file (.mp4 or .gif; the other format is written too)")
+    p.add_argument(
+        "--out", required=True, type=Path, help="video file (.mp4 or .gif; the other format is written too)"
+    )
     p.add_argument("--png-frames", action="store_true", help="also write the frames as PNG files")
     p.add_argument("--overwrite", action="store_true", help="replace existing video files")
-    p.add_argument("--max-memory-gb", type=v.float_range(0.0, None, low_open=True),
-                   help="refuse videos whose estimated sampling memory exceeds this (default: the free memory)")
+    p.add_argument(
+        "--max-memory-gb",
+        type=v.float_range(0.0, None, low_open=True),
+        help="refuse videos whose estimated sampling memory exceeds this (default: the free memory)",
+    )
     p.add_argument("--image-encoder", type=Path)
     p.add_argument("--appearance-image", type=Path, help="reference image for appearance guidance")
     p.add_argument("--appearance-strength", type=v.STRENGTH, default=1.0, help="lam_c, conditional branch")
-    p.add_argument("--appearance-strength-uncond", type=v.STRENGTH, default=1.0, help="lam_u, unconditional branch")
+    p.add_argument(
+        "--appearance-strength-uncond", type=v.STRENGTH, default=1.0, help="lam_u, unconditional branch"
+    )
     p.add_argument("--guidance-scale", type=v.GUIDANCE, default=9.0)
     p.add_argument(
         "--guidance-rescale",
@@ -547,17 +688,27 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=v.SIZE)
     p.add_argument("--fps", type=v.int_range(1, 240), default=8)
     p.add_argument("--seed", type=v.NON_NEGATIVE, default=0)
-    p.add_argument("--init-video", type=Path, help="training video whose DDIM-inverted latents start sampling")
-    p.add_argument("--init-strength", type=v.float_range(0.0, 0.5), default=0.0, help="mix of inverted latents, 0-0.5")
+    p.add_argument(
+        "--init-video", type=Path, help="training video whose DDIM-inverted latents start sampling"
+    )
+    p.add_argument(
+        "--init-strength", type=v.float_range(0.0, 0.5), default=0.0, help="mix of inverted latents, 0-0.5"
+    )
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)")
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet (slow first step; helps on GPUs)"
+    )
     p.add_argument("--quiet", action="store_true")
     from dreamvideo.reference.cli import add_generate_arguments
 
     add_generate_arguments(p)
     p.set_defaults(func=cmd_generate)
 
+
+def _add_info(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="adapter sites and trainable parameter counts of a base model")
-    p.add_argument("--base", default=None, help="a base model; default: the full ModelScope-1.7B architecture")
+    p.add_argument(
+        "--base", default=None, help="a base model; default: the full ModelScope-1.7B architecture"
+    )
     p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_info)

@@ -36,15 +36,22 @@ def check_placeholder(tokenizer, token: str, init_word: str) -> int:
     if not token or any(c.isspace() for c in token):
         raise TokenError(f"placeholder token {token!r} must be a non-empty string without spaces")
     if is_existing_word(tokenizer, token):
-        raise TokenError(f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another")
+        raise TokenError(
+            f"placeholder token {token!r} is already in the tokenizer's vocabulary; choose another"
+        )
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1 or init_ids[0] == tokenizer.unk_token_id:
         from dreamvideo.validate import single_token_words
 
-        what = (f"is {len(init_ids)} tokens {tokenizer.convert_ids_to_tokens(init_ids)}" if len(init_ids) != 1
-                else "is not in the tokenizer's vocabulary")
-        raise TokenError(f"--init-word {init_word!r} {what}; choose a single-token word, e.g. "
-                         f"{', '.join(single_token_words(tokenizer))}")
+        what = (
+            f"is {len(init_ids)} tokens {tokenizer.convert_ids_to_tokens(init_ids)}"
+            if len(init_ids) != 1
+            else "is not in the tokenizer's vocabulary"
+        )
+        raise TokenError(
+            f"--init-word {init_word!r} {what}; choose a single-token word, e.g. "
+            f"{', '.join(single_token_words(tokenizer))}"
+        )
     return init_ids[0]
 
 
@@ -106,7 +113,9 @@ def unwrap_placeholder(text_encoder) -> torch.Tensor:
     return wrapper.vector.detach().clone()
 
 
-def save_learned_embeds(path: str | os.PathLike, token: str, vector: torch.Tensor, metadata: dict | None = None) -> None:
+def save_learned_embeds(
+    path: str | os.PathLike, token: str, vector: torch.Tensor, metadata: dict | None = None
+) -> None:
     """Write the diffusers textual-inversion format: ``{token: tensor (1, dim)}`` (loads with ``load_textual_inversion``)."""
     save_safetensors({token: vector.detach().float().reshape(1, -1)}, path, metadata)
 
@@ -132,7 +141,9 @@ def check_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tenso
     """
     weight = text_encoder.get_input_embeddings().weight
     if vector.numel() != weight.shape[1]:
-        raise TokenError(f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}")
+        raise TokenError(
+            f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}"
+        )
     if token not in tokenizer.get_added_vocab() and is_existing_word(tokenizer, token):
         raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
                          "would overwrite that word's embedding")

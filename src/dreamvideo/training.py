@@ -27,7 +27,9 @@ class TrainingDiverged(DreamVideoError):
 
 
 # ``callback(stage, step, total, loss)`` of the running thread, set by :func:`report_progress`.
-_PROGRESS: ContextVar[Callable[[str, int, int, float | None], None] | None] = ContextVar("progress", default=None)
+_PROGRESS: ContextVar[Callable[[str, int, int, float | None], None] | None] = ContextVar(
+    "progress", default=None
+)
 
 
 @contextmanager
@@ -119,7 +121,9 @@ def diffusion_loss(
     return err.mean()
 
 
-def prediction_target(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def prediction_target(
+    scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """The UNet's regression target under the scheduler's ``prediction_type``."""
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
@@ -256,7 +260,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_mode = train_mode if config.base_train_mode else ()
         self.rank = distributed.process_index()
-        self.generator = torch.Generator().manual_seed(config.seed + self.rank)  # each process its own batches
+        self.generator = torch.Generator().manual_seed(
+            config.seed + self.rank
+        )  # each process its own batches
         distributed.broadcast_parameters(params)
         self.losses: list[float] = []
         self.step = 0
@@ -272,16 +278,23 @@ class Trainer:
         """Load the latest checkpoint if any; return whether one was found."""
         folder = latest_checkpoint(self.checkpoint_dir)
         if not distributed.same_everywhere(str(folder)):
-            raise DreamVideoError(f"{self.name}: the processes see different checkpoints in {self.checkpoint_dir}; "
-                                  "put --out on a filesystem shared by every machine")
+            raise DreamVideoError(
+                f"{self.name}: the processes see different checkpoints in {self.checkpoint_dir}; "
+                "put --out on a filesystem shared by every machine"
+            )
         if folder is None:
             return False
         info = read_json(folder / "trainer.json")
         saved_run = info.get("run_id")
         if self.run_id and saved_run and saved_run != self.run_id:
-            raise DreamVideoError(f"{folder}: checkpoint of run {saved_run}, not of this run ({self.run_id}); "
-                                  "pass --overwrite to start again")
-        if info.get("config", {}).get("lr") != self.config.lr or info.get("config", {}).get("seed") != self.config.seed:
+            raise DreamVideoError(
+                f"{folder}: checkpoint of run {saved_run}, not of this run ({self.run_id}); "
+                "pass --overwrite to start again"
+            )
+        if (
+            info.get("config", {}).get("lr") != self.config.lr
+            or info.get("config", {}).get("seed") != self.config.seed
+        ):
             print(f"note: resuming {self.name} from {folder} with changed settings")
         self.load_weights(folder)
         tensors, meta = load_safetensors(folder / "optimizer.safetensors")
@@ -298,7 +311,9 @@ class Trainer:
         else:  # saved by fewer processes: a fresh stream for this one
             self.generator.manual_seed(self.config.seed + self.rank + 7919 * info["step"])
         self.step, self.losses, self.seconds = info["step"], info["losses"], info.get("seconds", 0.0)
-        self.lr_schedule = get_constant_schedule_with_warmup(self.optimizer, self.config.warmup_steps, self.step - 1)
+        self.lr_schedule = get_constant_schedule_with_warmup(
+            self.optimizer, self.config.warmup_steps, self.step - 1
+        )
         return True
 
     def checkpoint(self) -> Path:
@@ -317,8 +332,14 @@ class Trainer:
         tensors.update({f"generator_state.rank{r}": state for r, state in enumerate(rng_states) if r})
         save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
         write_json(
-            {"step": self.step, "losses": self.losses, "seconds": self.seconds, "config": self.config.to_dict(),
-             "run_id": self.run_id, "finite": True},
+            {
+                "step": self.step,
+                "losses": self.losses,
+                "seconds": self.seconds,
+                "config": self.config.to_dict(),
+                "run_id": self.run_id,
+                "finite": True,
+            },
             staging / "trainer.json",
         )
         if folder.exists():
@@ -331,8 +352,13 @@ class Trainer:
 
     def train(self, progress: bool = True) -> list[float]:
         """Run the remaining steps; raise :class:`TrainingDiverged` (keeping earlier checkpoints) on a NaN loss."""
-        bar = tqdm(total=self.config.steps, initial=self.step, desc=self.name, disable=not progress or self.rank > 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            desc=self.name,
+            disable=not progress or self.rank > 0,
+            dynamic_ncols=True,
+        )
         modes = [m.training for m in self.train_mode]
         report = _PROGRESS.get()  # the web app's progress callback, if one is set (see ``report_progress``)
         if report is not None:
@@ -348,7 +374,12 @@ class Trainer:
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                     self._check_after_update()
                     self.checkpoint()
-                if self.on_preview and self.preview_every and self.step % self.preview_every == 0 and self.rank == 0:
+                if (
+                    self.on_preview
+                    and self.preview_every
+                    and self.step % self.preview_every == 0
+                    and self.rank == 0
+                ):
                     self._preview()
                 if report is not None:
                     report(self.name, self.step, self.config.steps, recent)
@@ -361,7 +392,9 @@ class Trainer:
     def _one_step(self) -> None:
         start = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the base's dropout: one seed per step, so resume is exact
+        with torch.random.fork_rng(
+            devices=devices
+        ):  # the base's dropout: one seed per step, so resume is exact
             torch.manual_seed(self.config.seed * 1_000_003 + 7919 * self.rank + self.step)
             self._forward_backward()
         self.scaler.step(self.optimizer)  # an fp16 step with inf gradients is skipped and the scale lowered

@@ -88,7 +88,7 @@ def test_cache_reuses_features_within_a_step_and_tiles_them_for_both_branches():
 
 def test_composes_with_a_subject_and_a_motion_whose_guidance_takes_the_reference(tiny_base, tiny_data, tmp_path):
     from dreamvideo import adapters as ad
-    from dreamvideo.stages import MotionSettings, SubjectSettings, learn_motion, learn_subject
+    from dreamvideo.methods import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.training import StageConfig
 
     pipe = _pipe(tiny_base)

@@ -1,8 +1,8 @@
 """What the app's buttons do, as plain functions over the library (no Gradio here, no training logic of its own).
 
 Learning validates the uploads with the library's loaders before queueing (a corrupt photo is refused at once,
-nothing is left in the workspace), then trains in the background job with :func:`dreamvideo.stages.learn_subject`
-/ :func:`~dreamvideo.stages.learn_motion` using the same settings builders as the CLI. Generating loads the subject
+nothing is left in the workspace), then trains in the background job with :func:`dreamvideo.methods.learn_subject`
+/ :func:`~dreamvideo.methods.learn_motion` using the same settings builders as the CLI. Generating loads the subject
 and motion as ``dreamvideo generate`` does and writes the same files.
 """
 
@@ -115,7 +115,7 @@ def _stage(steps: int, lr: float, batch_size: int, every: int, seed: int) -> Sta
 
 
 def _preview(every: int, steps: int, num_frames: int, seed: int):
-    from dreamvideo.stages import PreviewSettings
+    from dreamvideo.methods import PreviewSettings
 
     return PreviewSettings(every=max(0, int(every)), steps=int(steps), num_frames=int(num_frames), seed=int(seed))
 
@@ -143,7 +143,7 @@ def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
     job.output = str(ws.work_dir(job.id) / name)
 
     def task(job: Job) -> Path:
-        from dreamvideo.stages import learn_subject
+        from dreamvideo.methods import learn_subject
 
         pipe = ctx.load_pipe()
         settings = commands.subject_settings(
@@ -160,7 +160,7 @@ def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
 
 def submit_motion(ctx: AppContext, req: MotionRequest) -> Job:
     """Validate a motion request and its videos, then queue its training; raise with the library's message."""
-    from dreamvideo.stages import MotionSettings, load_motion_data
+    from dreamvideo.methods.motion import MotionSettings, load_motion_data
 
     ws = ctx.workspace
     name = ws.check_name("motion", req.name)
@@ -179,7 +179,7 @@ def submit_motion(ctx: AppContext, req: MotionRequest) -> Job:
     job.output = str(ws.work_dir(job.id) / name)
 
     def task(job: Job) -> Path:
-        from dreamvideo.stages import learn_motion
+        from dreamvideo.methods import learn_motion
 
         pipe = ctx.load_pipe()
         settings = commands.motion_settings(

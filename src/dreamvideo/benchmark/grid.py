@@ -85,13 +85,13 @@ def builtin_ablations() -> dict[str, Entry]:
 
 
 def builtin_methods() -> dict[str, Entry]:
-    """``base`` (no customization) and every method of :data:`dreamvideo.baselines.METHODS`."""
-    from dreamvideo.baselines import METHODS
+    """``base`` (no customization) and every registered method (:func:`dreamvideo.methods.names`)."""
+    from dreamvideo import methods
 
     entries = {"base": Entry("base", "base model", "base", None, None, CASES)}
-    for name, m in METHODS.items():
-        s = Part(name) if m.subject_ref else None
-        mo = Part(name) if m.motion_ref else None
+    for name in methods.names():
+        s = Part(name) if name in methods.names("subject") else None
+        mo = Part(name) if name in methods.names("motion") else None
         entries[name] = Entry(name, name, "method", s, mo, _cases(s, mo))
     # section 9: one encoder trained once per base, any reference image at generation; joint with DreamVideo's motion
     entries[ENCODER_ENTRY] = Entry(ENCODER_ENTRY, "appearance encoder, zero-shot", "method", Part(ENCODER_ENTRY),

@@ -52,7 +52,7 @@ def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], en
 
     Args:
         rows: one per video (``entry``, ``case``, ``seed``, ``group`` and metric fields).
-        records: :func:`dreamvideo.baselines.training_record` by ``"entry|kind|item|seed"``.
+        records: :func:`dreamvideo.methods.training_record` by ``"entry|kind|item|seed"``.
         entries: the benchmark's entries, in table order.
     """
     table = []

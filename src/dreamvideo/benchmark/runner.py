@@ -51,8 +51,9 @@ class Benchmark:
         progress: show progress bars.
     """
 
-    def __init__(self, config: BenchmarkConfig, out: str | Path, device: str | None = None,
-                 progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, config: BenchmarkConfig, out: str | Path, device: str | None = None, progress: bool = True
+    ) -> None:
         self.config, self.out, self.progress = config, Path(out), progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
@@ -99,21 +100,28 @@ class Benchmark:
     def _stage(self, steps: int, lr: float, batch: int, seed: int):
         from dreamvideo.training import StageConfig
 
-        return StageConfig(steps=steps, lr=lr, batch_size=batch, seed=seed, checkpoint_every=max(1, steps // 2))
+        return StageConfig(
+            steps=steps, lr=lr, batch_size=batch, seed=seed, checkpoint_every=max(1, steps // 2)
+        )
 
     def _subject_spec(self, part: Part, class_word: str, seed: int) -> tuple[Any, Any, dict]:
         from dreamvideo import adapters as ad
-        from dreamvideo.stages import SubjectSettings
+        from dreamvideo.methods import SubjectSettings
 
         t, ms = self.config.training, self.config.method_settings.get(part.method, {})
         settings = SubjectSettings(
-            token="<sks>", init_word=class_word, caption=t["subject_caption"], use_masks=t["use_masks"],
+            token="<sks>",
+            init_word=class_word,
+            caption=t["subject_caption"],
+            use_masks=t["use_masks"],
             textual_inversion=self._stage(t["ti_steps"], t["ti_lr"], t["subject_batch_size"], seed),
             identity=self._stage(t["identity_steps"], t["identity_lr"], t["subject_batch_size"], seed),
-            identity_adapter=ad.identity_adapter_config(sites=tuple(part.flag("identity_sites", ["attn2"])),
-                                                        placement=part.flag("placement", "parallel")),
+            identity_adapter=ad.identity_adapter_config(
+                sites=tuple(part.flag("identity_sites", ["attn2"])),
+                placement=part.flag("placement", "parallel"),
+            ),
             train_token=part.flag("train_token", True),
-        )  # fmt: skip
+        )
         steps = ms.get("subject_steps", t["ti_steps"] + t["identity_steps"])
         stage = self._stage(steps, ms.get("subject_lr", t["identity_lr"]), t["subject_batch_size"], seed)
         options = {"rank": ms["rank"]} if part.method == "lora" and "rank" in ms else {}
@@ -121,18 +129,26 @@ class Benchmark:
 
     def _motion_spec(self, part: Part, seed: int, condition_dim: int | None) -> tuple[Any, dict]:
         from dreamvideo import adapters as ad
-        from dreamvideo.stages import MotionSettings
+        from dreamvideo.methods import MotionSettings
 
         t, ms = self.config.training, self.config.method_settings.get(part.method, {})
         guidance = part.flag("appearance_guidance", True) and part.method == "dreamvideo"
-        stage = self._stage(ms.get("motion_steps", t["motion_steps"]), ms.get("motion_lr", t["motion_lr"]),
-                            t["motion_batch_size"], seed)  # fmt: skip
+        stage = self._stage(
+            ms.get("motion_steps", t["motion_steps"]),
+            ms.get("motion_lr", t["motion_lr"]),
+            t["motion_batch_size"],
+            seed,
+        )
         settings = MotionSettings(
-            num_frames=t["num_frames"], stage=stage, appearance_guidance=guidance,
-            motion_adapter=ad.motion_adapter_config(condition_dim if guidance else None,
-                                                    sites=tuple(part.flag("motion_sites", ["attn1", "attn2", "ff"])),
-                                                    placement=part.flag("placement", "parallel")),
-        )  # fmt: skip
+            num_frames=t["num_frames"],
+            stage=stage,
+            appearance_guidance=guidance,
+            motion_adapter=ad.motion_adapter_config(
+                condition_dim if guidance else None,
+                sites=tuple(part.flag("motion_sites", ["attn1", "attn2", "ff"])),
+                placement=part.flag("placement", "parallel"),
+            ),
+        )
         options = {"rank": ms["rank"]} if part.method == "lora" and "rank" in ms else {}
         return settings, options
 
@@ -141,10 +157,19 @@ class Benchmark:
         from dreamvideo.reference.encoder import ENCODER_INFO
 
         t = self.config.training
-        spec = {k: t[k] for k in ("encoder_steps", "encoder_lr", "encoder_batch_size", "encoder_pairs", "num_frames")}
+        spec = {
+            k: t[k]
+            for k in ("encoder_steps", "encoder_lr", "encoder_batch_size", "encoder_pairs", "num_frames")
+        }
         key = _hash({"kind": "encoder", "spec": spec, "base": self.config.base})
-        return {"kind": "encoder", "seed": seed, "spec": spec, "marker": ENCODER_INFO,
-                "folder": self.out / "train" / "encoder" / f"{key}-seed{seed}", "ti_key": None}  # fmt: skip
+        return {
+            "kind": "encoder",
+            "seed": seed,
+            "spec": spec,
+            "marker": ENCODER_INFO,
+            "folder": self.out / "train" / "encoder" / f"{key}-seed{seed}",
+            "ti_key": None,
+        }
 
     def _train_encoder(self, job: dict[str, Any]) -> None:
         from dreamvideo.reference.training import EncoderSettings, learn_appearance_encoder
@@ -153,17 +178,20 @@ class Benchmark:
             self.stats["training_skipped"] += 1
             return
         s = job["spec"]
-        settings = EncoderSettings(num_frames=s["num_frames"], stage=self._stage(
-            s["encoder_steps"], s["encoder_lr"], s["encoder_batch_size"], job["seed"]))  # fmt: skip
+        settings = EncoderSettings(
+            num_frames=s["num_frames"],
+            stage=self._stage(s["encoder_steps"], s["encoder_lr"], s["encoder_batch_size"], job["seed"]),
+        )
         pairs = self.config.root / s["encoder_pairs"] if s["encoder_pairs"] else None
         print(f"[benchmark] training the appearance encoder (seed {job['seed']}) -> {job['folder']}")
-        learn_appearance_encoder(self._pipe(), job["folder"], settings, pairs=pairs, resume=True,
-                                 progress=self.progress)  # fmt: skip
+        learn_appearance_encoder(
+            self._pipe(), job["folder"], settings, pairs=pairs, resume=True, progress=self.progress
+        )
         self.stats["trained"] += 1
 
     def _job(self, kind: str, part: Part, item: dict[str, Any], seed: int) -> dict[str, Any]:
         """Where one subject/motion of the grid is trained, and with what (nothing is run here)."""
-        from dreamvideo.pipeline import MOTION_FILE, SUBJECT_FILE
+        from dreamvideo.artifacts import MOTION_FILE, SUBJECT_FILE
 
         if kind == "subject" and part.method == ENCODER_ENTRY:
             return self._encoder_job(seed) | {"item": item, "part": part}
@@ -177,21 +205,48 @@ class Benchmark:
             settings, options = self._motion_spec(part, seed, None)
             spec = {"settings": settings}
         # The motion spec is hashed without the base's condition dim (known only once the base is loaded).
-        key = _hash({"kind": kind, "method": part.method, "flags": part.flags, "data": self._rel(data),
-                     "spec": spec, "options": options})  # fmt: skip
+        key = _hash(
+            {
+                "kind": kind,
+                "method": part.method,
+                "flags": part.flags,
+                "data": self._rel(data),
+                "spec": spec,
+                "options": options,
+            }
+        )
         ti_key = None
         if kind == "subject" and part.method in ("dreamvideo", "textual-inversion") and settings.train_token:
-            ti = settings.textual_inversion  # DreamVideo variants share their (identical) textual inversion run
-            ti_key = _hash({"data": self._rel(data), "ti": ti, "token": settings.token, "word": settings.init_word,
-                            "caption": settings.caption, "masks": settings.use_masks})  # fmt: skip
-        return {"kind": kind, "part": part, "item": item, "seed": seed, "data": data, "settings": settings,
-                "stage": stage, "options": options, "ti_key": ti_key,
-                "marker": SUBJECT_FILE if kind == "subject" else MOTION_FILE,
-                "folder": self.out / "train" / kind / item["name"] / f"{part.method}-{key}-seed{seed}"}  # fmt: skip
+            ti = (
+                settings.textual_inversion
+            )  # DreamVideo variants share their (identical) textual inversion run
+            ti_key = _hash(
+                {
+                    "data": self._rel(data),
+                    "ti": ti,
+                    "token": settings.token,
+                    "word": settings.init_word,
+                    "caption": settings.caption,
+                    "masks": settings.use_masks,
+                }
+            )
+        return {
+            "kind": kind,
+            "part": part,
+            "item": item,
+            "seed": seed,
+            "data": data,
+            "settings": settings,
+            "stage": stage,
+            "options": options,
+            "ti_key": ti_key,
+            "marker": SUBJECT_FILE if kind == "subject" else MOTION_FILE,
+            "folder": self.out / "train" / kind / item["name"] / f"{part.method}-{key}-seed{seed}",
+        }
 
     def _train(self, job: dict[str, Any]) -> None:
         """Train one job unless its folder already holds the finished result."""
-        from dreamvideo import baselines
+        from dreamvideo import methods
 
         if job["kind"] == "encoder":
             return self._train_encoder(job)
@@ -203,14 +258,33 @@ class Benchmark:
                 _reuse_textual_inversion(self._ti_runs[job["ti_key"]], folder)
             pipe = self._pipe()
             flags = f" {dict(part.flags)}" if part.flags else ""
-            print(f"[benchmark] training {kind} {item['name']} with {part.method}{flags} (seed {seed}) -> {folder}")
+            print(
+                f"[benchmark] training {kind} {item['name']} with {part.method}{flags} (seed {seed}) -> {folder}"
+            )
             if kind == "subject":
-                baselines.learn_subject(part.method, pipe, job["data"], folder, job["settings"], job["stage"],
-                                        resume=True, progress=self.progress, **job["options"])  # fmt: skip
+                methods.learn_subject(
+                    pipe,
+                    job["data"],
+                    folder,
+                    job["settings"],
+                    method=part.method,
+                    stage=job["stage"],
+                    resume=True,
+                    progress=self.progress,
+                    **job["options"],
+                )
             else:
                 settings, options = self._motion_spec(part, seed, pipe.condition_dim)
-                baselines.learn_motion(part.method, pipe, job["data"], folder, settings, resume=True,
-                                       progress=self.progress, **options)  # fmt: skip
+                methods.learn_motion(
+                    pipe,
+                    job["data"],
+                    folder,
+                    settings,
+                    method=part.method,
+                    resume=True,
+                    progress=self.progress,
+                    **options,
+                )
             self.stats["trained"] += 1
         if job["ti_key"] is not None:
             self._ti_runs.setdefault(job["ti_key"], folder)
@@ -241,8 +315,10 @@ class Benchmark:
         jobs: dict[tuple, dict[str, Any]] = {}
         for entry in self.config.entries():
             for seed in self.config.seeds:
-                for kind, part, items in (("subject", entry.subject, self.config.subjects),
-                                          ("motion", entry.motion, self.config.motions)):  # fmt: skip
+                for kind, part, items in (
+                    ("subject", entry.subject, self.config.subjects),
+                    ("motion", entry.motion, self.config.motions),
+                ):
                     if part is None:
                         continue
                     for item in items:
@@ -279,14 +355,33 @@ class Benchmark:
                         m = learned["dreamvideo", "motion", m_item["name"], seed]
                         for i in cfg.tradeoff["identity_steps"]:
                             for j in cfg.tradeoff["motion_steps"]:
-                                cell = self._cell(dv, "joint", seed, s_item, m_item, s, m, cfg.prompts["joint"][0],
-                                                  steps=(i, j))  # fmt: skip
+                                cell = self._cell(
+                                    dv,
+                                    "joint",
+                                    seed,
+                                    s_item,
+                                    m_item,
+                                    s,
+                                    m,
+                                    cfg.prompts["joint"][0],
+                                    steps=(i, j),
+                                )
                                 cell["row"]["group"] = "tradeoff"
                                 cells.append(cell)
         return cells
 
-    def _cell(self, entry: Entry, case: str, seed: int, s_item, m_item, s: Learned | None, m: Learned | None,
-              template: str, steps: tuple[int, int] | None = None) -> dict[str, Any]:  # fmt: skip
+    def _cell(
+        self,
+        entry: Entry,
+        case: str,
+        seed: int,
+        s_item,
+        m_item,
+        s: Learned | None,
+        m: Learned | None,
+        template: str,
+        steps: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
         class_word = self._subject_data(s_item)[1] if s_item else None
         prompt = template.format(subject=s.words if s else class_word)
         t = self.config.training
@@ -294,25 +389,57 @@ class Benchmark:
         s_step = None if steps is None or steps[0] >= t["identity_steps"] else steps[0]
         m_step = None if steps is None or steps[1] >= t["motion_steps"] else steps[1]
         appearance = None
-        if case == "joint" and m is not None and s_item is not None and read_json(
-            m.folder / "motion.json"
-        ).get("appearance_guidance"):
+        if (
+            case == "joint"
+            and m is not None
+            and s_item is not None
+            and read_json(m.folder / "motion.json").get("appearance_guidance")
+        ):
             appearance = self._subject_refs(s_item)["paths"][0]  # section 6: e from a subject image
         encoder = s is not None and entry.subject is not None and entry.subject.method == ENCODER_ENTRY
-        load = {"subject": self._rel(s.folder) if s and not encoder else None, "subject_step": s_step,
-                "motion": self._rel(m.folder) if m else None, "motion_step": m_step}  # fmt: skip
+        load = {
+            "subject": self._rel(s.folder) if s and not encoder else None,
+            "subject_step": s_step,
+            "motion": self._rel(m.folder) if m else None,
+            "motion_step": m_step,
+        }
         if encoder:  # the appearance encoder with the subject's first image as its reference
             load["encoder"] = self._rel(s.folder)
             appearance = self._subject_refs(s_item)["paths"][0]
-        key = _hash({**load, "prompt": prompt, "seed": seed, "sampling": self.config.sampling, "base":
-                     self.config.base, "appearance": self._rel(appearance) if appearance else None})  # fmt: skip
-        row = {"entry": entry.name, "title": entry.title, "group": entry.group, "case": case, "seed": seed,
-               "subject": s_item["name"] if s_item else None, "motion": m_item["name"] if m_item else None,
-               "template": template, "prompt": prompt, "cell": f"videos/{key}"}  # fmt: skip
+        key = _hash(
+            {
+                **load,
+                "prompt": prompt,
+                "seed": seed,
+                "sampling": self.config.sampling,
+                "base": self.config.base,
+                "appearance": self._rel(appearance) if appearance else None,
+            }
+        )
+        row = {
+            "entry": entry.name,
+            "title": entry.title,
+            "group": entry.group,
+            "case": case,
+            "seed": seed,
+            "subject": s_item["name"] if s_item else None,
+            "motion": m_item["name"] if m_item else None,
+            "template": template,
+            "prompt": prompt,
+            "cell": f"videos/{key}",
+        }
         if steps is not None:
             row["identity_step"], row["motion_step"] = steps
-        return {"key": key, "load": load, "appearance": appearance, "row": row, "class_word": class_word,
-                "token": s.token if s else None, "s_item": s_item, "m_item": m_item}  # fmt: skip
+        return {
+            "key": key,
+            "load": load,
+            "appearance": appearance,
+            "row": row,
+            "class_word": class_word,
+            "token": s.token if s else None,
+            "s_item": s_item,
+            "m_item": m_item,
+        }
 
     # ------------------------------------------------------------------ references and metrics
     def _subject_refs(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -360,12 +487,15 @@ class Benchmark:
             if isinstance(clip, dict):
                 root = self.config.root
                 self._clip = ClipScorer.from_pretrained(
-                    root / clip["model"], tokenizer=root / clip["tokenizer"] if clip.get("tokenizer") else None,
+                    root / clip["model"],
+                    tokenizer=root / clip["tokenizer"] if clip.get("tokenizer") else None,
                     image_processor=root / clip["image_processor"] if clip.get("image_processor") else None,
-                    device=self.device)  # fmt: skip
+                    device=self.device,
+                )
             else:
-                self._clip = ClipScorer.from_pretrained(clip if clip == "toy" else self.config.root / clip,
-                                                        device=self.device)  # fmt: skip
+                self._clip = ClipScorer.from_pretrained(
+                    clip if clip == "toy" else self.config.root / clip, device=self.device
+                )
         return self._clip
 
     def _score(self, cell: dict[str, Any], frames: np.ndarray) -> dict[str, float]:
@@ -376,7 +506,10 @@ class Benchmark:
         clip, row = self._clip_scorer(), cell["row"]
         embeds = clip.image_embeds(frames)
         prompt = replace_placeholder(row["prompt"], cell["token"], cell["class_word"])
-        scores = {"clip_t": text_score(embeds, clip.text_embeds(prompt)[0]), "t_cons": consecutive_score(embeds)}
+        scores = {
+            "clip_t": text_score(embeds, clip.text_embeds(prompt)[0]),
+            "t_cons": consecutive_score(embeds),
+        }
         subject = cell["s_item"] and row["case"] in ("subject", "joint")
         motion = cell["m_item"] and row["case"] in ("motion", "joint")
         if subject:
@@ -388,9 +521,13 @@ class Benchmark:
             masks = oracle.segment_foreground(frames)
             if subject:
                 refs = self._subject_refs(cell["s_item"])
-                scores["subject_fidelity"] = oracle.subject_fidelity(frames, refs["images"], refs["masks"], masks)
+                scores["subject_fidelity"] = oracle.subject_fidelity(
+                    frames, refs["images"], refs["masks"], masks
+                )
             if motion:
-                scores["motion_fidelity"] = oracle.motion_fidelity(frames, self._motion_refs(cell["m_item"]), masks)
+                scores["motion_fidelity"] = oracle.motion_fidelity(
+                    frames, self._motion_refs(cell["m_item"]), masks
+                )
             found = [b for b in BACKGROUNDS if b in row["prompt"]]
             if len(found) == 1:
                 scores["background_ok"] = float(oracle.background_class(frames) == found[0])
@@ -414,7 +551,9 @@ class Benchmark:
             rows.append(cell["row"] | metrics)
         return rows
 
-    def _generate_group(self, load: dict[str, Any], members: list[dict[str, Any]], done: dict[str, Any]) -> None:
+    def _generate_group(
+        self, load: dict[str, Any], members: list[dict[str, Any]], done: dict[str, Any]
+    ) -> None:
         """Generate and score the cells that share one loaded subject/motion (finished cells are skipped)."""
         from dreamvideo.video_io import write_video
 
@@ -429,11 +568,17 @@ class Benchmark:
         if todo:
             pipe = self._pipe()
             if load["subject"]:
-                pipe.load_subject(self.out / load["subject"] if not Path(load["subject"]).is_absolute()
-                                  else load["subject"], step=load["subject_step"])  # fmt: skip
+                pipe.load_subject(
+                    self.out / load["subject"]
+                    if not Path(load["subject"]).is_absolute()
+                    else load["subject"],
+                    step=load["subject_step"],
+                )
             if load["motion"]:
-                pipe.load_motion(self.out / load["motion"] if not Path(load["motion"]).is_absolute()
-                                 else load["motion"], step=load["motion_step"])  # fmt: skip
+                pipe.load_motion(
+                    self.out / load["motion"] if not Path(load["motion"]).is_absolute() else load["motion"],
+                    step=load["motion_step"],
+                )
             if load.get("encoder"):
                 pipe.load_appearance_encoder(self.out / load["encoder"])
             for cell in todo:
@@ -443,19 +588,35 @@ class Benchmark:
                     appearance = self._subject_refs(cell["s_item"])["images"][0]
                 sampling = self.config.sampling
                 extra = {"reference_image": appearance} if load.get("encoder") else {}
-                frames = pipe(row["prompt"], num_frames=sampling["num_frames"],
-                              num_inference_steps=sampling["steps"], guidance_scale=sampling["guidance_scale"],
-                              appearance_image=appearance, generator=torch.Generator().manual_seed(row["seed"]),
-                              progress=False, **extra).frames[0]  # fmt: skip
+                frames = pipe(
+                    row["prompt"],
+                    num_frames=sampling["num_frames"],
+                    num_inference_steps=sampling["steps"],
+                    guidance_scale=sampling["guidance_scale"],
+                    appearance_image=appearance,
+                    generator=torch.Generator().manual_seed(row["seed"]),
+                    progress=False,
+                    **extra,
+                ).frames[0]
                 scores = self._score(cell, frames)
                 folder.mkdir(parents=True, exist_ok=True)
                 _save_strip(frames, folder / "frames.png")
                 write_video(frames, folder / "video.gif")
-                write_json({"load": cell["load"], "prompt": row["prompt"], "seed": row["seed"],
-                            "sampling": self.config.sampling, "metrics": scores}, folder / CELL_FILE)  # fmt: skip
+                write_json(
+                    {
+                        "load": cell["load"],
+                        "prompt": row["prompt"],
+                        "seed": row["seed"],
+                        "sampling": self.config.sampling,
+                        "metrics": scores,
+                    },
+                    folder / CELL_FILE,
+                )
                 self.stats["generated"] += 1
-                print(f"[benchmark] {row['title']} / {row['case']} / seed {row['seed']}: {row['prompt']!r} "
-                      + " ".join(f"{k}={v:.3f}" for k, v in scores.items()))  # fmt: skip
+                print(
+                    f"[benchmark] {row['title']} / {row['case']} / seed {row['seed']}: {row['prompt']!r} "
+                    + " ".join(f"{k}={v:.3f}" for k, v in scores.items())
+                )
             del pipe
 
     # ------------------------------------------------------------------ run
@@ -476,12 +637,17 @@ class Benchmark:
         with distributed.local_only():
             analysis = self._analysis()
         records = {}
-        from dreamvideo.baselines import training_record
+        from dreamvideo.methods import training_record
 
         for (entry, kind, item, seed), item_learned in learned.items():
             records[f"{entry}|{kind}|{item}|{seed}"] = _record(item_learned.folder, training_record)
-        results = {"config": _config_dict(self.config), "stats": self.stats, "rows": rows, "training": records,
-                   "analysis": analysis}  # fmt: skip
+        results = {
+            "config": _config_dict(self.config),
+            "stats": self.stats,
+            "rows": rows,
+            "training": records,
+            "analysis": analysis,
+        }
         results["summary"] = summarize(rows, records, self.config.entries())
         results["seconds"] = round(time.perf_counter() - started, 1)
         write_json(results, self.out / "results.json")
@@ -496,19 +662,30 @@ class Benchmark:
         if not spec:
             return None
         folder = self.out / "analysis"
-        settings = {"steps": spec["steps"], "lr": spec.get("lr", 1e-4), "subject": self.config.subjects[0]["name"],
-                    "motion": self.config.motions[0]["name"]}  # fmt: skip
+        settings = {
+            "steps": spec["steps"],
+            "lr": spec.get("lr", 1e-4),
+            "subject": self.config.subjects[0]["name"],
+            "motion": self.config.motions[0]["name"],
+        }
         key = _hash(settings | {"base": self.config.base})
         done = folder / "weight_change.json"
         if done.is_file() and read_json(done).get("key") == key:
             return read_json(done)
-        from dreamvideo.baselines.analysis import analyze_weight_change, plot_weight_change
+        from dreamvideo.methods.analysis import analyze_weight_change, plot_weight_change
 
         images, class_word = self._subject_data(self.config.subjects[0])
-        result = analyze_weight_change(self._pipe(), images, self._motion_data(self.config.motions[0]),
-                                       spec["steps"], class_word=class_word, lr=settings["lr"],
-                                       batch_size=self.config.training["subject_batch_size"],
-                                       num_frames=self.config.training["num_frames"], progress=self.progress)
+        result = analyze_weight_change(
+            self._pipe(),
+            images,
+            self._motion_data(self.config.motions[0]),
+            spec["steps"],
+            class_word=class_word,
+            lr=settings["lr"],
+            batch_size=self.config.training["subject_batch_size"],
+            num_frames=self.config.training["num_frames"],
+            progress=self.progress,
+        )
         result["key"] = key
         write_json(result, done)
         plot_weight_change(result, self.out / "plots" / "weight_change.png")
@@ -520,15 +697,25 @@ class Benchmark:
 
         cfg = self.config
         for case in CASES:
-            chosen = [c for c in cells if c["row"]["case"] == case and c["row"]["group"] != "tradeoff"
-                      and c["row"]["seed"] == cfg.seeds[0] and c["row"]["template"] == cfg.prompts[case][0]
-                      and c["row"]["subject"] in (None, cfg.subjects[0]["name"])
-                      and c["row"]["motion"] in (None, cfg.motions[0]["name"])]  # fmt: skip
+            chosen = [
+                c
+                for c in cells
+                if c["row"]["case"] == case
+                and c["row"]["group"] != "tradeoff"
+                and c["row"]["seed"] == cfg.seeds[0]
+                and c["row"]["template"] == cfg.prompts[case][0]
+                and c["row"]["subject"] in (None, cfg.subjects[0]["name"])
+                and c["row"]["motion"] in (None, cfg.motions[0]["name"])
+            ]
             if not chosen:
                 continue
-            rows = [(f"{c['row']['title']}: {c['row']['prompt']}", _load_strip(self.out / c["row"]["cell"] /
-                                                                              "frames.png", cfg.sampling["num_frames"]))
-                    for c in chosen]  # fmt: skip
+            rows = [
+                (
+                    f"{c['row']['title']}: {c['row']['prompt']}",
+                    _load_strip(self.out / c["row"]["cell"] / "frames.png", cfg.sampling["num_frames"]),
+                )
+                for c in chosen
+            ]
             contact_sheet(rows, self.out / f"contact_{case}.png", scale=2, label_width=40)
 
 
@@ -539,8 +726,14 @@ def _record(folder: Path, training_record) -> dict[str, Any]:
     if not (folder / ENCODER_INFO).is_file():
         return training_record(folder)
     info = read_json(folder / ENCODER_INFO)
-    return {"method": ENCODER_ENTRY, "kind": "subject", "trainable_parameters": int(info["trainable_parameters"]),
-            "training_seconds": float(info["training"]["seconds"]), "one_off": True, "per_subject_seconds": 0.0}
+    return {
+        "method": ENCODER_ENTRY,
+        "kind": "subject",
+        "trainable_parameters": int(info["trainable_parameters"]),
+        "training_seconds": float(info["training"]["seconds"]),
+        "one_off": True,
+        "per_subject_seconds": 0.0,
+    }
 
 
 def _reuse_textual_inversion(source: Path, folder: Path) -> None:
@@ -589,5 +782,3 @@ def _load_strip(path: Path, num_frames: int) -> np.ndarray:
 def _config_dict(config: BenchmarkConfig) -> dict[str, Any]:
     data = {k: getattr(config, k) for k in config.__dataclass_fields__ if k != "root"}
     return json.loads(json.dumps(data, default=str))
-
-

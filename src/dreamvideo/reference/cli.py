@@ -10,7 +10,7 @@ from dreamvideo.fileio import DreamVideoError
 
 
 def cmd_learn_appearance_encoder(args: argparse.Namespace) -> int:
-    from dreamvideo.commands import _check_output_early, _load_pipe
+    from dreamvideo.cli_support import check_output_early, load_pipe
     from dreamvideo.reference.config import ReferenceConfig
     from dreamvideo.reference.encoder import ENCODER_INFO
     from dreamvideo.reference.training import EncoderSettings, learn_appearance_encoder
@@ -32,8 +32,8 @@ def cmd_learn_appearance_encoder(args: argparse.Namespace) -> int:
                                    caption_dropout=args.caption_dropout, reference=reference, toy_pairs=args.toy_pairs)
     except ValueError as err:
         raise DreamVideoError(str(err)) from err
-    _check_output_early(args.out, ENCODER_INFO, args.overwrite, args.resume)
-    pipe = _load_pipe(args)
+    check_output_early(args.out, ENCODER_INFO, args.overwrite, args.resume)
+    pipe = load_pipe(args)
     out = learn_appearance_encoder(pipe, args.out, settings, pairs=args.pairs, overwrite=args.overwrite,
                                    resume=args.resume, progress=not args.quiet)  # fmt: skip
     print(f"appearance encoder written to {out} (generate --appearance-encoder {out} --reference-image IMAGE)")

@@ -149,14 +149,8 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         pairs: a pairs folder (see :func:`load_pairs`); ``None`` on the toy base renders toy-world pairs.
         overwrite, resume: what to do with an existing ``out`` (as every stage).
     """
-    from dreamvideo.stages import (
-        LatentCache,
-        native_resolution,
-        prepare_output,
-        publish,
-        release,
-        staging_dir,
-    )
+    from dreamvideo.artifacts import prepare_output, publish, release, staging_dir
+    from dreamvideo.methods.latents import LatentCache, native_resolution
 
     out = Path(out)
     size = settings.resolution or native_resolution(pipe)

@@ -85,8 +85,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None = None, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into ``out`` and return its summary (also written to ``out/metrics.json``)."""
+    from dreamvideo.methods import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.pipeline import DreamVideoPipeline
-    from dreamvideo.stages import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.training import StageConfig
     from dreamvideo.video_io import contact_sheet, write_video
 

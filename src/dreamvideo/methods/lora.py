@@ -11,7 +11,6 @@ Weights are stored with ``get_peft_model_state_dict`` in ``lora_weights.safetens
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,15 @@ import torch
 from torch import nn
 
 from dreamvideo import adapters as ad
-from dreamvideo.baselines.common import BaselineError, Trainable, run_motion, run_subject
+from dreamvideo.artifacts import LORA_FILE
 from dreamvideo.fileio import load_safetensors, save_safetensors
-from dreamvideo.pipeline import DreamVideoPipeline
-from dreamvideo.stages import MotionSettings, SubjectSettings
+from dreamvideo.methods.baseline import BaselineMotion, BaselineSubject
+from dreamvideo.methods.registry import register
+from dreamvideo.methods.weights import BaselineError, Trainable
 from dreamvideo.training import StageConfig
 
-LORA_FILE = "lora_weights.safetensors"
 DEFAULT_RANK = 4
+SUMMARY = "LoRA: cross-attention k/v for a subject, self-attention k/v for a motion"
 
 
 def lora_targets(unet: nn.Module, kind: str) -> list[str]:
@@ -46,8 +46,13 @@ def inject(unet: nn.Module, adapter: str, config: dict[str, Any], seed: int = 0)
 
     if adapter in getattr(unet, "peft_config", {}):
         raise BaselineError(f"a LoRA adapter named {adapter!r} is already in this UNet")
-    lora_config = LoraConfig(r=config["r"], lora_alpha=config["lora_alpha"], target_modules=config["target_modules"],
-                             lora_dropout=0.0, init_lora_weights=True)
+    lora_config = LoraConfig(
+        r=config["r"],
+        lora_alpha=config["lora_alpha"],
+        target_modules=config["target_modules"],
+        lora_dropout=0.0,
+        init_lora_weights=True,
+    )
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # a second named adapter
         torch.manual_seed(seed)  # lora_A's random initialisation
@@ -68,6 +73,7 @@ def _activate_all(unet: nn.Module) -> None:
 
 
 def lora_parameters(unet: nn.Module, adapter: str) -> dict[str, nn.Parameter]:
+    """The LoRA A/B matrices of ``adapter``."""
     return {n: p for n, p in unet.named_parameters() if "lora_" in n and f".{adapter}." in n}
 
 
@@ -83,62 +89,64 @@ def save_lora(unet: nn.Module, adapter: str, path: Path, config: dict[str, Any])
 
 
 def load_lora(unet: nn.Module, adapter: str, path: Path) -> None:
+    """Restore the tensors of an injected adapter."""
     from peft import set_peft_model_state_dict
 
     tensors, _ = load_safetensors(path)
     result = set_peft_model_state_dict(unet, tensors, adapter_name=adapter)
     missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter}." in k]
     if result.unexpected_keys or missing:
-        raise BaselineError(f"{path}: LoRA weights do not fit this UNet ({len(missing)} missing, "
-                            f"{len(result.unexpected_keys)} unexpected keys)")
+        raise BaselineError(
+            f"{path}: LoRA weights do not fit this UNet ({len(missing)} missing, "
+            f"{len(result.unexpected_keys)} unexpected keys)"
+        )
     _activate_all(unet)
 
 
-def lora_trainable(kind: str, rank: int):
-    """A ``make_trainable(pipe, seed)`` that injects a fresh LoRA adapter named ``kind``."""
-
-    def make(pipe: DreamVideoPipeline, seed: int) -> Trainable:
-        unet = pipe.unet
-        config = {"r": rank, "lora_alpha": rank, "target_modules": lora_targets(unet, kind)}
-        inject(unet, kind, config, seed)
-        return Trainable(lora_parameters(unet, kind), LORA_FILE, lambda path: save_lora(unet, kind, path, config),
-                         lambda path: load_lora(unet, kind, path),
-                         {"storage": "lora", "lora_adapter": kind, "lora": config})
-
-    return make
-
-
-def load(pipe: DreamVideoPipeline, info: dict[str, Any], file: Path, scale: float) -> None:
-    """Add a stored LoRA adapter to the pipeline's UNet at ``scale``."""
-    adapter = info["lora_adapter"]
-    unet = pipe.unet
-    if adapter in getattr(unet, "peft_config", {}):
-        raise BaselineError(f"{file}: a LoRA {adapter} is already loaded; load into a fresh pipeline")
-    inject(unet, adapter, info["lora"])
-    load_lora(unet, adapter, file)
-    set_lora_scale(unet, adapter, scale)
-
-
-def learn_subject(pipe: DreamVideoPipeline, images: str | os.PathLike, out: str | os.PathLike,
-                  settings: SubjectSettings, stage: StageConfig, masks: str | os.PathLike | None = None,
-                  overwrite: bool = False, resume: bool = False, progress: bool = True,
-                  rank: int = DEFAULT_RANK) -> Path:
-    """LoRA on the cross-attention keys/values of a subject (see :func:`dreamvideo.baselines.common.run_subject`).
+class LoraLearner:
+    """Mixed into a baseline: inject a fresh LoRA adapter named after the kind, and load one back.
 
     Args:
         rank: LoRA rank (``lora_alpha`` = rank, so the scale is 1).
     """
-    return run_subject("lora", pipe, images, out, settings, stage, lora_trainable("subject", rank), identifier=True,
-                       masks=masks, overwrite=overwrite, resume=resume, progress=progress)
+
+    def __init__(
+        self, pipe: Any, settings: Any, stage: StageConfig | None = None, rank: int = DEFAULT_RANK
+    ) -> None:
+        super().__init__(pipe, settings, stage)
+        self.rank = rank
+
+    def trainable(self) -> Trainable:
+        unet, adapter = self.pipe.unet, self.kind
+        config = {"r": self.rank, "lora_alpha": self.rank, "target_modules": lora_targets(unet, adapter)}
+        inject(unet, adapter, config, self.stage.seed)
+        return Trainable(
+            lora_parameters(unet, adapter),
+            LORA_FILE,
+            lambda path: save_lora(unet, adapter, path, config),
+            lambda path: load_lora(unet, adapter, path),
+            {"storage": "lora", "lora_adapter": adapter, "lora": config},
+        )
+
+    @classmethod
+    def load_trained(cls, pipe: Any, file: Path, info: dict[str, Any], scale: float) -> None:
+        """Add the stored LoRA adapter to the pipeline's UNet at ``scale``."""
+        adapter, unet = info["lora_adapter"], pipe.unet
+        if adapter in getattr(unet, "peft_config", {}):
+            raise BaselineError(f"{file}: a LoRA {adapter} is already loaded; load into a fresh pipeline")
+        inject(unet, adapter, info["lora"])
+        load_lora(unet, adapter, file)
+        set_lora_scale(unet, adapter, scale)
 
 
-def learn_motion(pipe: DreamVideoPipeline, videos: str | os.PathLike, out: str | os.PathLike,
-                 settings: MotionSettings, captions: str | dict[str, str] | None = None, overwrite: bool = False,
-                 resume: bool = False, progress: bool = True, rank: int = DEFAULT_RANK) -> Path:
-    """LoRA on the self-attention keys/values of a motion (see :func:`dreamvideo.baselines.common.run_motion`).
+@register
+class LoraSubject(LoraLearner, BaselineSubject):
+    name = "lora"
+    summary = SUMMARY
+    identifier = True
 
-    Args:
-        rank: LoRA rank (``lora_alpha`` = rank).
-    """
-    return run_motion("lora", pipe, videos, out, settings, lora_trainable("motion", rank), captions=captions,
-                      overwrite=overwrite, resume=resume, progress=progress)
+
+@register
+class LoraMotion(LoraLearner, BaselineMotion):
+    name = "lora"
+    summary = SUMMARY

@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from dreamvideo.baselines.common import run_motion, run_subject, unet_parameters
-from dreamvideo.baselines.spatial import spatial_trainable
-from dreamvideo.baselines.temporal import finetune_trainable
 from dreamvideo.fileio import write_json
-from dreamvideo.pipeline import DreamVideoPipeline
-from dreamvideo.stages import MotionSettings, SubjectSettings
+from dreamvideo.methods.finetune import FinetuneMotion, FinetuneSubject
+from dreamvideo.methods.motion import MotionSettings
+from dreamvideo.methods.subject import SubjectSettings
+from dreamvideo.methods.weights import unet_parameters
 from dreamvideo.training import StageConfig
 
 # (group, layer type, pattern on the canonical parameter name); the first match wins.
@@ -47,7 +46,9 @@ def layer_type(name: str, tensor: torch.Tensor) -> tuple[str, str] | None:
     return None
 
 
-def relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], group: str) -> dict[str, float]:
+def relative_change(
+    before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], group: str
+) -> dict[str, float]:
     """``||W1 - W0|| / ||W0||`` over all weights of each layer type of ``group``."""
     num: dict[str, float] = {}
     den: dict[str, float] = {}
@@ -63,7 +64,7 @@ def relative_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tens
 
 
 def analyze_weight_change(
-    pipe: DreamVideoPipeline,
+    pipe: Any,
     images: str | os.PathLike,
     videos: str | os.PathLike,
     steps: int,
@@ -105,17 +106,24 @@ def analyze_weight_change(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             subject = SubjectSettings(init_word=class_word, caption="a {word}", use_masks=False)
-            run_subject("analysis", pipe, images, Path(tmp) / "subject", subject, stage, spatial_trainable,
-                        identifier=False, progress=progress)
+            FinetuneSubject(pipe, subject, stage).learn(images, Path(tmp) / "subject", progress=progress)
             result["spatial"] = relative_change(w0, {n: p.detach() for n, p in params.items()}, "spatial")
             restore()
             motion = MotionSettings(num_frames=num_frames, stage=stage)
-            run_motion("analysis", pipe, videos, Path(tmp) / "motion", motion, finetune_trainable, progress=progress)
+            FinetuneMotion(pipe, motion).learn(videos, Path(tmp) / "motion", progress=progress)
             result["temporal"] = relative_change(w0, {n: p.detach() for n, p in params.items()}, "temporal")
     finally:
         restore()
-    result["settings"] = {"steps": steps, "lr": lr, "batch_size": batch_size, "num_frames": num_frames, "seed": seed,
-                          "class_word": class_word, "images": str(images), "videos": str(videos)}
+    result["settings"] = {
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "num_frames": num_frames,
+        "seed": seed,
+        "class_word": class_word,
+        "images": str(images),
+        "videos": str(videos),
+    }
     if out is not None:
         out = Path(out)
         write_json(result, out / "weight_change.json")
@@ -131,10 +139,15 @@ def plot_weight_change(result: dict[str, Any], path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    titles = {"spatial": "spatial weights, fine-tuned on a subject", "temporal": "temporal weights, on a motion"}
+    titles = {
+        "spatial": "spatial weights, fine-tuned on a subject",
+        "temporal": "temporal weights, on a motion",
+    }
     for ax, group in zip(axes, ("spatial", "temporal"), strict=True):
         changes = result.get(group, {})
-        ax.bar(list(changes), list(changes.values()), color="tab:blue" if group == "spatial" else "tab:orange")
+        ax.bar(
+            list(changes), list(changes.values()), color="tab:blue" if group == "spatial" else "tab:orange"
+        )
         ax.set_title(titles[group], fontsize=9)
         ax.set_ylabel("||W1 - W0|| / ||W0||")
         ax.tick_params(axis="x", labelsize=8)
