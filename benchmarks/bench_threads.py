@@ -103,25 +103,49 @@ def measure(steps: int, frames: int, competitors: list[int]) -> list[dict]:
         for k in competitors:
             t = _with_competitors(k, lambda: _time(step, steps))
             base = t if k == 0 else base
-            rows.append({"setting": name, "threads": threads, "competitors": k, "step_s": round(t, 4),
-                         "slowdown": round(t / base, 2) if base else None})
-            print(f"{name:>18} ({threads} threads), {k} competing: {t:.3f} s/step, "
-                  f"slowdown x{rows[-1]['slowdown']}", flush=True)
+            rows.append(
+                {
+                    "setting": name,
+                    "threads": threads,
+                    "competitors": k,
+                    "step_s": round(t, 4),
+                    "slowdown": round(t / base, 2) if base else None,
+                }
+            )
+            print(
+                f"{name:>18} ({threads} threads), {k} competing: {t:.3f} s/step, "
+                f"slowdown x{rows[-1]['slowdown']}",
+                flush=True,
+            )
     return rows
 
 
 def write(rows: list[dict], note: str, out: Path, steps: int, frames: int) -> None:
     """Write ``threads.json`` and ``threads.md``."""
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"cores": os.cpu_count(), "steps_per_cell": steps, "frames": frames, "note": note,
-            "load_average_at_end": os.getloadavg()}
+    meta = {
+        "cores": os.cpu_count(),
+        "steps_per_cell": steps,
+        "frames": frames,
+        "note": note,
+        "load_average_at_end": os.getloadavg(),
+    }
     (out / "threads.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = ["# Step time under CPU load", "", f"{note}", "",
-             f"{meta['cores']} cores, toy base, motion-adapter training step ({frames} frames), median of {steps} "
-             "steps per cell.", "", "| setting | threads | competing processes | s / step | slowdown |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['setting']} | {r['threads']} | {r['competitors']} | {r['step_s']} | x{r['slowdown']} |"
-              for r in rows]
+    lines = [
+        "# Step time under CPU load",
+        "",
+        f"{note}",
+        "",
+        f"{meta['cores']} cores, toy base, motion-adapter training step ({frames} frames), median of {steps} "
+        "steps per cell.",
+        "",
+        "| setting | threads | competing processes | s / step | slowdown |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['setting']} | {r['threads']} | {r['competitors']} | {r['step_s']} | x{r['slowdown']} |"
+        for r in rows
+    ]
     (out / "threads.md").write_text("\n".join(lines) + "\n")
 
 

@@ -34,10 +34,13 @@ from dreamvideo.toy import oracle, world
 VARIANTS = ("clean", "noisy", "jittered")
 
 
-def render(motion: str, rng: np.random.Generator, variant: str, noise: float, jitter: float) -> world.RenderedClip:
+def render(
+    motion: str, rng: np.random.Generator, variant: str, noise: float, jitter: float
+) -> world.RenderedClip:
     """A clip of ``motion`` with a random sprite (any pattern), background and placement, then the variant."""
-    sprite = world.Sprite(str(rng.choice(world.SHAPES)), str(rng.choice(list(world.COLORS))),
-                          str(rng.choice(world.PATTERNS)))  # fmt: skip
+    sprite = world.Sprite(
+        str(rng.choice(world.SHAPES)), str(rng.choice(list(world.COLORS))), str(rng.choice(world.PATTERNS))
+    )
     spec = world._random_spec(rng, sprite, str(rng.choice(world.BACKGROUNDS)), motion, phase=0.0)
     clip = world.render_clip(spec)
     if variant == "noisy":
@@ -64,8 +67,14 @@ def correlations(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Spearman and Pearson of every pair of scores."""
     names = list(scores)
     scores = {k: np.ravel(v) for k, v in scores.items()}
-    return {f"{a}~{b}": {"spearman": mm.spearman(scores[a], scores[b]), "pearson": mm.pearson(scores[a], scores[b])}
-            for i, a in enumerate(names) for b in names[i + 1:]}  # fmt: skip
+    return {
+        f"{a}~{b}": {
+            "spearman": mm.spearman(scores[a], scores[b]),
+            "pearson": mm.pearson(scores[a], scores[b]),
+        }
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--jitter", type=float, default=1.5, help="max sprite shift of the jittered variant (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", nargs="*", default=[], help="motions left out, e.g. --skip grows shrinks")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "motion_metric_agreement.json")
+    p.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "motion_metric_agreement.json"
+    )
     args = p.parse_args(argv)
     import cv2
 
@@ -100,7 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
     def mf(tracks, i, j, visible=None):
         vi = visible[i] if visible else None
         vj = visible[j] if visible else None
-        return mm.motion_fidelity_from_tracks(tracks[i] / side, tracks[j] / side, vi, vj, still=mm.STILL_FRACTION)
+        return mm.motion_fidelity_from_tracks(
+            tracks[i] / side, tracks[j] / side, vi, vj, still=mm.STILL_FRACTION
+        )
 
     lk_tracks, lk_vis = [t for t, _ in lk], [v for _, v in lk]
     pair = {"lk": [], "exact": [], "oracle": []}
@@ -114,7 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     pair = {k: np.array(v) for k, v in pair.items()}
     same = np.array(same)
     for i, j in [(0, nr), (nr - 1, len(clips) - 1), (3, nr + 7)]:  # the shortcut equals the oracle's function
-        assert np.isclose(_cosine(feats[j], feats[i]), oracle.motion_fidelity(clips[j].frames, [clips[i].frames]))
+        assert np.isclose(
+            _cosine(feats[j], feats[i]), oracle.motion_fidelity(clips[j].frames, [clips[i].frames])
+        )
 
     # per candidate against each motion's set of references (the mean over them), and top-1 retrieval
     shape = (len(motions), args.refs, len(cands))
@@ -126,53 +141,85 @@ def main(argv: list[str] | None = None) -> dict:
     for v in VARIANTS:
         cols = variants == v
         sub = {k: s[:, cols].ravel() for k, s in per_set.items()}
-        by_variant[v] = {"correlations": correlations(sub),
-                         "retrieval": {k: float((s[:, cols].argmax(axis=0) == truth[cols]).mean())
-                                       for k, s in per_set.items()}}  # fmt: skip
+        by_variant[v] = {
+            "correlations": correlations(sub),
+            "retrieval": {
+                k: float((s[:, cols].argmax(axis=0) == truth[cols]).mean()) for k, s in per_set.items()
+            },
+        }
 
     flows = [mm.dynamic_degree(flow.flow(c.frames)) for c in clips]
     # true speed: centre displacement plus radius change (the edge of a growing sprite moves) per step
-    speed = np.array([(np.linalg.norm(np.diff(c.centers, axis=0), axis=1) + np.abs(np.diff(c.scales))).mean()
-                      for c in clips])  # fmt: skip
+    speed = np.array(
+        [
+            (np.linalg.norm(np.diff(c.centers, axis=0), axis=1) + np.abs(np.diff(c.scales))).mean()
+            for c in clips
+        ]
+    )
     names = [(m, "reference") for m, _ in refs] + [(m, v) for m, v, _ in cands]
     still = speed < 0.1
     top5 = np.array([f["flow_top5_mean"] for f in flows])
     dynamic = np.array([f["dynamic_degree"] for f in flows])
     threshold = mm.dynamic_threshold(side, side)
     result = {
-        "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                   "motions": motions, "variants": list(VARIANTS), "frames": world.NUM_FRAMES, "size": side,
-                   "tracker": tracker.label, "flow": flow.label, "opencv": cv2.__version__,
-                   "still_threshold_px": mm.STILL_FRACTION * side},  # fmt: skip
-        "pairs": {"n": int(len(same)), "correlations": correlations(pair),
-                  "mean_same_motion": {k: float(v[same].mean()) for k, v in pair.items()},
-                  "mean_other_motion": {k: float(v[~same].mean()) for k, v in pair.items()}},  # fmt: skip
-        "reference_sets": {"n": int(per_set["lk"].size), "correlations": correlations(per_set),
-                           "top1_motion_retrieval": retrieval, "chance": 1 / len(motions),
-                           "by_variant": by_variant},  # fmt: skip
+        "config": {
+            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "motions": motions,
+            "variants": list(VARIANTS),
+            "frames": world.NUM_FRAMES,
+            "size": side,
+            "tracker": tracker.label,
+            "flow": flow.label,
+            "opencv": cv2.__version__,
+            "still_threshold_px": mm.STILL_FRACTION * side,
+        },
+        "pairs": {
+            "n": int(len(same)),
+            "correlations": correlations(pair),
+            "mean_same_motion": {k: float(v[same].mean()) for k, v in pair.items()},
+            "mean_other_motion": {k: float(v[~same].mean()) for k, v in pair.items()},
+        },
+        "reference_sets": {
+            "n": int(per_set["lk"].size),
+            "correlations": correlations(per_set),
+            "top1_motion_retrieval": retrieval,
+            "chance": 1 / len(motions),
+            "by_variant": by_variant,
+        },
         "dynamic_degree": {
             "n": len(clips),
             "threshold_px": threshold,
             "dynamic_share_still_clips": float(dynamic[still].mean()),
             "dynamic_share_moving_clips": float(dynamic[~still].mean()),
             "dynamic_share_clips_faster_than_threshold": float(dynamic[speed > threshold].mean()),
-            "still_clips": [{"motion": m, "variant": v, "dynamic_degree": float(d), "flow_top5_mean": float(t)}
-                            for (m, v), d, t, st in zip(names, dynamic, top5, still, strict=True) if st],
-            "moving_clips_not_dynamic": [{"motion": m, "variant": v, "true_speed": float(sp),
-                                          "flow_top5_mean": float(t)}
-                                         for (m, v), d, t, sp, st in zip(names, dynamic, top5, speed, still,
-                                                                         strict=True) if not st and not d],
-            "flow_top5_mean~true_speed": {"spearman": mm.spearman(top5, speed), "pearson": mm.pearson(top5, speed)},
+            "still_clips": [
+                {"motion": m, "variant": v, "dynamic_degree": float(d), "flow_top5_mean": float(t)}
+                for (m, v), d, t, st in zip(names, dynamic, top5, still, strict=True)
+                if st
+            ],
+            "moving_clips_not_dynamic": [
+                {"motion": m, "variant": v, "true_speed": float(sp), "flow_top5_mean": float(t)}
+                for (m, v), d, t, sp, st in zip(names, dynamic, top5, speed, still, strict=True)
+                if not st and not d
+            ],
+            "flow_top5_mean~true_speed": {
+                "spearman": mm.spearman(top5, speed),
+                "pearson": mm.pearson(top5, speed),
+            },
             "flow_top5_over_true_speed_median": float(np.median(top5[~still] / speed[~still])),
         },
         "timing_s": {"lk_tracking_per_clip": track_s / len(clips), "total": time.time() - start},
     }
     write_json(result, args.out)
     c, s = result["pairs"]["correlations"], result["reference_sets"]
-    print(f"{len(same)} pairs: lk~oracle spearman {c['lk~oracle']['spearman']:.3f} pearson "
-          f"{c['lk~oracle']['pearson']:.3f}; exact~oracle spearman {c['exact~oracle']['spearman']:.3f}")  # fmt: skip
-    print(f"reference sets: lk~oracle spearman {s['correlations']['lk~oracle']['spearman']:.3f}; top-1 retrieval "
-          + ", ".join(f"{k} {v:.2f}" for k, v in s["top1_motion_retrieval"].items()))  # fmt: skip
+    print(
+        f"{len(same)} pairs: lk~oracle spearman {c['lk~oracle']['spearman']:.3f} pearson "
+        f"{c['lk~oracle']['pearson']:.3f}; exact~oracle spearman {c['exact~oracle']['spearman']:.3f}"
+    )
+    print(
+        f"reference sets: lk~oracle spearman {s['correlations']['lk~oracle']['spearman']:.3f}; top-1 retrieval "
+        + ", ".join(f"{k} {v:.2f}" for k, v in s["top1_motion_retrieval"].items())
+    )
     print(f"wrote {args.out} in {result['timing_s']['total']:.0f} s")
     return result
 

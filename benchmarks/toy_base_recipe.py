@@ -41,19 +41,29 @@ def probe_summary(model: Path, clips: int = 16) -> dict:
     pipe = DreamVideoPipeline.from_pretrained(model)
     rows = probe(pipe.unet, *probe_inputs(pipe, clips), pipe.scheduler)
     gap = {t: r["loss_frames_alone"] / r["loss_whole_clip"] - 1 for t, r in rows.items()}
-    return {"rows": rows, "frames_alone_gap": gap,
-            "cross_frame_sensitivity": {t: r["other_frames_change_vs_frame0"] for t, r in rows.items()},
-            "word_use": word_use(pipe, 2 * clips)}  # fmt: skip
+    return {
+        "rows": rows,
+        "frames_alone_gap": gap,
+        "cross_frame_sensitivity": {t: r["other_frames_change_vs_frame0"] for t, r in rows.items()},
+        "word_use": word_use(pipe, 2 * clips),
+    }
 
 
 def measure(name: str, model: Path, args: argparse.Namespace, shared: float | None, sheet: Path) -> dict:
     start = time.perf_counter()
     q = quality.measure(args.n, args.sample_steps, base=str(model), sheet=sheet, shared_noise=shared)
     p = probe_summary(model)
-    print(f"{name}: " + ", ".join(f"{k} {v:.0%}" for k, v in q["accuracy"].items())
-          + " | gap " + " ".join(f"{v:+.2f}" for v in p["frames_alone_gap"].values())
-          + " | cross " + " ".join(f"{v:.3f}" for v in p["cross_frame_sensitivity"].values())
-          + " | motion-word use " + " ".join(f"{r['motion']:+.1%}" for r in p["word_use"].values()), flush=True)  # fmt: skip
+    print(
+        f"{name}: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in q["accuracy"].items())
+        + " | gap "
+        + " ".join(f"{v:+.2f}" for v in p["frames_alone_gap"].values())
+        + " | cross "
+        + " ".join(f"{v:.3f}" for v in p["cross_frame_sensitivity"].values())
+        + " | motion-word use "
+        + " ".join(f"{r['motion']:+.1%}" for r in p["word_use"].values()),
+        flush=True,
+    )
     return {
         "accuracy": q["accuracy"],
         "stderr": q["stderr"],
@@ -82,9 +92,29 @@ def main(argv: list[str] | None = None) -> int:
         write_json(results, path)
     for name in args.arms:
         run = args.out / name / "run"
-        flags = ["--out", str(run), "--init-from", str(TOY_MODEL_DIR), "--device", args.device, "--workers", "0",
-                 "--unet-steps", str(args.schedule_steps), "--unet-batch", str(args.batch), "--unet-lr", str(args.lr),
-                 "--warmup", "20", "--checkpoint-every", "20", "--preview-steps", "0", *ARMS[name]]  # fmt: skip
+        flags = [
+            "--out",
+            str(run),
+            "--init-from",
+            str(TOY_MODEL_DIR),
+            "--device",
+            args.device,
+            "--workers",
+            "0",
+            "--unet-steps",
+            str(args.schedule_steps),
+            "--unet-batch",
+            str(args.batch),
+            "--unet-lr",
+            str(args.lr),
+            "--warmup",
+            "20",
+            "--checkpoint-every",
+            "20",
+            "--preview-steps",
+            "0",
+            *ARMS[name],
+        ]
         parsed = toy_pretrain.build_parser().parse_args(flags)
         done = (
             read_json(run / "checkpoints" / "unet" / "state.json")["step"]

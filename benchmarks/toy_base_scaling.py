@@ -58,8 +58,12 @@ def plot(points: list[dict], path: Path) -> None:
     for key, colour in zip(quality.TARGETS, ("tab:red", "tab:blue", "tab:green"), strict=True):
         ax.plot(clips, [100 * p["accuracy"][key] for p in points], "o-", color=colour, label=key)
         ax.axhline(100 * quality.TARGETS[key], color=colour, ls=":", lw=1)
-    ax.set(xlabel="training clips seen by the UNet (thousands)", ylabel="held-out prompts correct (%)",
-           ylim=(0, 100), title="toy base: quality bar vs UNet training")  # fmt: skip
+    ax.set(
+        xlabel="training clips seen by the UNet (thousands)",
+        ylabel="held-out prompts correct (%)",
+        ylim=(0, 100),
+        title="toy base: quality bar vs UNet training",
+    )
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), title="dotted: target")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -94,19 +98,48 @@ def main(argv: list[str] | None = None) -> int:
     run = args.out / "run"
     part = -(-args.steps // args.chunks)
     base = TOY_MODEL_DIR if args.init_from == "toy" else Path(args.init_from)
-    train_argv = ["--out", str(run), "--init-from", str(base), "--device", args.device, "--workers", str(args.workers),
-                  "--unet-steps", str(args.steps), "--unet-batch", str(args.batch), "--unet-lr", str(args.lr),
-                  "--warmup", "50", "--checkpoint-every", str(part), "--preview-steps", "25",
-                  "--max-steps", str(part), "--shared-noise", str(args.shared_noise)]  # fmt: skip
+    train_argv = [
+        "--out",
+        str(run),
+        "--init-from",
+        str(base),
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+        "--unet-steps",
+        str(args.steps),
+        "--unet-batch",
+        str(args.batch),
+        "--unet-lr",
+        str(args.lr),
+        "--warmup",
+        "50",
+        "--checkpoint-every",
+        str(part),
+        "--preview-steps",
+        "25",
+        "--max-steps",
+        str(part),
+        "--shared-noise",
+        str(args.shared_noise),
+    ]
     points: list[dict] = []
 
     def record(step: int, model: str | Path, sheet: Path | None = None) -> None:
         measured = quality.measure(  # every point sampled as the UNet is trained; 0: the pipeline's own noise
             args.n, base=str(model), device=args.device, sheet=sheet, shared_noise=args.shared_noise or None
         )
-        points.append({"step": step, "clips_seen": args.clips_before + step * args.batch,
-                       "accuracy": measured["accuracy"], "met": measured["met"],
-                       "eval_seconds": measured["seconds"], "elapsed_seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+        points.append(
+            {
+                "step": step,
+                "clips_seen": args.clips_before + step * args.batch,
+                "accuracy": measured["accuracy"],
+                "met": measured["met"],
+                "eval_seconds": measured["seconds"],
+                "elapsed_seconds": round(time.perf_counter() - start, 1),
+            }
+        )
         write_json(
             {"args": {k: str(v) for k, v in vars(args).items()}, "points": points}, args.out / "scaling.json"
         )

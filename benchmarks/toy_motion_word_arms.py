@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("train", "probe"))
     p.add_argument("--temporal-positions", action="store_true")
     p.add_argument("--motions", help="comma-separated vocabulary motions (default: all)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="train: pretrain flags after --; probe: model folders")
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="train: pretrain flags after --; probe: model folders"
+    )
     args = p.parse_args(argv)
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     if args.temporal_positions:

@@ -100,7 +100,9 @@ def probe_specs(clips: int = 16) -> list[world.ClipSpec]:
 def probe_latents(pipe, specs: list[world.ClipSpec]) -> torch.Tensor:
     """VAE latents (clips, 4, frames, h, w) of the rendered clips."""
     frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    latents = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
+    latents = (
+        pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
+    )
     return latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
 
 
@@ -114,7 +116,9 @@ def probe_inputs(pipe, clips: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 def swapped(spec: world.ClipSpec, word: str, rng: np.random.Generator) -> world.ClipSpec:
     """``spec`` with its motion, colour or background replaced by another of the vocabulary."""
     if word == "motion":
-        return dataclasses.replace(spec, motion=str(rng.choice([m for m in world.MOTIONS if m != spec.motion])))
+        return dataclasses.replace(
+            spec, motion=str(rng.choice([m for m in world.MOTIONS if m != spec.motion]))
+        )
     if word == "background":
         others = [b for b in world.BACKGROUNDS if b != spec.background]
         return dataclasses.replace(spec, background=str(rng.choice(others)))
@@ -143,7 +147,10 @@ def word_use(pipe, clips: int = 32, seed: int = 0) -> dict:
         ts = torch.full((clips,), t)
         noisy = pipe.scheduler.add_noise(latents, noise, ts)
         target = prediction_target(pipe.scheduler, latents, noise, ts)
-        loss = {k: F.mse_loss(pipe.unet(noisy, ts, encoder_hidden_states=e).sample, target).item() for k, e in text.items()}
+        loss = {
+            k: F.mse_loss(pipe.unet(noisy, ts, encoder_hidden_states=e).sample, target).item()
+            for k, e in text.items()
+        }
         rows[t] = {k: loss[k] / loss["true"] - 1 for k in ("motion", "color", "background")}
     return rows
 
@@ -180,21 +187,27 @@ def main(argv: list[str] | None = None) -> int:
         help="'toy', base-model folders (their unet/, scheduler/, text_encoder/), or UNet safetensors of the toy config",
     )
     p.add_argument("--clips", type=int, default=16)
-    p.add_argument("--words", action="store_true", help="also measure the use of motion/colour/background words")
+    p.add_argument(
+        "--words", action="store_true", help="also measure the use of motion/colour/background words"
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     results = {}
     for source in args.unet:
         pipe = model_pipe(source)
-        results[source] = {"temporal": probe(pipe.unet.eval(), *probe_inputs(pipe, args.clips), pipe.scheduler)}
+        results[source] = {
+            "temporal": probe(pipe.unet.eval(), *probe_inputs(pipe, args.clips), pipe.scheduler)
+        }
         for t, row in results[source]["temporal"].items():
             print(source, f"t={t}", {k: round(v, 4) for k, v in row.items()})
         if args.words:
             results[source]["word_use"] = word_use(pipe, 2 * args.clips)
             for t, row in results[source]["word_use"].items():
                 print(source, f"t={t} loss rise when swapped:", {k: f"{v:+.1%}" for k, v in row.items()})
-    write_json({"clips": args.clips, "timesteps": TIMESTEPS, "word_timesteps": WORD_TIMESTEPS, "results": results},
-               args.out)  # fmt: skip
+    write_json(
+        {"clips": args.clips, "timesteps": TIMESTEPS, "word_timesteps": WORD_TIMESTEPS, "results": results},
+        args.out,
+    )
     return 0
 
 

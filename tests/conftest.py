@@ -17,7 +17,21 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-WORDS = ["a", "dog", "cat", "star", "red", "blue", "on", "grass", "moves", "left", "right", "playing", "guitar"]
+WORDS = [
+    "a",
+    "dog",
+    "cat",
+    "star",
+    "red",
+    "blue",
+    "on",
+    "grass",
+    "moves",
+    "left",
+    "right",
+    "playing",
+    "guitar",
+]
 
 
 def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int = 12) -> CLIPTokenizer:
@@ -36,7 +50,10 @@ def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
     tok = CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length, pad_token="<|endoftext|>"
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        model_max_length=max_length,
+        pad_token="<|endoftext|>",
     )
     tok.save_pretrained(folder)
     return tok
@@ -69,8 +86,17 @@ def build_tiny_base(
     torch.manual_seed(seed)
     tok = write_word_tokenizer(root / "tokenizer")
     text = CLIPTextModel(
-        CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                       num_attention_heads=2, max_position_embeddings=12, eos_token_id=1, bos_token_id=0, pad_token_id=1)
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=12,
+            eos_token_id=1,
+            bos_token_id=0,
+            pad_token_id=1,
+        )
     )
     text.save_pretrained(root / "text_encoder")
     build_tiny_unet(seed=None, width=width).save_pretrained(root / "unet")
@@ -82,16 +108,31 @@ def build_tiny_base(
         norm_num_groups=8,
         sample_size=16,
     ).save_pretrained(root / "vae")
-    zero_snr = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing",
-                "steps_offset": 0}  # fmt: skip
-    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                  set_alpha_to_one=False, **(zero_snr if v_prediction else {"steps_offset": 1})).save_pretrained(
-        root / "scheduler"
-    )  # fmt: skip
+    zero_snr = {
+        "prediction_type": "v_prediction",
+        "rescale_betas_zero_snr": True,
+        "timestep_spacing": "trailing",
+        "steps_offset": 0,
+    }
+    DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        **(zero_snr if v_prediction else {"steps_offset": 1}),
+    ).save_pretrained(root / "scheduler")
     if image_encoder:
         CLIPVisionModelWithProjection(
-            CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, projection_dim=24)
+            CLIPVisionConfig(
+                image_size=16,
+                patch_size=8,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                projection_dim=24,
+            )
         ).save_pretrained(root / "image_encoder")
         CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
             root / "feature_extractor"
@@ -135,8 +176,9 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         for f in range(6):
             frames[f, 4:10, 2 + f : 8 + f] = 255
         write_video(frames, root / "motion" / f"clip{i}.gif", fps=8)
-    (root / "motion" / "captions.json").write_text(json.dumps({"clip0.gif": "a red star moves left",
-                                                                 "clip1.gif": "a blue dog moves right"}))
+    (root / "motion" / "captions.json").write_text(
+        json.dumps({"clip0.gif": "a red star moves left", "clip1.gif": "a blue dog moves right"})
+    )
     return {"subject": root / "subject", "motion": root / "motion"}
 
 
@@ -147,14 +189,30 @@ def tiny_clip(tiny_base, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clip")
     vocab = len(json.loads((tiny_base / "tokenizer" / "vocab.json").read_text()))
-    CLIPModel(CLIPConfig(
-        text_config={"vocab_size": vocab, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 12, "eos_token_id": 1, "bos_token_id": 0,
-                     "pad_token_id": 1},
-        vision_config={"image_size": 16, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
-        projection_dim=8,
-    )).save_pretrained(folder)  # fmt: skip
+    CLIPModel(
+        CLIPConfig(
+            text_config={
+                "vocab_size": vocab,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "max_position_embeddings": 12,
+                "eos_token_id": 1,
+                "bos_token_id": 0,
+                "pad_token_id": 1,
+            },
+            vision_config={
+                "image_size": 16,
+                "patch_size": 8,
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+            },
+            projection_dim=8,
+        )
+    ).save_pretrained(folder)
     return folder
 
 
@@ -162,21 +220,33 @@ def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
     """A benchmark grid on the tiny base: two methods, one ablation, a trade-off grid, a few steps each."""
     return {
         "base": str(tiny_base),
-        "clip": {"model": str(tiny_clip), "tokenizer": str(tiny_base / "tokenizer"),
-                 "image_processor": str(tiny_base / "feature_extractor")},
+        "clip": {
+            "model": str(tiny_clip),
+            "tokenizer": str(tiny_base / "tokenizer"),
+            "image_processor": str(tiny_base / "feature_extractor"),
+        },
         "oracle": True,
         "subjects": [{"name": "dog", "images": str(tiny_data["subject"]), "class_word": "dog"}],
         "motions": [{"name": "slide", "videos": str(tiny_data["motion"])}],
-        "prompts": {"subject": ["a {subject} on grass"], "motion": ["a red star moves"],
-                    "joint": ["a {subject} moves left"]},
+        "prompts": {
+            "subject": ["a {subject} on grass"],
+            "motion": ["a red star moves"],
+            "joint": ["a {subject} moves left"],
+        },
         "seeds": [0],
         "methods": ["dreamvideo", "lora"],
         "ablations": ["identity-ff"],
-        "training": {"ti_steps": 1, "identity_steps": 1, "motion_steps": 2, "subject_batch_size": 1,
-                     "motion_batch_size": 1, "num_frames": 2},
+        "training": {
+            "ti_steps": 1,
+            "identity_steps": 1,
+            "motion_steps": 2,
+            "subject_batch_size": 1,
+            "motion_batch_size": 1,
+            "num_frames": 2,
+        },
         "sampling": {"steps": 2, "num_frames": 2},
         "tradeoff": {"identity_steps": [1], "motion_steps": [1, 2]},
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="session")
@@ -186,9 +256,48 @@ def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("learned")
     fast = ["--checkpoint-every", "1", "--quiet"]
-    assert main(["learn-subject", "--base", str(tiny_base), "--images", str(tiny_data["subject"]), "--init-word",
-                 "dog", "--out", str(root / "dog"), "--ti-steps", "2", "--adapter-steps", "2", "--ti-batch-size", "1",
-                 "--adapter-batch-size", "1", *fast]) == 0
-    assert main(["learn-motion", "--base", str(tiny_base), "--videos", str(tiny_data["motion"]), "--out",
-                 str(root / "move"), "--steps", "2", "--num-frames", "2", *fast]) == 0
+    assert (
+        main(
+            [
+                "learn-subject",
+                "--base",
+                str(tiny_base),
+                "--images",
+                str(tiny_data["subject"]),
+                "--init-word",
+                "dog",
+                "--out",
+                str(root / "dog"),
+                "--ti-steps",
+                "2",
+                "--adapter-steps",
+                "2",
+                "--ti-batch-size",
+                "1",
+                "--adapter-batch-size",
+                "1",
+                *fast,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "learn-motion",
+                "--base",
+                str(tiny_base),
+                "--videos",
+                str(tiny_data["motion"]),
+                "--out",
+                str(root / "move"),
+                "--steps",
+                "2",
+                "--num-frames",
+                "2",
+                *fast,
+            ]
+        )
+        == 0
+    )
     return {"subject": root / "dog", "motion": root / "move"}

@@ -14,7 +14,9 @@ from dreamvideo import benchmark as bm
 from dreamvideo.fileio import DreamVideoError, read_json
 
 
-def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tiny_clip, tmp_path, monkeypatch):
+def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
+    tiny_base, tiny_data, tiny_clip, tmp_path, monkeypatch
+):
     from dreamvideo.training import Trainer
 
     calls, real_train = [], Trainer.train
@@ -34,13 +36,18 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tin
     entries = {(r["entry"], r["case"]) for r in results["rows"] if r["group"] == "method"}
     assert entries == {(m, c) for m in ("dreamvideo", "lora") for c in ("subject", "motion", "joint")}
     assert results["stats"]["generated"] == len({r["cell"] for r in results["rows"]})
-    joint = next(r for r in results["rows"] if r["entry"] == "dreamvideo" and r["case"] == "joint"
-                 and r["group"] == "method")  # fmt: skip
+    joint = next(
+        r
+        for r in results["rows"]
+        if r["entry"] == "dreamvideo" and r["case"] == "joint" and r["group"] == "method"
+    )
     assert joint["prompt"] == "a <sks> dog moves left"
     assert {"clip_t", "clip_i", "t_cons", "subject_fidelity", "motion_fidelity"} <= set(joint)
     # the ablation reused DreamVideo's textual inversion run instead of repeating it
-    runs = {tuple(info["identity_adapter"]["sites"]): info for info in
-            (read_json(f) for f in out.glob("train/subject/dog/dreamvideo-*/subject.json"))}  # fmt: skip
+    runs = {
+        tuple(info["identity_adapter"]["sites"]): info
+        for info in (read_json(f) for f in out.glob("train/subject/dog/dreamvideo-*/subject.json"))
+    }
     assert set(runs) == {("attn2",), ("ff",)}
     assert runs["ff",]["losses"]["textual_inversion"] == runs["attn2",]["losses"]["textual_inversion"]
     ti_runs = [c for c in calls if c[0] == "textual inversion"]
@@ -49,14 +56,26 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(tiny_base, tiny_data, tin
     assert "subject_fidelity" not in lora_motion and "motion_fidelity" in lora_motion
     table = {(t["entry"], t["case"]): t for t in results["summary"]["table"]}
     assert table["dreamvideo", "joint"]["trainable_parameters"] == (
-        table["dreamvideo", "subject"]["trainable_parameters"] + table["dreamvideo", "motion"]["trainable_parameters"])
+        table["dreamvideo", "subject"]["trainable_parameters"]
+        + table["dreamvideo", "motion"]["trainable_parameters"]
+    )
     assert table["base", "subject"]["trainable_parameters"] == 0
     joint_videos = table["dreamvideo", "joint"]["videos"]
-    assert table["dreamvideo", "joint"]["vs_base"]["subject_fidelity"]["n"] == joint_videos  # each with its base video
-    assert [(p["identity_step"], p["motion_step"]) for p in results["summary"]["tradeoff"]] == [(1, 1), (1, 2)]
+    assert (
+        table["dreamvideo", "joint"]["vs_base"]["subject_fidelity"]["n"] == joint_videos
+    )  # each with its base video
+    assert [(p["identity_step"], p["motion_step"]) for p in results["summary"]["tradeoff"]] == [
+        (1, 1),
+        (1, 2),
+    ]
     md = (out / "results.md").read_text()
-    for heading in ("Subject customization", "Motion customization", "Joint customization", "Identity vs motion",
-                    "Difference to the base model"):
+    for heading in (
+        "Subject customization",
+        "Motion customization",
+        "Joint customization",
+        "Identity vs motion",
+        "Difference to the base model",
+    ):
         assert heading in md
     for name in ("plots/metrics_joint.png", "plots/tradeoff.png", "contact_joint.png", "results.json"):
         assert (out / name).is_file(), name
@@ -97,17 +116,30 @@ def test_presets_cover_every_method_and_ablation():
     assert set(bm.builtin_methods()) <= names and set(bm.builtin_ablations()) <= names
     assert len(full.seeds) == 3 and len(full.subjects) > 1 and len(full.motions) > 1
     ablations = bm.builtin_ablations()
-    assert ablations["no-motion-adapter"].motion is None and ablations["no-motion-adapter"].cases == ("joint",)
+    assert ablations["no-motion-adapter"].motion is None and ablations["no-motion-adapter"].cases == (
+        "joint",
+    )
     assert ablations["no-identity-adapter"].subject.method == "textual-inversion"
-    assert ablations["serial"].subject.flag("placement") == ablations["serial"].motion.flag("placement") == "serial"
+    assert (
+        ablations["serial"].subject.flag("placement")
+        == ablations["serial"].motion.flag("placement")
+        == "serial"
+    )
 
 
 def test_cli_runs_a_config(tiny_base, tiny_data, tiny_clip, tmp_path, capsys):
     from dreamvideo.cli import main
 
-    cfg = tiny_config(tiny_base, tiny_data, tiny_clip) | {"methods": ["base"], "ablations": [], "tradeoff": None}
+    cfg = tiny_config(tiny_base, tiny_data, tiny_clip) | {
+        "methods": ["base"],
+        "ablations": [],
+        "tradeoff": None,
+    }
     (tmp_path / "grid.json").write_text(json.dumps(cfg))
-    assert main(["benchmark", "--config", str(tmp_path / "grid.json"), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert (
+        main(["benchmark", "--config", str(tmp_path / "grid.json"), "--out", str(tmp_path / "b"), "--quiet"])
+        == 0
+    )
     assert "base model" in capsys.readouterr().out
     assert read_json(tmp_path / "b" / "results.json")["stats"]["trained"] == 0
 
@@ -119,29 +151,53 @@ def test_seeds_flag_selects_a_piece_of_the_same_grid(tmp_path):
     whole, out = bm.config_from_args(parse(["benchmark", "--full"]))
     piece, piece_out = bm.config_from_args(parse(["benchmark", "--full", "--seeds", "2", "0"]))
     assert out == piece_out == Path("benchmark_full") and piece.seeds == [2, 0] and whole.seeds == [0, 1, 2]
-    assert {k: v for k, v in vars(piece).items() if k != "seeds"} == {k: v for k, v in vars(whole).items() if k != "seeds"}
+    assert {k: v for k, v in vars(piece).items() if k != "seeds"} == {
+        k: v for k, v in vars(whole).items() if k != "seeds"
+    }
     # a piece trains into the folders the whole grid would use, so a later run of the whole grid resumes it
     part = bm.builtin_methods()["dreamvideo"].subject
     item = whole.subjects[0]
-    assert (bm.Benchmark(piece, tmp_path)._job("subject", part, item, 0)["folder"]
-            == bm.Benchmark(whole, tmp_path)._job("subject", part, item, 0)["folder"])  # fmt: skip
+    assert (
+        bm.Benchmark(piece, tmp_path)._job("subject", part, item, 0)["folder"]
+        == bm.Benchmark(whole, tmp_path)._job("subject", part, item, 0)["folder"]
+    )
 
 
 def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
     def row(entry, seed, template, value, subject="dog"):
-        return {"entry": entry, "case": "subject", "group": "base" if entry == "base" else "method", "seed": seed,
-                "subject": subject, "motion": None, "template": template, "subject_fidelity": value}  # fmt: skip
+        return {
+            "entry": entry,
+            "case": "subject",
+            "group": "base" if entry == "base" else "method",
+            "seed": seed,
+            "subject": subject,
+            "motion": None,
+            "template": template,
+            "subject_fidelity": value,
+        }
 
-    rows = [row("base", 0, "a", 0.1), row("base", 0, "b", 0.3), row("base", 1, "a", 0.2),
-            row("dreamvideo", 1, "a", 0.6), row("dreamvideo", 0, "b", 0.4), row("dreamvideo", 0, "a", 0.2),
-            row("dreamvideo", 0, "a", float("nan"), subject="cat")]  # fmt: skip
+    rows = [
+        row("base", 0, "a", 0.1),
+        row("base", 0, "b", 0.3),
+        row("base", 1, "a", 0.2),
+        row("dreamvideo", 1, "a", 0.6),
+        row("dreamvideo", 0, "b", 0.4),
+        row("dreamvideo", 0, "a", 0.2),
+        row("dreamvideo", 0, "a", float("nan"), subject="cat"),
+    ]
     entries = [bm.builtin_methods()["base"], bm.builtin_methods()["dreamvideo"]]
     table = {it["entry"]: it for it in bm.summarize(rows, {}, entries)["table"] if it["case"] == "subject"}
-    d = table["dreamvideo"]["vs_base"]["subject_fidelity"]  # pairs: 0.2-0.1, 0.4-0.3, 0.6-0.2 (the NaN is left out)
+    d = table["dreamvideo"]["vs_base"][
+        "subject_fidelity"
+    ]  # pairs: 0.2-0.1, 0.4-0.3, 0.6-0.2 (the NaN is left out)
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.2)
     assert d["stderr"] == pytest.approx(np.std([0.1, 0.1, 0.4], ddof=1) / np.sqrt(3))
     assert table["base"]["vs_base"] == {}
     stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
-    results = {"config": vars(bm.quick_config()), "summary": bm.summarize(rows, {}, entries), "stats": stats,
-               "seconds": 0}  # fmt: skip
+    results = {
+        "config": vars(bm.quick_config()),
+        "summary": bm.summarize(rows, {}, entries),
+        "stats": stats,
+        "seconds": 0,
+    }
     assert "| dreamvideo | subject | +0.200 ± 0.100 | 3 |" in bm.format_markdown(results, entries)

@@ -129,8 +129,9 @@ def test_convert_base_end_to_end(tiny_base: Path, tmp_path: Path):
     unet.eval()  # the temporal convolutions have dropout
     assert torch.equal(run(converted.eval()), run(unet))
     # the mapping is bit-exact (above); diffusers' loader may pick other kernels, so this one is to rounding
-    torch.testing.assert_close(run(UNet3DConditionModel.from_pretrained(out / "unet").eval()), run(unet),
-                               atol=1e-6, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        run(UNet3DConditionModel.from_pretrained(out / "unet").eval()), run(unet), atol=1e-6, rtol=0
+    )
 
     with pytest.raises(CheckpointError, match="already exists"):
         convert_vgen_base(ckpt, out, template_dir=tiny_base)
@@ -333,7 +334,9 @@ def test_refused_pickle_says_python_objects_refused_for_safety(tmp_path: Path):
 
 
 @pytest.mark.parametrize("with_embedding", [False, True])
-def test_converted_identity_adapter_loads_and_generates(tiny_base: Path, tmp_path: Path, with_embedding: bool):
+def test_converted_identity_adapter_loads_and_generates(
+    tiny_base: Path, tmp_path: Path, with_embedding: bool
+):
     from dreamvideo.pipeline import DreamVideoPipeline
 
     pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
@@ -342,8 +345,18 @@ def test_converted_identity_adapter_loads_and_generates(tiny_base: Path, tmp_pat
     ad.detach_adapter(pipe.unet, "identity")
     ckpt = tmp_path / "adapter_00000500.pth"
     torch.save({"state_dict": dreamvideo_adapters_to_vgen(state, dict(pipe.unet.config))}, ckpt)
-    args = ["convert", "vgen-adapter", "--ckpt", str(ckpt), "--kind", "identity", "--base", str(tiny_base),
-            "--out", str(tmp_path / "subject")]  # fmt: skip
+    args = [
+        "convert",
+        "vgen-adapter",
+        "--ckpt",
+        str(ckpt),
+        "--kind",
+        "identity",
+        "--base",
+        str(tiny_base),
+        "--out",
+        str(tmp_path / "subject"),
+    ]
     if with_embedding:
         save_file({"emb": torch.randn(32)}, tmp_path / "emb.safetensors")
         args += ["--embedding", str(tmp_path / "emb.safetensors"), "--token", "<tok>"]
@@ -356,6 +369,25 @@ def test_converted_identity_adapter_loads_and_generates(tiny_base: Path, tmp_pat
     loaded = ad.adapter_state_dict(pipe.unet, "identity")
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     out = tmp_path / ("gen.mp4")
-    assert cli.main(["generate", "--base", str(tiny_base), "--subject", str(tmp_path / "subject"), "--prompt",
-                     prompt, "--frames", "2", "--steps", "1", "--out", str(out), "--quiet"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--base",
+                str(tiny_base),
+                "--subject",
+                str(tmp_path / "subject"),
+                "--prompt",
+                prompt,
+                "--frames",
+                "2",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()

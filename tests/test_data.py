@@ -102,7 +102,9 @@ def test_large_image_is_decoded_reduced(tmp_path, monkeypatch):
     _split_lr(4000, 3000).save(tmp_path / "big.jpg", quality=90)
     decoded = []
     real = data.ImageOps.exif_transpose
-    monkeypatch.setattr(data.ImageOps, "exif_transpose", lambda im, **kw: decoded.append(im.size) or real(im, **kw))
+    monkeypatch.setattr(
+        data.ImageOps, "exif_transpose", lambda im, **kw: decoded.append(im.size) or real(im, **kw)
+    )
     start = time.perf_counter()
     x = load_image(tmp_path / "big.jpg", 64)
     assert time.perf_counter() - start < 2.0

@@ -138,15 +138,21 @@ def test_generate_splits_prompts_between_processes_and_the_result_loads(launched
     assert frames.shape == (2, 16, 16, 3)
 
 
-def test_benchmark_splits_trainings_and_videos_between_processes(launched, tiny_base, tiny_data, tiny_clip, tmp_path):
+def test_benchmark_splits_trainings_and_videos_between_processes(
+    launched, tiny_base, tiny_data, tiny_clip, tmp_path
+):
     from dreamvideo import benchmark as bm
 
     root, stdout = launched
     assert stdout.count("[benchmark] training ") == 4  # dreamvideo and lora, subject and motion: each once
     results = read_json(root / "bench" / "results.json")
     assert stdout.count("[benchmark] ") - 4 == len({r["cell"] for r in results["rows"]})  # each video once
-    single = bm.Benchmark(bm.BenchmarkConfig.from_dict(grid(tiny_base, tiny_data, tiny_clip)), tmp_path / "one",
-                          device="cpu", progress=False).run()  # fmt: skip
+    single = bm.Benchmark(
+        bm.BenchmarkConfig.from_dict(grid(tiny_base, tiny_data, tiny_clip)),
+        tmp_path / "one",
+        device="cpu",
+        progress=False,
+    ).run()
     assert [r["cell"] for r in single["rows"]] == [r["cell"] for r in results["rows"]]
     for a, b in zip(single["rows"], results["rows"], strict=True):  # same numbers as a single process
         assert all(a[k] == pytest.approx(b[k], abs=1e-4) for k in a if isinstance(a[k], float))
@@ -163,7 +169,9 @@ def test_two_process_training_lowers_the_loss_on_its_videos(launched, tiny_base,
     settings = MotionSettings(num_frames=4)
     batches = MotionBatches.encode(pipe, load_motion_data(tiny_data["motion"], 16, settings), settings)
 
-    def held_loss(enabled: bool) -> float:  # the same 16 clips, noises and timesteps with and without the adapter
+    def held_loss(
+        enabled: bool,
+    ) -> float:  # the same 16 clips, noises and timesteps with and without the adapter
         ad.enable_adapter(pipe.unet, "motion", enabled)
         generator, total = torch.Generator().manual_seed(0), 0.0
         with torch.no_grad():

@@ -48,15 +48,32 @@ def clip_dir(tmp_path_factory):
     torch.manual_seed(0)
     n = len(tok)
     config = CLIPConfig(
-        text_config=dict(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1),
-        vision_config=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2),
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            image_size=16,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
         projection_dim=16,
-    )  # fmt: skip
+    )
     CLIPModel(config).save_pretrained(root)
     tok.save_pretrained(root)
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(root)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        root
+    )
     return root
 
 
@@ -68,8 +85,16 @@ def clip(clip_dir) -> ClipScorer:
 @pytest.fixture(scope="module")
 def dino() -> DinoScorer:
     torch.manual_seed(1)
-    model = ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                               num_attention_heads=2))  # fmt: skip
+    model = ViTModel(
+        ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    )
     return DinoScorer(model, ViTImageProcessor(size={"height": 16, "width": 16}), device="cpu", batch_size=2)
 
 
@@ -92,7 +117,9 @@ def _feats(out) -> np.ndarray:
 
 def _hand_image(scorer: ClipScorer, frames) -> np.ndarray:
     """CLIP image features straight from the model (unnormalised)."""
-    pixels = scorer.image_processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")["pixel_values"]
+    pixels = scorer.image_processor(images=[Image.fromarray(f) for f in frames], return_tensors="pt")[
+        "pixel_values"
+    ]
     with torch.no_grad():
         return _feats(scorer.model.get_image_features(pixel_values=pixels))
 
@@ -112,8 +139,9 @@ def test_clip_t_matches_hand_computation(clip):
     expected = _cos(mean, _hand_text(clip, "a red dog"))
     assert clip.clip_t(frames, "a red dog") == pytest.approx(expected, abs=1e-5)
     # A single (H,W,3) frame and a PIL list are accepted too.
-    assert clip.clip_t(frames[0], "a red dog") == pytest.approx(_cos(_hand_image(clip, frames[:1])[0],
-                                                                     _hand_text(clip, "a red dog")), abs=1e-5)
+    assert clip.clip_t(frames[0], "a red dog") == pytest.approx(
+        _cos(_hand_image(clip, frames[:1])[0], _hand_text(clip, "a red dog")), abs=1e-5
+    )
     assert clip.clip_t([Image.fromarray(f) for f in frames], "a red dog") == pytest.approx(expected, abs=1e-5)
 
 
@@ -193,9 +221,19 @@ def folder(tmp_path):
         for c, case in enumerate(["dog", "cat"]):
             name = f"{method}_{case}" + (".gif" if c == 0 else "")
             _write_case(videos, name, _frames(4, 16, seed=100 + 10 * m + c), "gif" if c == 0 else "frames")
-            entries.append({"video": name, "prompt": f"a <sks> {case} moves left", "class_word": case,
-                            "placeholder": "<sks>", "subject_refs": ["refs/0.png", "refs/1.png"],
-                            "motion_refs": ["refs/motion.gif"], "method": method, "case": case, "seed": 0})
+            entries.append(
+                {
+                    "video": name,
+                    "prompt": f"a <sks> {case} moves left",
+                    "class_word": case,
+                    "placeholder": "<sks>",
+                    "subject_refs": ["refs/0.png", "refs/1.png"],
+                    "motion_refs": ["refs/motion.gif"],
+                    "method": method,
+                    "case": case,
+                    "seed": 0,
+                }
+            )
     (tmp_path / "manifest.json").write_text(json.dumps(entries))
     return tmp_path
 
@@ -226,7 +264,9 @@ def test_evaluate_folder_rows_summary_and_reports(folder, clip, dino):
     assert lora["n"] == 2
     assert lora["metrics"]["clip_i"]["mean"] == pytest.approx(np.mean(values))
     assert lora["metrics"]["clip_i"]["std"] == pytest.approx(np.std(values))
-    assert summary["overall"]["metrics"]["t_cons"]["mean"] == pytest.approx(np.mean([r["t_cons"] for r in rows]))
+    assert summary["overall"]["metrics"]["t_cons"]["mean"] == pytest.approx(
+        np.mean([r["t_cons"] for r in rows])
+    )
 
     md = (out / "metrics.md").read_text()
     assert "| method | n | CLIP-T | CLIP-I | DINO-I | T.Cons |" in md
@@ -292,7 +332,9 @@ def test_manifest_subject_folder_expands_to_images(tmp_path):
     for name in ("b.png", "a.jpg", ".hidden.png", "notes.txt"):
         (tmp_path / "subj" / "images" / name).write_bytes(b"")
     (tmp_path / "v.gif").write_bytes(b"")
-    (tmp_path / "m.json").write_text(json.dumps([{"video": "v.gif", "prompt": "p", "subject_refs": ["subj"]}]))
+    (tmp_path / "m.json").write_text(
+        json.dumps([{"video": "v.gif", "prompt": "p", "subject_refs": ["subj"]}])
+    )
     item = metrics.load_manifest(tmp_path / "m.json")[0]
     assert [p.name for p in item.subject_refs] == ["a.jpg", "b.png"]
     assert item.video == tmp_path / "v.gif" and item.info == {}
@@ -309,8 +351,14 @@ def test_oracle_metrics_on_toy_world(tmp_path, clip):
     spec = world.ClipSpec(world.NOVEL_SUBJECTS["totem"], "blue sky", "spiral")
     frames = world.render_clip(spec).frames
     write_video(frames, tmp_path / "gen.gif", fps=8)
-    entry = {"video": "gen.gif", "prompt": "a <sks> square moves on blue sky", "class_word": "square",
-             "placeholder": "<sks>", "subject_refs": ["totem"], "motion_refs": ["spiral/00.gif"]}
+    entry = {
+        "video": "gen.gif",
+        "prompt": "a <sks> square moves on blue sky",
+        "class_word": "square",
+        "placeholder": "<sks>",
+        "subject_refs": ["totem"],
+        "motion_refs": ["spiral/00.gif"],
+    }
     (tmp_path / "m.json").write_text(json.dumps([entry]))
     row = metrics.evaluate_folder(tmp_path, tmp_path / "m.json", clip, oracle=True)[0]
     assert row["oracle_background"] == "blue sky" and row["oracle_background_ok"] == 1.0
@@ -351,16 +399,38 @@ def test_from_pretrained_errors(tmp_path):
 
 def test_cli_evaluate(folder, clip_dir, capsys):
     out = folder / "report"
-    code = main(["evaluate", "--videos", str(folder / "videos"), "--manifest", str(folder / "manifest.json"),
-                 "--clip", str(clip_dir), "--out", str(out), "--device", "cpu"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--videos",
+            str(folder / "videos"),
+            "--manifest",
+            str(folder / "manifest.json"),
+            "--clip",
+            str(clip_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     rows = json.loads((out / "metrics.json").read_text())["rows"]
     assert len(rows) == 4 and all(-1 <= r["clip_t"] <= 1 for r in rows)
     assert "## Per method" in capsys.readouterr().out
 
     shutil.rmtree(folder / "videos" / "lora_cat")
-    code = main(["evaluate", "--videos", str(folder / "videos"), "--manifest", str(folder / "manifest.json"),
-                 "--clip", str(folder / "missing-clip")])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--videos",
+            str(folder / "videos"),
+            "--manifest",
+            str(folder / "manifest.json"),
+            "--clip",
+            str(folder / "missing-clip"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "lora_cat" in err and "not found" in err  # the manifest is checked before the model
 
@@ -374,9 +444,14 @@ def test_paired_difference_by_hand():
         metrics.paired_difference([1.0, 2.0], [0.0])
 
 
-@pytest.mark.parametrize("key, value", [
-    ("video", "../outside.gif"), ("subject_refs", ["../../etc/shadow"]), ("motion_refs", ["/etc/passwd"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("video", "../outside.gif"),
+        ("subject_refs", ["../../etc/shadow"]),
+        ("motion_refs", ["/etc/passwd"]),
+    ],
+)
 def test_manifest_paths_stay_inside_its_folder(tmp_path, key, value):
     inner = tmp_path / "inner"
     inner.mkdir()

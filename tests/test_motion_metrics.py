@@ -69,7 +69,9 @@ def test_best_match_asymmetry():
     assert corr.max(axis=1).mean() == pytest.approx(0.5) and corr.max(axis=0).mean() == pytest.approx(1.0)
     # the best match, not the mean: adding a reversed track to gen changes neither best match of ref's "right"
     gen3 = np.stack([right, -right, down])
-    assert _mf(ref, gen3) == pytest.approx(0.5 * (1.0 + (1 + 0 + 1) / 3))  # gen's -right matches nothing (max 0)
+    assert _mf(ref, gen3) == pytest.approx(
+        0.5 * (1.0 + (1 + 0 + 1) / 3)
+    )  # gen's -right matches nothing (max 0)
 
 
 def test_resampling_to_the_generated_frame_count():
@@ -115,7 +117,9 @@ def test_grid_queries():
 def _clip(motion: str, seed: int, pattern: str = "plain") -> world.RenderedClip:
     rng = np.random.default_rng(seed)
     sprite = world.Sprite(str(rng.choice(world.SHAPES)), str(rng.choice(list(world.COLORS))), pattern)
-    return world.render_clip(world._random_spec(rng, sprite, str(rng.choice(world.BACKGROUNDS)), motion, phase=0.0))
+    return world.render_clip(
+        world._random_spec(rng, sprite, str(rng.choice(world.BACKGROUNDS)), motion, phase=0.0)
+    )
 
 
 def _exact(clip: world.RenderedClip, grid: int = 16) -> np.ndarray:
@@ -124,7 +128,9 @@ def _exact(clip: world.RenderedClip, grid: int = 16) -> np.ndarray:
     return mm.exact_toy_tracks(*oracle.track(clip.masks), clip.masks[0], q)
 
 
-TRANSLATIONS = [m for m in world.MOTIONS + world.NOVEL_MOTIONS if m not in ("grows", "shrinks", "stays still")]
+TRANSLATIONS = [
+    m for m in world.MOTIONS + world.NOVEL_MOTIONS if m not in ("grows", "shrinks", "stays still")
+]
 
 
 def test_exact_toy_tracks_follow_the_sprite():
@@ -132,8 +138,11 @@ def test_exact_toy_tracks_follow_the_sprite():
     tracks = _exact(clip)
     on = clip.masks[0][tracks[:, 0, 1].astype(int), tracks[:, 0, 0].astype(int)]
     assert on.sum() >= 3
-    np.testing.assert_allclose(tracks[on] - tracks[on, :1], np.broadcast_to(clip.centers - clip.centers[0],
-                                                                            tracks[on].shape), atol=0.6)  # fmt: skip
+    np.testing.assert_allclose(
+        tracks[on] - tracks[on, :1],
+        np.broadcast_to(clip.centers - clip.centers[0], tracks[on].shape),
+        atol=0.6,
+    )
     np.testing.assert_array_equal(tracks[~on], np.repeat(tracks[~on, :1], len(clip.centers), axis=1))
 
 
@@ -279,7 +288,9 @@ def test_cotracker_loads_weights_only_and_converts_layouts(tmp_path, monkeypatch
 
         def forward(self, video, queries):
             b, f = video.shape[:2]
-            xy = queries[:, :, 1:] + torch.arange(f).float()[None, :, None, None] * self.model.bias  # (1,F,N,2)
+            xy = (
+                queries[:, :, 1:] + torch.arange(f).float()[None, :, None, None] * self.model.bias
+            )  # (1,F,N,2)
             return xy, torch.ones(b, f, queries.shape[1], dtype=torch.bool)
 
     package = types.ModuleType("cotracker")
@@ -313,7 +324,9 @@ def test_raft_loads_weights_only_and_rescales_flow(tmp_path, monkeypatch):
             self.shapes.append(tuple(a.shape))
             assert a.min() >= -1 and a.max() <= 1
             flow = torch.zeros(a.shape[0], 2, *a.shape[2:])
-            flow[:, 0] = self.scale[0]  # a constant flow of scale[0] pixels (of the resized frames) to the right
+            flow[:, 0] = self.scale[
+                0
+            ]  # a constant flow of scale[0] pixels (of the resized frames) to the right
             return [flow * 0, flow]
 
     optical_flow = types.ModuleType("torchvision.models.optical_flow")
@@ -323,8 +336,11 @@ def test_raft_loads_weights_only_and_rescales_flow(tmp_path, monkeypatch):
     models.optical_flow = optical_flow
     tv = types.ModuleType("torchvision")
     tv.models = models
-    for name, module in (("torchvision", tv), ("torchvision.models", models),
-                         ("torchvision.models.optical_flow", optical_flow)):  # fmt: skip
+    for name, module in (
+        ("torchvision", tv),
+        ("torchvision.models", models),
+        ("torchvision.models.optical_flow", optical_flow),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     from safetensors.torch import save_file
 
@@ -351,7 +367,9 @@ def test_one_frame_video_is_still():
     scorer = mm.MotionScorer(mm.LucasKanadeTracker(), mm.FarnebackFlow())
     moving, still = _clip("moves right", 1, "striped").frames, _clip("stays still", 2).frames
     one = scorer.score(still[:1], [moving])
-    assert one["track_motion_fidelity"] == 0.0 and one["dynamic_degree"] == 0.0 and one["flow_top5_mean"] < 0.05
+    assert (
+        one["track_motion_fidelity"] == 0.0 and one["dynamic_degree"] == 0.0 and one["flow_top5_mean"] < 0.05
+    )
     assert scorer.score(moving, [still[:1]])["track_motion_fidelity"] == 0.0
     assert scorer.score(still, [still[:1]])["track_motion_fidelity"] == 1.0
 
@@ -376,8 +394,14 @@ def toy_folder(tmp_path):
         (tmp_path / name).mkdir()
         for i, f in enumerate(clip.frames):
             Image.fromarray(f).save(tmp_path / name / f"{i:02d}.png")
-        entries.append({"video": name, "prompt": f"a star moves on {world.BACKGROUNDS[0]}", "subject_refs": ["totem"],
-                        "motion_refs": [str(motion / "00.gif")]})  # fmt: skip
+        entries.append(
+            {
+                "video": name,
+                "prompt": f"a star moves on {world.BACKGROUNDS[0]}",
+                "subject_refs": ["totem"],
+                "motion_refs": [str(motion / "00.gif")],
+            }
+        )
     (tmp_path / "m.json").write_text(json.dumps(entries))
     return tmp_path
 
@@ -385,8 +409,21 @@ def toy_folder(tmp_path):
 def test_evaluate_skips_unavailable_tracker_with_a_message(toy_folder, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "cotracker", None)
     (toy_folder / "ck.pth").write_bytes(b"")
-    code = main(["evaluate", "--manifest", str(toy_folder / "m.json"), "--clip", "toy", "--device", "cpu",
-                 "--tracker", "cotracker", "--tracker-weights", str(toy_folder / "ck.pth")])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(toy_folder / "m.json"),
+            "--clip",
+            "toy",
+            "--device",
+            "cpu",
+            "--tracker",
+            "cotracker",
+            "--tracker-weights",
+            str(toy_folder / "ck.pth"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "track_motion_fidelity skipped: CoTracker needs the 'cotracker' package" in out
@@ -397,12 +434,30 @@ def test_evaluate_skips_unavailable_tracker_with_a_message(toy_folder, capsys, m
 
 @needs_cv2
 def test_evaluate_with_the_opencv_fallbacks(toy_folder, capsys):
-    code = main(["evaluate", "--manifest", str(toy_folder / "m.json"), "--clip", "toy", "--device", "cpu",
-                 "--tracker", "lk", "--flow", "farneback", "--out", str(toy_folder / "out")])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--manifest",
+            str(toy_folder / "m.json"),
+            "--clip",
+            "toy",
+            "--device",
+            "cpu",
+            "--tracker",
+            "lk",
+            "--flow",
+            "farneback",
+            "--out",
+            str(toy_folder / "out"),
+        ]
+    )
     assert code == 0
     result = json.loads((toy_folder / "out" / "metrics.json").read_text())
     rows = {r["video"]: r for r in result["rows"]}
-    assert "classical fallback" in result["models"]["tracker"] and "classical fallback" in result["models"]["flow"]
+    assert (
+        "classical fallback" in result["models"]["tracker"]
+        and "classical fallback" in result["models"]["flow"]
+    )
     assert rows["same"]["track_motion_fidelity"] > rows["other"]["track_motion_fidelity"]
     assert rows["still"]["track_motion_fidelity"] == 0.0
     assert rows["same"]["dynamic_degree"] == 1.0 and rows["still"]["dynamic_degree"] == 0.0

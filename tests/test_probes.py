@@ -26,8 +26,19 @@ from dreamvideo.cli import main
 from dreamvideo.fileio import load_safetensors, save_safetensors
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TRAIN = ["--ti-steps", "1", "--adapter-steps", "1", "--ti-batch-size", "1", "--adapter-batch-size", "1",
-         "--checkpoint-every", "1", "--quiet"]
+TRAIN = [
+    "--ti-steps",
+    "1",
+    "--adapter-steps",
+    "1",
+    "--ti-batch-size",
+    "1",
+    "--adapter-batch-size",
+    "1",
+    "--checkpoint-every",
+    "1",
+    "--quiet",
+]
 
 
 @dataclass
@@ -42,19 +53,57 @@ class Ctx:
 
 
 def subject(ctx, *extra, images=None, out=None):
-    return ["learn-subject", "--base", str(ctx.base), "--images", str(images or ctx.data["subject"]),
-            "--init-word", "dog", "--out", str(out or ctx.tmp / "s"), *TRAIN, *extra]
+    return [
+        "learn-subject",
+        "--base",
+        str(ctx.base),
+        "--images",
+        str(images or ctx.data["subject"]),
+        "--init-word",
+        "dog",
+        "--out",
+        str(out or ctx.tmp / "s"),
+        *TRAIN,
+        *extra,
+    ]
 
 
 def motion(ctx, *extra, videos=None, out=None):
-    return ["learn-motion", "--base", str(ctx.base), "--videos", str(videos or ctx.data["motion"]), "--out",
-            str(out or ctx.tmp / "m"), "--steps", "1", "--num-frames", "2", "--checkpoint-every", "1", "--quiet",
-            *extra]
+    return [
+        "learn-motion",
+        "--base",
+        str(ctx.base),
+        "--videos",
+        str(videos or ctx.data["motion"]),
+        "--out",
+        str(out or ctx.tmp / "m"),
+        "--steps",
+        "1",
+        "--num-frames",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def generate(ctx, *extra, out=None):
-    return ["generate", "--base", str(ctx.base), "--prompt", "a <sks> dog", "--out", str(out or ctx.tmp / "v.gif"),
-            "--steps", "1", "--frames", "2", "--quiet", *extra]
+    return [
+        "generate",
+        "--base",
+        str(ctx.base),
+        "--prompt",
+        "a <sks> dog",
+        "--out",
+        str(out or ctx.tmp / "v.gif"),
+        "--steps",
+        "1",
+        "--frames",
+        "2",
+        "--quiet",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------- input builders
@@ -80,8 +129,12 @@ def poisoned_motion(ctx, how):
     tensors, meta = load_safetensors(file)
     name = next(iter(tensors))
     t = tensors[name]
-    tensors[name] = {"nan": torch.full_like(t, float("nan")), "inf": torch.full_like(t, float("inf")),
-                     "int": t.to(torch.int32), "bool": t.bool()}[how]
+    tensors[name] = {
+        "nan": torch.full_like(t, float("nan")),
+        "inf": torch.full_like(t, float("inf")),
+        "int": t.to(torch.int32),
+        "bool": t.bool(),
+    }[how]
     save_safetensors(tensors, file, meta)
     return folder
 
@@ -89,7 +142,9 @@ def poisoned_motion(ctx, how):
 def edited_subject(ctx, edit):
     folder = copy_of(ctx, "subject", "dog")
     info = json.loads((folder / "subject.json").read_text())
-    (folder / "subject.json").write_text(edit(info) if isinstance(edit(info), str) else json.dumps(edit(info)))
+    (folder / "subject.json").write_text(
+        edit(info) if isinstance(edit(info), str) else json.dumps(edit(info))
+    )
     return folder
 
 
@@ -124,10 +179,19 @@ def truncated_video(ctx):
 
 def held_out(ctx):
     out = ctx.tmp / "held"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from dreamvideo.artifacts import acquire_lock; acquire_lock(Path(sys.argv[1])); "
-                               "print('held', flush=True); time.sleep(120)", str(out)],
-                              env={**os.environ, "PYTHONPATH": SRC}, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from dreamvideo.artifacts import acquire_lock; acquire_lock(Path(sys.argv[1])); "
+            "print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        env={**os.environ, "PYTHONPATH": SRC},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     ctx.cleanup = holder
     return out
@@ -227,10 +291,17 @@ PROBES = [
     ("1-out-held-by-another-process", lambda c: subject(c, out=held_out(c)), "in use by another run"),
     ("1-stale-lock-taken-over", lambda c: subject(c, out=stale_lock(c)), None),
     # 3. checkpoints belong to their final files
-    ("3-checkpoint-of-another-run", lambda c: generate(c, "--subject", str(foreign_run_checkpoint(c)),
-                                                       "--subject-step", "1"), "cannot be combined"),
+    (
+        "3-checkpoint-of-another-run",
+        lambda c: generate(c, "--subject", str(foreign_run_checkpoint(c)), "--subject-step", "1"),
+        "cannot be combined",
+    ),
     # 4. sizes and numeric flags
-    ("4-frames-10000-over-limit", lambda c: generate(c, "--frames", "10000", "--max-memory-gb", "0.05"), "GiB"),
+    (
+        "4-frames-10000-over-limit",
+        lambda c: generate(c, "--frames", "10000", "--max-memory-gb", "0.05"),
+        "GiB",
+    ),
     ("4-4096x4096", lambda c: generate(c, "--height", "4096", "--width", "4096"), "free memory"),
     ("4-frames-0", lambda c: generate(c, "--frames", "0"), "--frames"),
     ("4-height-negative", lambda c: generate(c, "--height", "-8"), "--height"),
@@ -241,7 +312,11 @@ PROBES = [
     ("4-adapter-batch-size-0", lambda c: subject(c, "--adapter-batch-size", "0"), "--adapter-batch-size"),
     ("4-checkpoint-every-0", lambda c: subject(c, "--checkpoint-every", "0"), "--checkpoint-every"),
     ("4-caption-dropout-1.5", lambda c: motion(c, "--caption-dropout", "1.5"), "--caption-dropout"),
-    ("4-appearance-strength-inf", lambda c: generate(c, "--appearance-strength", "inf"), "--appearance-strength"),
+    (
+        "4-appearance-strength-inf",
+        lambda c: generate(c, "--appearance-strength", "inf"),
+        "--appearance-strength",
+    ),
     ("4-resolution-0", lambda c: subject(c, "--resolution", "0"), "--resolution"),
     ("4-steps-not-a-number", lambda c: generate(c, "--steps", "ten"), "--steps"),
     # 5. garbage with exit 0
@@ -255,53 +330,154 @@ PROBES = [
     ("5-nan-token", lambda c: generate(c, "--subject", str(nan_token_subject(c))), "learned_embeds"),
     # 6. destination first, no silent clobbering
     ("6-out-under-a-file", lambda c: generate(c, out=file_parent(c) / "v.mp4"), "not a folder"),
-    ("6-sibling-gif-exists", lambda c: [*generate(c, out=c.tmp / "v.mp4"), *(existing(c, "v.gif") and [])],
-     "v.gif: exists"),
-    ("6-target-exists", lambda c: [*generate(c, out=c.tmp / "v.mp4"), *(existing(c, "v.mp4") and [])],
-     "v.mp4: exists"),
+    (
+        "6-sibling-gif-exists",
+        lambda c: [*generate(c, out=c.tmp / "v.mp4"), *(existing(c, "v.gif") and [])],
+        "v.gif: exists",
+    ),
+    (
+        "6-target-exists",
+        lambda c: [*generate(c, out=c.tmp / "v.mp4"), *(existing(c, "v.mp4") and [])],
+        "v.mp4: exists",
+    ),
     ("6-overwrite-given", lambda c: [*generate(c, "--overwrite"), *(existing(c, "v.gif") and [])], None),
-    ("6-evaluate-out-under-a-file", lambda c: ["evaluate", "--manifest", str(manifest(c, {})), "--clip",
-                                               str(c.tmp / "no-clip"), "--out", str(file_parent(c) / "r")], "--out"),
+    (
+        "6-evaluate-out-under-a-file",
+        lambda c: [
+            "evaluate",
+            "--manifest",
+            str(manifest(c, {})),
+            "--clip",
+            str(c.tmp / "no-clip"),
+            "--out",
+            str(file_parent(c) / "r"),
+        ],
+        "--out",
+    ),
     # 7. training that learns nothing
     ("7-all-black-masks", lambda c: subject(c, images=subject_images(c, black_masks)), "all black"),
     ("7-caption-without-token", lambda c: subject(c, "--caption", "a photo of a {word}"), "has no {token}"),
-    ("7-token-cut-off", lambda c: subject(c, "--caption", "a dog a dog a dog a dog a dog a {token}"), "cut off"),
+    (
+        "7-token-cut-off",
+        lambda c: subject(c, "--caption", "a dog a dog a dog a dog a dog a {token}"),
+        "cut off",
+    ),
     ("7-one-frame-video", lambda c: motion(c, videos=one_frame_gif(c)), "has 1 frame"),
     ("7-png-renamed-mp4", lambda c: motion(c, videos=png_as_mp4(c)), "still.mp4"),
     # 8. output folders that are not ours
-    ("8-images-folder-as-out", lambda c: subject(c, out=c.data["subject"] / "images"), "not a dreamvideo output"),
+    (
+        "8-images-folder-as-out",
+        lambda c: subject(c, out=c.data["subject"] / "images"),
+        "not a dreamvideo output",
+    ),
     ("8-subject-folder-itself", lambda c: subject(c, out=c.data["subject"]), "not a dreamvideo output"),
     ("8-foreign-folder", lambda c: subject(c, out=foreign_folder(c)), "not a dreamvideo output"),
-    ("8-subject-result-as-motion-out", lambda c: motion(c, out=copy_of(c, "subject", "dog")), "different result"),
+    (
+        "8-subject-result-as-motion-out",
+        lambda c: motion(c, out=copy_of(c, "subject", "dog")),
+        "different result",
+    ),
     ("8-out-is-a-file", lambda c: subject(c, out=file_parent(c)), "not a folder"),
     # 9. malformed inputs
-    ("9-subject-json-list", lambda c: generate(c, "--subject", str(edited_subject(c, lambda i: [i]))),
-     "must be a JSON object"),
-    ("9-subject-json-no-base", lambda c: generate(c, "--subject", str(edited_subject(
-        c, lambda i: {k: v for k, v in i.items() if k != "base"}))), "'base'"),
-    ("9-subject-json-bad-adapter", lambda c: generate(c, "--subject", str(edited_subject(
-        c, lambda i: i | {"identity_adapter": {"name": "identity", "sites": ["nope"]}}))), "bad 'identity_adapter'"),
-    ("9-subject-json-not-json", lambda c: generate(c, "--subject", str(edited_subject(c, lambda i: "{oops"))),
-     "not valid JSON"),
-    ("9-base-config-misfits-weights", lambda c: generate(c, out=c.tmp / "v.gif")[:2] + [str(mismatched_base(c))]
-     + generate(c)[3:], "cannot load this base model"),
+    (
+        "9-subject-json-list",
+        lambda c: generate(c, "--subject", str(edited_subject(c, lambda i: [i]))),
+        "must be a JSON object",
+    ),
+    (
+        "9-subject-json-no-base",
+        lambda c: generate(
+            c, "--subject", str(edited_subject(c, lambda i: {k: v for k, v in i.items() if k != "base"}))
+        ),
+        "'base'",
+    ),
+    (
+        "9-subject-json-bad-adapter",
+        lambda c: generate(
+            c,
+            "--subject",
+            str(
+                edited_subject(c, lambda i: i | {"identity_adapter": {"name": "identity", "sites": ["nope"]}})
+            ),
+        ),
+        "bad 'identity_adapter'",
+    ),
+    (
+        "9-subject-json-not-json",
+        lambda c: generate(c, "--subject", str(edited_subject(c, lambda i: "{oops"))),
+        "not valid JSON",
+    ),
+    (
+        "9-base-config-misfits-weights",
+        lambda c: generate(c, out=c.tmp / "v.gif")[:2] + [str(mismatched_base(c))] + generate(c)[3:],
+        "cannot load this base model",
+    ),
     ("9-caption-tokn", lambda c: subject(c, "--caption", "a {tokn} {word}"), "unknown field {tokn}"),
     ("9-bomb-appearance-image", lambda c: generate(c, "--appearance-image", str(bomb(c))), "too large"),
-    ("9-token-is-existing-word", lambda c: generate(c, "--subject", str(word_token_subject(c))), "existing word"),
+    (
+        "9-token-is-existing-word",
+        lambda c: generate(c, "--subject", str(word_token_subject(c))),
+        "existing word",
+    ),
     ("9-subject-folder-missing", lambda c: generate(c, "--subject", str(c.tmp / "nope")), "folder not found"),
     # 10. wording
-    ("10-pickle-refused-for-safety", lambda c: ["convert", "vgen-adapter", "--ckpt", str(pickle_ckpt(c)), "--kind",
-                                                "motion", "--out", str(c.tmp / "conv")], "refused for safety"),
-    ("10-path-like-base", lambda c: ["learn-subject", "--base", path_base(c), "--images", str(c.data["subject"]),
-                                     "--init-word", "dog", "--out", str(c.tmp / "s")],
-     "no such folder, and not a hub id"),
-    ("10-dot-path-base", lambda c: generate(c)[:2] + ["./missing/base"] + generate(c)[3:],
-     "no such folder, and not a hub id"),
+    (
+        "10-pickle-refused-for-safety",
+        lambda c: [
+            "convert",
+            "vgen-adapter",
+            "--ckpt",
+            str(pickle_ckpt(c)),
+            "--kind",
+            "motion",
+            "--out",
+            str(c.tmp / "conv"),
+        ],
+        "refused for safety",
+    ),
+    (
+        "10-path-like-base",
+        lambda c: [
+            "learn-subject",
+            "--base",
+            path_base(c),
+            "--images",
+            str(c.data["subject"]),
+            "--init-word",
+            "dog",
+            "--out",
+            str(c.tmp / "s"),
+        ],
+        "no such folder, and not a hub id",
+    ),
+    (
+        "10-dot-path-base",
+        lambda c: generate(c)[:2] + ["./missing/base"] + generate(c)[3:],
+        "no such folder, and not a hub id",
+    ),
     # 11. manifests stay inside their folder
-    ("11-manifest-dotdot", lambda c: ["evaluate", "--manifest", str(manifest(c, {"subject_refs": ["../../etc/shadow"]})),
-                                      "--clip", str(c.tmp / "no-clip")], "outside the manifest's folder"),
-    ("11-manifest-absolute", lambda c: ["evaluate", "--manifest", str(manifest(c, {"motion_refs": ["/etc/passwd"]})),
-                                        "--clip", str(c.tmp / "no-clip")], "outside the manifest's folder"),
+    (
+        "11-manifest-dotdot",
+        lambda c: [
+            "evaluate",
+            "--manifest",
+            str(manifest(c, {"subject_refs": ["../../etc/shadow"]})),
+            "--clip",
+            str(c.tmp / "no-clip"),
+        ],
+        "outside the manifest's folder",
+    ),
+    (
+        "11-manifest-absolute",
+        lambda c: [
+            "evaluate",
+            "--manifest",
+            str(manifest(c, {"motion_refs": ["/etc/passwd"]})),
+            "--clip",
+            str(c.tmp / "no-clip"),
+        ],
+        "outside the manifest's folder",
+    ),
     # 12. checks first, no empty --out, helpful init-word error
     ("12-init-word-lists-words", lambda c: subject(c)[:6] + ["zebra"] + subject(c)[7:], "guitar"),
     ("12-multi-token-init-word", lambda c: subject(c)[:6] + ["doggo"] + subject(c)[7:], "single-token word"),
@@ -310,11 +486,15 @@ PROBES = [
     ("13-threads-0", lambda c: ["info", "--threads", "0"], "--threads"),
     ("13-threads-1-accepted", lambda c: ["info", "--threads", "1"], None),
     # inputs the first round already handled well (regression rows)
-    ("ok-corrupt-image", lambda c: subject(c, images=subject_images(c, corrupt_first_image)), "not a readable image"),
+    (
+        "ok-corrupt-image",
+        lambda c: subject(c, images=subject_images(c, corrupt_first_image)),
+        "not a readable image",
+    ),
     ("ok-truncated-video", lambda c: motion(c, videos=truncated_video(c)), "cut.gif"),
     ("ok-missing-images", lambda c: subject(c, images=c.tmp / "none"), "folder not found"),
     ("ok-finished-out-not-clobbered", lambda c: subject(c, out=copy_of(c, "subject", "dog")), "--overwrite"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture()

@@ -80,8 +80,12 @@ def test_contact_sheet_dimensions_and_pixels(tmp_path):
     assert np.array_equal(sheet[32:, label_w + 64 : label_w + 96], big(b[2]))
     assert (sheet[32:, label_w + 96 :] == 255).all()  # row 2 has 3 frames: the 4th cell stays white
 
-    contact_sheet([("dog", a), ("a much longer label that wraps over lines", b)], tmp_path / "s2.png",
-                  scale=1, headers=["t0", "t1", "t2", "t3"])
+    contact_sheet(
+        [("dog", a), ("a much longer label that wraps over lines", b)],
+        tmp_path / "s2.png",
+        scale=1,
+        headers=["t0", "t1", "t2", "t3"],
+    )
     h2, w2 = Image.open(tmp_path / "s2.png").size[::-1]
     assert h2 > 2 * 16 + 10  # header band and a taller wrapped label row
     assert w2 > 4 * 16

@@ -32,12 +32,29 @@ from dreamvideo.fileio import write_json
 from dreamvideo.memory import enable_gradient_checkpointing
 
 # OpenCLIP ViT-H/14's text tower as ModelScope uses it (penultimate layer: 23 of 24 layers).
-TEXT_CONFIG = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
-               "num_hidden_layers": 23, "max_position_embeddings": 77, "vocab_size": 49408}  # fmt: skip
-TINY_UNET = {"sample_size": 8, "block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 64,
-             "attention_head_dim": 8, "norm_num_groups": 8}  # fmt: skip
-TINY_TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 2,
-             "max_position_embeddings": 77, "vocab_size": 1000}  # fmt: skip
+TEXT_CONFIG = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 23,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+}
+TINY_UNET = {
+    "sample_size": 8,
+    "block_out_channels": [32, 64, 64, 64],
+    "cross_attention_dim": 64,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 77,
+    "vocab_size": 1000,
+}
 AUTHORS_STEPS = {"textual_inversion": 3000, "identity_adapter": 1000, "motion_adapter": 3000}
 
 
@@ -65,18 +82,28 @@ def measure(step: Callable[[], None], steps: int, device: torch.device) -> dict:
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"seconds_per_step": round(seconds, 4), "steps_per_second": round(1 / seconds, 3), "peak_gib": peak}
+    return {
+        "seconds_per_step": round(seconds, 4),
+        "steps_per_second": round(1 / seconds, 3),
+        "peak_gib": peak,
+    }
 
 
 def training_step(unet, text, stage: str, frames: int, batch: int, cond_dim: int, device: torch.device):
     """One optimiser step of ``stage`` ('textual_inversion', 'identity_adapter', 'motion_adapter')."""
     if stage == "textual_inversion":
         embeddings = text.get_input_embeddings().weight
-        embeddings.requires_grad_(True)  # the placeholder row (the whole table gets a gradient, as in diffusers)
+        embeddings.requires_grad_(
+            True
+        )  # the placeholder row (the whole table gets a gradient, as in diffusers)
         params = [embeddings]
     else:
         name = "identity" if stage == "identity_adapter" else "motion"
-        modules = ad.attach_identity_adapter(unet) if name == "identity" else ad.attach_motion_adapter(unet, cond_dim)
+        modules = (
+            ad.attach_identity_adapter(unet)
+            if name == "identity"
+            else ad.attach_motion_adapter(unet, cond_dim)
+        )
         modules.to(device)
         params = ad.adapter_parameters(unet, name)
         if name == "motion":
@@ -127,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, nargs="+", default=[16, 32])
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows, results = [("textual_inversion", 1, 4), ("identity_adapter", 1, 4)], {"device": str(device), "rows": []}
+    rows, results = (
+        [("textual_inversion", 1, 4), ("identity_adapter", 1, 4)],
+        {"device": str(device), "rows": []},
+    )
     rows += [("motion_adapter", f, 1) for f in args.frames]
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
@@ -152,22 +182,33 @@ def main(argv: list[str] | None = None) -> int:
         if adapters:
             ad.attach_identity_adapter(unet).to(device)
             ad.attach_motion_adapter(unet, cond_dim).to(device)
-            ad.set_adapter_condition(unet, "motion", torch.randn(2, cond_dim, device=device), torch.tensor([1.0, 0.0]))
+            ad.set_adapter_condition(
+                unet, "motion", torch.randn(2, cond_dim, device=device), torch.tensor([1.0, 0.0])
+            )
         timing = measure(generation(unet, text, args.frames[-1], args.sample_steps, device), 1, device)
         row = {"seconds_per_video": timing["seconds_per_step"], "peak_gib": timing["peak_gib"]}
-        row |= {"stage": "generation", "frames": args.frames[-1], "sample_steps": args.sample_steps,
-                "adapters": adapters}  # fmt: skip
+        row |= {
+            "stage": "generation",
+            "frames": args.frames[-1],
+            "sample_steps": args.sample_steps,
+            "adapters": adapters,
+        }
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
-    rate = {(r["stage"], r["frames"]): r for r in results["rows"]
-            if "seconds_per_step" in r and r.get("gradient_checkpointing") is False}  # fmt: skip
+    rate = {
+        (r["stage"], r["frames"]): r
+        for r in results["rows"]
+        if "seconds_per_step" in r and r.get("gradient_checkpointing") is False
+    }
     projected = {}
     for stage, steps in AUTHORS_STEPS.items():
         frames = 1 if stage != "motion_adapter" else max(args.frames)
         if (stage, frames) in rate:
             projected[stage] = round(steps * rate[(stage, frames)]["seconds_per_step"] / 60, 1)
     results["projected_minutes_at_authors_steps"] = projected
-    results["authors_report"] = "A100-80G: ~50 min textual inversion, 10-15 min identity adapter (method.md section 7)"
+    results["authors_report"] = (
+        "A100-80G: ~50 min textual inversion, 10-15 min identity adapter (method.md section 7)"
+    )
     write_json(results, args.out)
     print("projected minutes:", projected)
     return 0

@@ -23,9 +23,16 @@ def main(argv: list[str]) -> int:
     run = Path(f"/tmp/arm_{arm}")
     model, state = run / "model", read(run / "checkpoints/unet/state.json")
     log = read(run / "train_log.json") or {}
-    report = {"arm": arm, "step": state["step"], "seconds": state["seconds"], "losses": state["losses"][::10],
-              "args": log.get("args"), "scheduler": read(model / "scheduler/scheduler_config.json"),
-              "quality": read(f"/tmp/q_{arm}/quality.json"), "probe": read(f"/tmp/w_{arm}.json")}  # fmt: skip
+    report = {
+        "arm": arm,
+        "step": state["step"],
+        "seconds": state["seconds"],
+        "losses": state["losses"][::10],
+        "args": log.get("args"),
+        "scheduler": read(model / "scheduler/scheduler_config.json"),
+        "quality": read(f"/tmp/q_{arm}/quality.json"),
+        "probe": read(f"/tmp/w_{arm}.json"),
+    }
     (out / f"{arm}_report.json").write_text(json.dumps(report))
     shutil.copy(model / "unet/diffusion_pytorch_model.safetensors", out / f"{arm}_unet.safetensors")
     if float((log.get("args") or {}).get("text_encoder_lr") or 0) > 0:

@@ -58,8 +58,9 @@ def resolve_base(base: str | os.PathLike | None) -> Path:
         )
     except Exception as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise BaseModelError(f"{base}: no such folder, and not a hub id the hub could provide "
-                             f"({type(err).__name__}: {first})") from err
+        raise BaseModelError(
+            f"{base}: no such folder, and not a hub id the hub could provide ({type(err).__name__}: {first})"
+        ) from err
 
 
 def looks_like_path(text: str) -> bool:
@@ -99,7 +100,9 @@ def _config(path: Path) -> dict[str, Any]:
 def architecture_fingerprint(unet_config: dict[str, Any], text_hidden_size: int) -> str:
     """A short hash of the UNet architecture and text width: adapters and tokens fit exactly the bases sharing it."""
     keys = sorted(k for k in unet_config if not k.startswith("_") and k not in ("sample_size",))
-    payload = json.dumps({k: unet_config[k] for k in keys} | {"text_hidden_size": text_hidden_size}, sort_keys=True)
+    payload = json.dumps(
+        {k: unet_config[k] for k in keys} | {"text_hidden_size": text_hidden_size}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -127,7 +130,12 @@ MODELSCOPE_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 32,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+    "down_block_types": [
+        "CrossAttnDownBlock3D",
+        "CrossAttnDownBlock3D",
+        "CrossAttnDownBlock3D",
+        "DownBlock3D",
+    ],
     "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,

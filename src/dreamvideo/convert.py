@@ -246,12 +246,16 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         detail = " ".join(found.group(1).split()) if found else ""
         if "Unsupported global" in detail or "GLOBAL" in str(err):
             blocked = re.search(r"GLOBAL ([\w.]+)", str(err))
-            what = detail.split("GLOBAL")[-1].strip() or (blocked.group(1) if blocked else "classes or functions")
+            what = detail.split("GLOBAL")[-1].strip() or (
+                blocked.group(1) if blocked else "classes or functions"
+            )
             raise CheckpointError(
                 f"{path}: holds Python objects other than tensors ({what}) and is refused for safety "
                 "(it is never unpickled); re-save its tensors as a plain dict or as safetensors"
             ) from err
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail or type(err).__name__})") from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({detail or type(err).__name__})"
+        ) from err
     except Exception as err:  # truncated zip, not a torch file, ...
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
@@ -513,10 +517,14 @@ def _embedding_vector(path: str | Path) -> torch.Tensor:
     """The one tensor of a learned-embedding file, flattened (a diffusers ``{token: (1, dim)}`` file works too)."""
     tensors = load_checkpoint(path)
     if len(tensors) != 1:
-        raise CheckpointError(f"{path}: expected one embedding tensor, found {len(tensors)} ({', '.join(list(tensors)[:4])})")
+        raise CheckpointError(
+            f"{path}: expected one embedding tensor, found {len(tensors)} ({', '.join(list(tensors)[:4])})"
+        )
     vector = next(iter(tensors.values())).float()
     if vector.ndim > 2 or (vector.ndim == 2 and vector.shape[0] != 1):
-        raise CheckpointError(f"{path}: expected an embedding of shape (dim,) or (1, dim), got {tuple(vector.shape)}")
+        raise CheckpointError(
+            f"{path}: expected an embedding of shape (dim,) or (1, dim), got {tuple(vector.shape)}"
+        )
     return vector.reshape(-1)
 
 
@@ -579,7 +587,9 @@ def convert_vgen_adapters(
             info["token"] = None if vector is None else token
         if vector is not None:
             if vector.numel() != int(text_width):
-                raise CheckpointError(f"{embedding}: embedding width {vector.numel()}, the base's text width {text_width}")
+                raise CheckpointError(
+                    f"{embedding}: embedding width {vector.numel()}, the base's text width {text_width}"
+                )
             save_safetensors({token: vector.reshape(1, -1)}, staging / "learned_embeds.safetensors")
         write_json(info, staging / info_file)
         replace_dir(staging, out_dir)
@@ -614,7 +624,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ckpt", required=True, help="VGen adapter checkpoint (checkpoints/adapter_XXXXXXXX.pth)")
     p.add_argument("--kind", required=True, choices=("identity", "motion"))
-    p.add_argument("--embedding", help="the subject's learned word embedding (one tensor), for --kind identity")
+    p.add_argument(
+        "--embedding", help="the subject's learned word embedding (one tensor), for --kind identity"
+    )
     p.add_argument("--token", default="<sks>", help="placeholder word of --embedding (default <sks>)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument(
@@ -632,7 +644,14 @@ def _run_base(args: argparse.Namespace) -> int:
 
 
 def _run_adapter(args: argparse.Namespace) -> int:
-    out = convert_vgen_adapters(args.ckpt, args.out, args.kind, base_dir=args.base, overwrite=args.overwrite,
-                                embedding=args.embedding, token=args.token)
+    out = convert_vgen_adapters(
+        args.ckpt,
+        args.out,
+        args.kind,
+        base_dir=args.base,
+        overwrite=args.overwrite,
+        embedding=args.embedding,
+        token=args.token,
+    )
     print(f"wrote {out}")
     return 0

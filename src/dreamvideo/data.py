@@ -113,7 +113,11 @@ def _center_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 
 def _load_square(
-    path: Path, size: int, convert: Callable[[Image.Image], Image.Image], resample: Image.Resampling, mask: bool
+    path: Path,
+    size: int,
+    convert: Callable[[Image.Image], Image.Image],
+    resample: Image.Resampling,
+    mask: bool,
 ) -> Image.Image:
     """Open, orient, convert, centre-crop and resize one image file to ``size`` x ``size``."""
     img = _open_image(path)
@@ -124,7 +128,9 @@ def _load_square(
         side = min(width, height)
         if side < size:
             kind = "mask" if mask else "image"
-            warnings.warn(f"{path}: {kind} is {width}x{height}, smaller than {size}; upscaling it", stacklevel=3)
+            warnings.warn(
+                f"{path}: {kind} is {width}x{height}, smaller than {size}; upscaling it", stacklevel=3
+            )
         scale = side / size
         if scale >= 2:  # JPEG decodes directly at 1/2, 1/4 or 1/8 scale: huge photos stay cheap
             img.draft(None, (math.ceil(img.width / scale), math.ceil(img.height / scale)))
@@ -207,19 +213,21 @@ def _match_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pa
             raise DataError(f"{image}: no mask for this image in {mask_dir} (expected {mask_dir / stem}.png)")
     for stem, mask in by_mask.items():
         if stem not in by_image:
-            raise DataError(f"{mask}: mask has no matching image in {image_dir} (expected {image_dir / stem}.*)")
+            raise DataError(
+                f"{mask}: mask has no matching image in {image_dir} (expected {image_dir / stem}.*)"
+            )
     masks = [by_mask[p.stem] for p in images]
     for image, mask in zip(images, masks, strict=True):
         with _open_image(image) as a, _open_image(mask) as b:
             (wa, ha), (wb, hb) = _oriented_size(a), _oriented_size(b)
         if abs(wa * hb - wb * ha) > 0.01 * wa * hb:  # aspect ratios differ by more than 1 %
-            raise DataError(f"{mask}: mask is {wb}x{hb} but its image {image} is {wa}x{ha} (aspect ratios differ)")
+            raise DataError(
+                f"{mask}: mask is {wb}x{hb} but its image {image} is {wa}x{ha} (aspect ratios differ)"
+            )
     return masks
 
 
-def load_subject_images(
-    folder: str | Path, size: int, masks: str | Path | None = None
-) -> SubjectData:
+def load_subject_images(folder: str | Path, size: int, masks: str | Path | None = None) -> SubjectData:
     """Load every photo of a subject (and its masks), validating all files first.
 
     Args:
@@ -283,7 +291,9 @@ def _open_video(path: Path) -> tuple[Iterator[np.ndarray], float | None]:
     if path.is_dir():
         files = _frame_files(path)
         if not files:
-            raise DataError(f"{path}: folder holds no frame images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(
+                f"{path}: folder holds no frame images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            )
         return (_read_frame_file(f) for f in files), None
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -319,8 +329,10 @@ def _read_frames(
                 frame = np.repeat(frame[..., None], 3, axis=2)
             frame = frame[..., :3].astype(np.uint8, copy=False)
             if frames and transform is None and frame.shape != frames[0].shape:
-                raise DataError(f"{path}: frame {len(frames)} is {frame.shape[1]}x{frame.shape[0]}, "
-                                f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}")
+                raise DataError(
+                    f"{path}: frame {len(frames)} is {frame.shape[1]}x{frame.shape[0]}, "
+                    f"frame 0 is {frames[0].shape[1]}x{frames[0].shape[0]}"
+                )
             frames.append(transform(frame) if transform else frame)
     except DataError:
         raise
@@ -401,7 +413,9 @@ def _caption_table(captions: str | dict | None, folder: Path | None, items: list
             raise DataError(str(err)) from err
     else:
         return {}
-    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+    ):
         raise DataError(f"{origin}: must map video file names to caption strings")
     if folder is not None:  # a lone file may sit next to a captions.json written for other files
         known = {p.name for p in items} | {p.stem for p in items}
@@ -442,14 +456,18 @@ def load_motion_videos(
 
     def resize(frame: np.ndarray) -> np.ndarray:
         img = Image.fromarray(frame)
-        img = img.crop(_center_box(*img.size)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        img = img.crop(_center_box(*img.size)).resize(
+            (size, size), Image.Resampling.BICUBIC, reducing_gap=2.0
+        )
         return np.asarray(img)
 
     videos, caption_list, fps_list = [], [], []
     for item in items:
         frames, fps = _read_frames(item, max_frames, transform=resize)
         if len(frames) < 2:
-            raise DataError(f"{item}: has {len(frames)} frame, not a video (a still image cannot teach a motion)")
+            raise DataError(
+                f"{item}: has {len(frames)} frame, not a video (a still image cannot teach a motion)"
+            )
         if min_frames is not None and len(frames) < min_frames:
             raise DataError(f"{item}: video has {len(frames)} frames, fewer than the {min_frames} required")
         arr = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)

@@ -187,11 +187,14 @@ def estimate_sampling_bytes(pipe: Any, num_frames: int, height: int, width: int,
     unet_bytes = next(pipe.unet.parameters()).element_size()
     vae_bytes = next(pipe.vae.parameters()).element_size()
     batch = 2 if guided else 1
-    acts = sum(batch * num_frames * (h >> i) * (w >> i) * c * 8 * max(unet_bytes, 4)
-               for i, c in enumerate(pipe.unet.config.block_out_channels))
+    acts = sum(
+        batch * num_frames * (h >> i) * (w >> i) * c * 8 * max(unet_bytes, 4)
+        for i, c in enumerate(pipe.unet.config.block_out_channels)
+    )
     vae = num_frames * height * width * max(pipe.vae.config.block_out_channels) * 4 * max(vae_bytes, 4)
-    weights = sum(p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder)
-                  for p in m.parameters())
+    weights = sum(
+        p.numel() * p.element_size() for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()
+    )
     return int(weights + max(acts, vae))
 
 
@@ -216,8 +219,9 @@ def available_memory_bytes(device: torch.device | str) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def check_sampling_memory(pipe: Any, num_frames: int, height: int, width: int, guided: bool,
-                          limit_gb: float | None = None) -> None:
+def check_sampling_memory(
+    pipe: Any, num_frames: int, height: int, width: int, guided: bool, limit_gb: float | None = None
+) -> None:
     """Refuse a video whose sampling would not fit, with the estimate and the limit.
 
     Args:

@@ -134,7 +134,9 @@ def replace_placeholder(prompt: str, placeholder: str | None, class_word: str | 
 
 
 def _load_error(what: str, path: str | os.PathLike, err: Exception) -> MetricsError:
-    where = "no such folder, and not a hub id" if not Path(path).exists() and str(path).count("/") != 1 else err
+    where = (
+        "no such folder, and not a hub id" if not Path(path).exists() and str(path).count("/") != 1 else err
+    )
     return MetricsError(f"{path}: cannot load {what} ({where})")
 
 
@@ -143,7 +145,9 @@ def toy_clip_dirs() -> tuple[Path, Path, Path]:
     try:
         from dreamvideo.toy.model import TOY_MODEL_DIR
     except ImportError as err:
-        raise MetricsError(f"the built-in toy model is not available ({err}); pass --clip PATH_OR_ID") from err
+        raise MetricsError(
+            f"the built-in toy model is not available ({err}); pass --clip PATH_OR_ID"
+        ) from err
     root = Path(TOY_MODEL_DIR)
     dirs = (root / "clip", root / "tokenizer", root / "feature_extractor")
     missing = [str(d) for d in dirs if not d.is_dir()]
@@ -166,8 +170,14 @@ class ClipScorer:
         batch_size: images or prompts per forward pass.
     """
 
-    def __init__(self, model, tokenizer, image_processor, device: str | torch.device | None = None,
-                 batch_size: int = 32):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+    ):
         self.device = _default_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
@@ -176,9 +186,14 @@ class ClipScorer:
         self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                        image_processor: str | os.PathLike | None = None,
-                        device: str | torch.device | None = None, batch_size: int = 32) -> ClipScorer:  # fmt: skip
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        tokenizer: str | os.PathLike | None = None,
+        image_processor: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+    ) -> ClipScorer:
         """Load a CLIP model folder or hub id (e.g. ``openai/clip-vit-base-patch32``); ``"toy"`` is the toy CLIP.
 
         Args:
@@ -221,8 +236,13 @@ class ClipScorer:
         max_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            batch = self.tokenizer(prompts[i : i + self.batch_size], padding=True, truncation=True,
-                                   max_length=max_len, return_tensors="pt")  # fmt: skip
+            batch = self.tokenizer(
+                prompts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
             out.append(_normalize(_features(self.model.get_text_features(**batch))).cpu())
         return torch.cat(out)
@@ -238,13 +258,16 @@ class ClipScorer:
         dtype = next(self.model.parameters()).dtype
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")["pixel_values"]
+            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")[
+                "pixel_values"
+            ]
             feats = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype))
             out.append(_normalize(_features(feats)).cpu())
         return torch.cat(out)
 
-    def clip_t(self, frames: Frames, prompt: str, placeholder: str | None = None,
-               class_word: str | None = None) -> float:  # fmt: skip
+    def clip_t(
+        self, frames: Frames, prompt: str, placeholder: str | None = None, class_word: str | None = None
+    ) -> float:
         """CLIP-T of a video.
 
         Args:
@@ -284,7 +307,9 @@ class DinoScorer:
         batch_size: images per forward pass.
     """
 
-    def __init__(self, model, image_processor, device: str | torch.device | None = None, batch_size: int = 32):
+    def __init__(
+        self, model, image_processor, device: str | torch.device | None = None, batch_size: int = 32
+    ):
         self.device = _default_device(device)
         self.model = model.to(self.device).eval()
         self.image_processor = image_processor
@@ -292,8 +317,13 @@ class DinoScorer:
         self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, image_processor: str | os.PathLike | None = None,
-                        device: str | torch.device | None = None, batch_size: int = 32) -> DinoScorer:  # fmt: skip
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        image_processor: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+    ) -> DinoScorer:
         """Load a DINO ViT folder or hub id (e.g. ``facebook/dino-vits16``, the paper's ViT-S/16).
 
         Args:
@@ -328,7 +358,9 @@ class DinoScorer:
         dtype = next(self.model.parameters()).dtype
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")["pixel_values"]
+            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")[
+                "pixel_values"
+            ]
             hidden = self.model(pixel_values=pixels.to(self.device, dtype)).last_hidden_state
             out.append(_normalize(hidden[:, 0]).cpu())
         return torch.cat(out)
@@ -374,8 +406,10 @@ def _resolve(base: Path, value: str, roots: list[Path] | None = None, where: str
     if roots is not None:
         real = path.resolve()
         if not any(real == r.resolve() or r.resolve() in real.parents for r in roots):
-            raise ManifestError(f"{where}: path {value!r} is outside the manifest's folder "
-                                f"({', '.join(str(r) for r in roots)}); pass --allow-outside to allow it")
+            raise ManifestError(
+                f"{where}: path {value!r} is outside the manifest's folder "
+                f"({', '.join(str(r) for r in roots)}); pass --allow-outside to allow it"
+            )
     return path
 
 
@@ -385,8 +419,9 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in files if p.suffix.lower() in _IMAGE_EXTENSIONS)
 
 
-def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLike | None = None,
-                  allow_outside: bool = False) -> list[EvalItem]:
+def load_manifest(
+    manifest_path: str | os.PathLike, videos_dir: str | os.PathLike | None = None, allow_outside: bool = False
+) -> list[EvalItem]:
     """Read and validate an evaluation manifest; every file it names must exist.
 
     The manifest is a JSON list of ``{"video", "prompt", "class_word", "placeholder", "subject_refs",
@@ -441,14 +476,25 @@ def load_manifest(manifest_path: str | os.PathLike, videos_dir: str | os.PathLik
         if not video.exists():
             missing.append(str(video))
         known = ("video", "prompt", "class_word", "placeholder", "subject_refs", "motion_refs")
-        items.append(EvalItem(
-            video=video, name=entry["video"], prompt=entry["prompt"], class_word=entry.get("class_word"),
-            placeholder=entry.get("placeholder"), subject_refs=subject, motion_refs=refs["motion_refs"],
-            info={k: v for k, v in entry.items() if k not in known},
-        ))  # fmt: skip
+        items.append(
+            EvalItem(
+                video=video,
+                name=entry["video"],
+                prompt=entry["prompt"],
+                class_word=entry.get("class_word"),
+                placeholder=entry.get("placeholder"),
+                subject_refs=subject,
+                motion_refs=refs["motion_refs"],
+                info={k: v for k, v in entry.items() if k not in known},
+            )
+        )
     if missing:
-        shown = ", ".join(dict.fromkeys(missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise ManifestError(f"{manifest_path}: {len(missing)} file(s) named in the manifest not found: {shown}")
+        shown = ", ".join(dict.fromkeys(missing[:20])) + (
+            f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        )
+        raise ManifestError(
+            f"{manifest_path}: {len(missing)} file(s) named in the manifest not found: {shown}"
+        )
     return items
 
 
@@ -507,10 +553,16 @@ def _oracle_metrics(item: EvalItem, frames: np.ndarray, ref_images: list[np.ndar
     return out
 
 
-def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathLike, clip: ClipScorer,
-                    dino: DinoScorer | None = None, oracle: bool = False,
-                    out_dir: str | os.PathLike | None = None, allow_outside: bool = False,
-                    motion=None) -> list[dict]:  # fmt: skip
+def evaluate_folder(
+    videos_dir: str | os.PathLike,
+    manifest_path: str | os.PathLike,
+    clip: ClipScorer,
+    dino: DinoScorer | None = None,
+    oracle: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    allow_outside: bool = False,
+    motion=None,
+) -> list[dict]:
     """Score every video of a manifest; write ``metrics.json`` and ``metrics.md`` to ``out_dir``.
 
     All manifest files are checked before any model runs. Reference embeddings and text embeddings are
@@ -551,8 +603,13 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
         frames, _ = load_video(item.video)
         prompt = replace_placeholder(item.prompt, item.placeholder, item.class_word)
         embeds = clip.image_embeds(frames)
-        row: dict[str, Any] = {"video": item.name, **item.info, "prompt": item.prompt, "eval_prompt": prompt,
-                               "num_frames": len(frames)}  # fmt: skip
+        row: dict[str, Any] = {
+            "video": item.name,
+            **item.info,
+            "prompt": item.prompt,
+            "eval_prompt": prompt,
+            "num_frames": len(frames),
+        }
         row["clip_t"] = text_score(embeds, clip.text_embeds(prompt)[0])
         if item.subject_refs:
             row["clip_i"] = image_score(embeds, refs(clip, "clip", item.subject_refs))
@@ -565,12 +622,18 @@ def evaluate_folder(videos_dir: str | os.PathLike, manifest_path: str | os.PathL
             row.update(_oracle_metrics(item, frames, [image_cache[p] for p in item.subject_refs]))
         if motion is not None:
             keys = [str(p) for p in item.motion_refs]
-            motion_videos = [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
+            motion_videos = (
+                [video_cache.setdefault(k, load_video(k)[0]) for k in keys] if motion.tracker else []
+            )
             row.update(motion.score(frames, motion_videos, keys))
         rows.append(row)
     if out_dir is not None or videos_dir is not None:
         out = Path(out_dir if out_dir is not None else videos_dir)
-        note = None if dino is not None else "DINO-I not computed (no DINO model given; omitted on the toy world)."
+        note = (
+            None
+            if dino is not None
+            else "DINO-I not computed (no DINO model given; omitted on the toy world)."
+        )
         models = {"clip": clip.name, "dino": dino.name if dino else None}
         if motion is not None:
             models.update(motion.models())
@@ -605,8 +668,10 @@ def _group(rows: list[dict], by: list[str], keys: list[str]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(b) for b in by), []).append(row)
-    return [{**dict(zip(by, g, strict=True)), "n": len(members), "metrics": _stats(members, keys)}
-            for g, members in groups.items()]  # fmt: skip
+    return [
+        {**dict(zip(by, g, strict=True)), "n": len(members), "metrics": _stats(members, keys)}
+        for g, members in groups.items()
+    ]
 
 
 def paired_difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
@@ -656,10 +721,15 @@ def _cell(stats: dict | None) -> str:
 
 
 def _table(groups: list[dict], by: list[str], keys: list[str]) -> list[str]:
-    lines = ["| " + " | ".join([*by, "n", *map(_title, keys)]) + " |", "|" + "---|" * (len(by) + 1 + len(keys))]
+    lines = [
+        "| " + " | ".join([*by, "n", *map(_title, keys)]) + " |",
+        "|" + "---|" * (len(by) + 1 + len(keys)),
+    ]
     for g in groups:
         cells = [str(g.get(b)) if g.get(b) is not None else "-" for b in by]
-        lines.append("| " + " | ".join([*cells, str(g["n"]), *(_cell(g["metrics"].get(k)) for k in keys)]) + " |")
+        lines.append(
+            "| " + " | ".join([*cells, str(g["n"]), *(_cell(g["metrics"].get(k)) for k in keys)]) + " |"
+        )
     return lines
 
 
@@ -680,15 +750,21 @@ def format_markdown(rows: list[dict], summary: dict, note: str | None = None) ->
     if by:
         lines += [f"## Per {' and '.join(by)}", "", *_table(summary["groups"], by, keys), ""]
     lines += ["## Overall", "", *_table([summary["overall"]], [], keys), ""]
-    lines += ["## Per video", "", "| video | " + " | ".join(map(_title, keys)) + " |", "|" + "---|" * (len(keys) + 1)]
+    lines += [
+        "## Per video",
+        "",
+        "| video | " + " | ".join(map(_title, keys)) + " |",
+        "|" + "---|" * (len(keys) + 1),
+    ]
     for r in rows:
         cells = [f"{r[k]:.4f}" if isinstance(r.get(k), (int, float)) else "-" for k in keys]
         lines.append(f"| {r['video']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_results(rows: list[dict], out_dir: str | os.PathLike, models: dict | None = None,
-                  note: str | None = None) -> dict:  # fmt: skip
+def write_results(
+    rows: list[dict], out_dir: str | os.PathLike, models: dict | None = None, note: str | None = None
+) -> dict:
     """Write ``metrics.json`` (rows, summary, models) and ``metrics.md``; return the summary.
 
     Args:
@@ -699,7 +775,9 @@ def write_results(rows: list[dict], out_dir: str | os.PathLike, models: dict | N
     """
     out_dir = Path(out_dir)
     summary = summarize(rows)
-    write_json({"models": models or {}, "note": note, "summary": summary, "rows": rows}, out_dir / "metrics.json")
+    write_json(
+        {"models": models or {}, "note": note, "summary": summary, "rows": rows}, out_dir / "metrics.json"
+    )
     with atomic_path(out_dir / "metrics.md") as tmp:
         tmp.write_text(format_markdown(rows, summary, note))
     return summary
@@ -719,8 +797,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     clip = ClipScorer.from_pretrained(args.clip, device=args.device)
     dino = DinoScorer.from_pretrained(args.dino, device=args.device) if args.dino else None
     motion = scorer_from_args(args)
-    rows = evaluate_folder(videos, manifest, clip, dino, oracle=args.oracle, out_dir=out,
-                           allow_outside=args.allow_outside, motion=motion)
+    rows = evaluate_folder(
+        videos,
+        manifest,
+        clip,
+        dino,
+        oracle=args.oracle,
+        out_dir=out,
+        allow_outside=args.allow_outside,
+        motion=motion,
+    )
     print((out / "metrics.md").read_text())
     print(f"{len(rows)} video(s) scored; wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0
@@ -728,16 +814,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add ``dreamvideo evaluate``."""
-    p = subparsers.add_parser("evaluate", help="score generated videos: CLIP-T, CLIP-I, DINO-I, T.Cons (+ toy oracle)")
+    p = subparsers.add_parser(
+        "evaluate", help="score generated videos: CLIP-T, CLIP-I, DINO-I, T.Cons (+ toy oracle)"
+    )
     p.add_argument("--videos", type=Path, help="folder of generated videos (default: the manifest's folder)")
-    p.add_argument("--manifest", type=Path, required=True, help="JSON list of {video, prompt, class_word, ...}")
-    p.add_argument("--clip", default="toy", help="CLIP folder or hub id, e.g. openai/clip-vit-base-patch32 "
-                   "(default: the toy CLIP shipped with the toy model)")  # fmt: skip
+    p.add_argument(
+        "--manifest", type=Path, required=True, help="JSON list of {video, prompt, class_word, ...}"
+    )
+    p.add_argument(
+        "--clip",
+        default="toy",
+        help="CLIP folder or hub id, e.g. openai/clip-vit-base-patch32 "
+        "(default: the toy CLIP shipped with the toy model)",
+    )
     p.add_argument("--dino", help="DINO ViT folder or hub id, e.g. facebook/dino-vits16 (default: no DINO-I)")
     p.add_argument("--oracle", action="store_true", help="add the toy world's oracle metrics")
     p.add_argument("--out", type=Path, help="where to write metrics.json/.md (default: --videos)")
-    p.add_argument("--allow-outside", action="store_true",
-                   help="accept manifest paths outside the manifest's folder and --videos (default: refused)")
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="accept manifest paths outside the manifest's folder and --videos (default: refused)",
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     add_cli_args(p)
     p.set_defaults(func=cmd_evaluate)

@@ -48,7 +48,13 @@ DYNAMIC_THRESHOLD = 6.0  # VBench: pixels at a 256-pixel short side
 DEFAULT_GRID = 16  # grid points per side
 COTRACKER_HUB = "facebookresearch/co-tracker:cotracker3_offline"
 TRACKERS = ("cotracker", "lk", "none")
-WEIGHT_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # a name ending so is a file, never a hub id
+WEIGHT_SUFFIXES = (
+    ".pth",
+    ".pt",
+    ".ckpt",
+    ".bin",
+    ".safetensors",
+)  # a name ending so is a file, never a hub id
 FLOWS = ("raft", "farneback", "none")
 
 
@@ -109,8 +115,13 @@ def _steps(tracks: np.ndarray, visible: np.ndarray, still: float):
     return unit, is_still, visible[:, 1:] & visible[:, :-1]
 
 
-def track_correlation(tracks_a: np.ndarray, tracks_b: np.ndarray, visible_a: np.ndarray | None = None,
-                      visible_b: np.ndarray | None = None, still: float = 1e-9) -> np.ndarray:  # fmt: skip
+def track_correlation(
+    tracks_a: np.ndarray,
+    tracks_b: np.ndarray,
+    visible_a: np.ndarray | None = None,
+    visible_b: np.ndarray | None = None,
+    still: float = 1e-9,
+) -> np.ndarray:
     """``corr(tau, tau~)`` of every pair of tracklets: the mean over steps of the cosine of their displacements.
 
     DMT (Yatim et al., 2024): ``corr(tau, tau~) = 1/(F-1) sum_k v_k . v~_k / (|v_k| |v~_k|)``. Still steps
@@ -152,9 +163,14 @@ def moving_tracks(tracks: np.ndarray, still: float) -> np.ndarray:
     return np.linalg.norm(tracks - tracks[:, :1], axis=-1).max(axis=1) >= still
 
 
-def motion_fidelity_from_tracks(ref_tracks: np.ndarray, gen_tracks: np.ndarray, ref_visible: np.ndarray | None = None,
-                                gen_visible: np.ndarray | None = None, still: float = 1e-9,
-                                moving_only: bool = True) -> float:  # fmt: skip
+def motion_fidelity_from_tracks(
+    ref_tracks: np.ndarray,
+    gen_tracks: np.ndarray,
+    ref_visible: np.ndarray | None = None,
+    gen_visible: np.ndarray | None = None,
+    still: float = 1e-9,
+    moving_only: bool = True,
+) -> float:
     """DMT motion fidelity of generated tracklets against reference tracklets, in ``[-1, 1]``.
 
     DMT (Yatim et al., 2024): ``MF = 1/2 [1/m sum_{tau~ in T~} max_{tau in T} corr + 1/n sum_{tau in T} max_{tau~}
@@ -171,7 +187,9 @@ def motion_fidelity_from_tracks(ref_tracks: np.ndarray, gen_tracks: np.ndarray, 
     """
     gen_tracks = np.asarray(gen_tracks, np.float64)
     ref_tracks, ref_visible = resample_tracks(ref_tracks, gen_tracks.shape[1], ref_visible)
-    gen_visible = np.ones(gen_tracks.shape[:2], bool) if gen_visible is None else np.asarray(gen_visible, bool)
+    gen_visible = (
+        np.ones(gen_tracks.shape[:2], bool) if gen_visible is None else np.asarray(gen_visible, bool)
+    )
     if moving_only:
         keep_ref, keep_gen = moving_tracks(ref_tracks, still), moving_tracks(gen_tracks, still)
         if not keep_ref.any() or not keep_gen.any():
@@ -272,8 +290,10 @@ def _cv2(what: str):
     try:
         import cv2
     except ImportError as err:
-        raise MotionUnavailable(f"skipped: {what} needs OpenCV, which is not installed "
-                                f"(pip install 'dreamvideo[motion]' or opencv-python-headless; {err})") from err  # fmt: skip
+        raise MotionUnavailable(
+            f"skipped: {what} needs OpenCV, which is not installed "
+            f"(pip install 'dreamvideo[motion]' or opencv-python-headless; {err})"
+        ) from err
     return cv2
 
 
@@ -315,9 +335,14 @@ class LucasKanadeTracker:
         """
         cv2 = self.cv2
         grey, s = _upscale(_frames(frames), self.min_side, cv2)
-        lk = {"winSize": (self.window, self.window), "maxLevel": self.levels,
-              "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01)}  # fmt: skip
-        pts = (np.asarray(queries, np.float32) * s - 0.5).reshape(-1, 1, 2)  # OpenCV: pixel centres at integers
+        lk = {
+            "winSize": (self.window, self.window),
+            "maxLevel": self.levels,
+            "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01),
+        }
+        pts = (np.asarray(queries, np.float32) * s - 0.5).reshape(
+            -1, 1, 2
+        )  # OpenCV: pixel centres at integers
         tracks, visible = [pts[:, 0].copy()], [np.ones(len(pts), bool)]
         for prev, cur in zip(grey[:-1], grey[1:], strict=True):
             nxt, ok, _ = cv2.calcOpticalFlowPyrLK(prev, cur, pts, None, **lk)
@@ -418,25 +443,38 @@ class CoTrackerTracker:
             try:
                 from cotracker.predictor import CoTrackerPredictor
             except ImportError as err:
-                raise MotionUnavailable("skipped: CoTracker needs the 'cotracker' package (facebookresearch/"
-                                        f"co-tracker), which is not installed ({err})") from err  # fmt: skip
+                raise MotionUnavailable(
+                    "skipped: CoTracker needs the 'cotracker' package (facebookresearch/"
+                    f"co-tracker), which is not installed ({err})"
+                ) from err
             params = inspect.signature(CoTrackerPredictor).parameters
-            kwargs = {k: v for k, v in {"checkpoint": None, "offline": True, "window_len": 60}.items() if k in params}
+            kwargs = {
+                k: v
+                for k, v in {"checkpoint": None, "offline": True, "window_len": 60}.items()
+                if k in params
+            }
             try:
                 model = CoTrackerPredictor(**kwargs)
                 model.model.load_state_dict(load_weights(source))
             except Exception as err:  # noqa: BLE001 - any load failure is reported as a skip
                 raise MotionUnavailable(f"skipped: CoTracker weights {source} do not load ({err})") from err
-        elif Path(source).exists() or Path(source).suffix in WEIGHT_SUFFIXES or (":" not in source
-                                                                                and source.count("/") != 1):
-            raise MotionUnavailable(f"skipped: CoTracker weights {source}: not a file and not a hub id "
-                                    "(owner/repo or owner/repo:entry)")  # fmt: skip
+        elif (
+            Path(source).exists()
+            or Path(source).suffix in WEIGHT_SUFFIXES
+            or (":" not in source and source.count("/") != 1)
+        ):
+            raise MotionUnavailable(
+                f"skipped: CoTracker weights {source}: not a file and not a hub id "
+                "(owner/repo or owner/repo:entry)"
+            )
         else:
             repo, _, entry = source.partition(":")
             try:
                 model = torch.hub.load(repo, entry or COTRACKER_HUB.partition(":")[2], trust_repo=True)
             except Exception as err:  # noqa: BLE001 - no network, no package: a skip with the reason
-                raise MotionUnavailable(f"skipped: CoTracker hub id {source} could not be loaded ({err})") from err
+                raise MotionUnavailable(
+                    f"skipped: CoTracker hub id {source} could not be loaded ({err})"
+                ) from err
         self.model = model.to(self.device).eval()
         self.label = f"cotracker: {source}"
 
@@ -450,7 +488,9 @@ class CoTrackerTracker:
         import torch
 
         frames = _frames(frames)
-        video = torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float().to(self.device)  # (1,F,3,H,W) 0-255
+        video = (
+            torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float().to(self.device)
+        )  # (1,F,3,H,W) 0-255
         q = np.concatenate([np.zeros((len(queries), 1)), np.asarray(queries) - 0.5], axis=1)  # (t, x, y)
         with torch.no_grad():
             tracks, visible = self.model(video, queries=torch.from_numpy(q).float()[None].to(self.device))
@@ -477,13 +517,20 @@ class RaftFlow:
 
     name = "raft"
 
-    def __init__(self, weights: str | os.PathLike | None = None, device: str | None = None, min_side: int = 128,
-                 iterations: int = 12):  # fmt: skip
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        device: str | None = None,
+        min_side: int = 128,
+        iterations: int = 12,
+    ):
         try:
             from torchvision.models import optical_flow
         except Exception as err:  # noqa: BLE001 - a CUDA-only build raises RuntimeError on import
-            raise MotionUnavailable(f"skipped: RAFT needs torchvision, which is not installed or does not import "
-                                    f"({type(err).__name__}: {err})") from err  # fmt: skip
+            raise MotionUnavailable(
+                f"skipped: RAFT needs torchvision, which is not installed or does not import "
+                f"({type(err).__name__}: {err})"
+            ) from err
         self.device, self.min_side, self.iterations = _device(device), min_side, iterations
         source = str(weights or "raft_large")
         if Path(source).is_file():
@@ -497,17 +544,25 @@ class RaftFlow:
                 model = candidate
                 break
             if model is None:
-                raise MotionUnavailable(f"skipped: {source} is neither a raft_large nor a raft_small state dict")
+                raise MotionUnavailable(
+                    f"skipped: {source} is neither a raft_large nor a raft_small state dict"
+                )
         elif source in ("raft_large", "raft_small"):
             build = getattr(optical_flow, source)
-            enum = optical_flow.Raft_Large_Weights if source == "raft_large" else optical_flow.Raft_Small_Weights
+            enum = (
+                optical_flow.Raft_Large_Weights if source == "raft_large" else optical_flow.Raft_Small_Weights
+            )
             try:
                 model = build(weights=enum.DEFAULT)
             except Exception as err:  # noqa: BLE001 - no network
-                raise MotionUnavailable(f"skipped: torchvision's {source} weights could not be fetched ({err}); "
-                                        "pass --flow-weights FILE") from err  # fmt: skip
+                raise MotionUnavailable(
+                    f"skipped: torchvision's {source} weights could not be fetched ({err}); "
+                    "pass --flow-weights FILE"
+                ) from err
         else:
-            raise MotionUnavailable(f"skipped: RAFT weights {source}: not a file, nor raft_large / raft_small")
+            raise MotionUnavailable(
+                f"skipped: RAFT weights {source}: not a file, nor raft_large / raft_small"
+            )
         self.model = model.to(self.device).eval()
         self.label = f"raft: {source}"
 
@@ -533,7 +588,9 @@ class RaftFlow:
         return flow.permute(0, 2, 3, 1).double().cpu().numpy()
 
 
-def make_tracker(name: str, weights: str | os.PathLike | None = None, device: str | None = None) -> PointTracker | None:
+def make_tracker(
+    name: str, weights: str | os.PathLike | None = None, device: str | None = None
+) -> PointTracker | None:
     """The tracker named ``cotracker``, ``lk`` or ``none`` (None).
 
     Args:
@@ -553,7 +610,9 @@ def make_tracker(name: str, weights: str | os.PathLike | None = None, device: st
     raise ValueError(f"unknown tracker {name!r}; choose from {TRACKERS}")
 
 
-def make_flow(name: str, weights: str | os.PathLike | None = None, device: str | None = None) -> FlowEstimator | None:
+def make_flow(
+    name: str, weights: str | os.PathLike | None = None, device: str | None = None
+) -> FlowEstimator | None:
     """The flow estimator named ``raft``, ``farneback`` or ``none`` (None).
 
     Args:
@@ -592,8 +651,13 @@ class MotionScorer:
         notes: messages for the report (e.g. why a metric was skipped).
     """
 
-    def __init__(self, tracker: PointTracker | None = None, flow: FlowEstimator | None = None,
-                 grid: int = DEFAULT_GRID, notes: list[str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        tracker: PointTracker | None = None,
+        flow: FlowEstimator | None = None,
+        grid: int = DEFAULT_GRID,
+        notes: list[str] | None = None,
+    ):
         self.tracker, self.flow, self.grid = tracker, flow, grid
         self.notes = list(notes or [])
         self._ref_tracks: dict[str, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -606,7 +670,9 @@ class MotionScorer:
         """
         return self.tracker.track(frames, grid_queries(*frames.shape[1:3], self.grid))
 
-    def motion_fidelity(self, frames: np.ndarray, refs: list[np.ndarray], keys: list[str] | None = None) -> float:
+    def motion_fidelity(
+        self, frames: np.ndarray, refs: list[np.ndarray], keys: list[str] | None = None
+    ) -> float:
         """Track motion fidelity against each reference video, averaged (tracks in units of ``min(H, W)``).
 
         Args:
@@ -627,11 +693,14 @@ class MotionScorer:
             else:
                 entry = self._ref_tracks[key]
             rt, rv, ref_side = entry
-            scores.append(motion_fidelity_from_tracks(rt / ref_side, tracks / side, rv, vis, still=STILL_FRACTION))
+            scores.append(
+                motion_fidelity_from_tracks(rt / ref_side, tracks / side, rv, vis, still=STILL_FRACTION)
+            )
         return float(np.mean(scores))
 
-    def score(self, frames: np.ndarray, refs: list[np.ndarray] | None = None,
-              keys: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    def score(
+        self, frames: np.ndarray, refs: list[np.ndarray] | None = None, keys: list[str] | None = None
+    ) -> dict[str, Any]:
         """``track_motion_fidelity`` (with a tracker and references), ``dynamic_degree`` and ``flow_top5_mean``
         (with a flow estimator). A one-frame video (a still clip saved as GIF reads back as one frame) is scored
         as a still two-frame video.
@@ -652,8 +721,10 @@ class MotionScorer:
 
     def models(self) -> dict[str, str | None]:
         """Labels of the tracker and flow estimator for the report (the fallbacks say so)."""
-        return {"tracker": self.tracker.label if self.tracker else None,
-                "flow": self.flow.label if self.flow else None}  # fmt: skip
+        return {
+            "tracker": self.tracker.label if self.tracker else None,
+            "flow": self.flow.label if self.flow else None,
+        }
 
 
 def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
@@ -667,8 +738,10 @@ def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
     if tracker == "none" and flow == "none":
         return None
     notes, parts = [], {}
-    for what, make, name, weights in (("tracker", make_tracker, tracker, getattr(args, "tracker_weights", None)),
-                                      ("flow", make_flow, flow, getattr(args, "flow_weights", None))):  # fmt: skip
+    for what, make, name, weights in (
+        ("tracker", make_tracker, tracker, getattr(args, "tracker_weights", None)),
+        ("flow", make_flow, flow, getattr(args, "flow_weights", None)),
+    ):
         metric = "track_motion_fidelity" if what == "tracker" else "dynamic_degree"
         try:
             parts[what] = make(name, weights, getattr(args, "device", None))
@@ -679,7 +752,9 @@ def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
         if note:
             notes.append(note)
             print(note)
-    return MotionScorer(parts["tracker"], parts["flow"], grid=getattr(args, "grid", DEFAULT_GRID), notes=notes)
+    return MotionScorer(
+        parts["tracker"], parts["flow"], grid=getattr(args, "grid", DEFAULT_GRID), notes=notes
+    )
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -689,15 +764,27 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         parser: the ``evaluate`` sub-parser.
     """
     g = parser.add_argument_group("motion metrics (track motion fidelity, dynamic degree)")
-    g.add_argument("--tracker", choices=TRACKERS, default="none",
-                   help="point tracker for track_motion_fidelity (DMT) against the manifest's motion_refs: "
-                        "cotracker, lk (OpenCV Lucas-Kanade fallback, no weights) or none (default)")  # fmt: skip
+    g.add_argument(
+        "--tracker",
+        choices=TRACKERS,
+        default="none",
+        help="point tracker for track_motion_fidelity (DMT) against the manifest's motion_refs: "
+        "cotracker, lk (OpenCV Lucas-Kanade fallback, no weights) or none (default)",
+    )
     g.add_argument("--tracker-weights", help=f"CoTracker checkpoint file or hub id (default {COTRACKER_HUB})")
-    g.add_argument("--flow", choices=FLOWS, default="none",
-                   help="optical flow for dynamic_degree (VBench): raft, farneback (OpenCV fallback, no weights) "
-                        "or none (default)")  # fmt: skip
-    g.add_argument("--flow-weights", help="RAFT state-dict file, or raft_large / raft_small (torchvision download)")
-    g.add_argument("--grid", type=int, default=DEFAULT_GRID, help=f"track grid points per side ({DEFAULT_GRID})")
+    g.add_argument(
+        "--flow",
+        choices=FLOWS,
+        default="none",
+        help="optical flow for dynamic_degree (VBench): raft, farneback (OpenCV fallback, no weights) "
+        "or none (default)",
+    )
+    g.add_argument(
+        "--flow-weights", help="RAFT state-dict file, or raft_large / raft_small (torchvision download)"
+    )
+    g.add_argument(
+        "--grid", type=int, default=DEFAULT_GRID, help=f"track grid points per side ({DEFAULT_GRID})"
+    )
 
 
 # ----------------------------------------------------------------------------- agreement and toy world
@@ -735,9 +822,9 @@ def spearman(a, b) -> float:
     return pearson(_ranks(np.asarray(a, np.float64)), _ranks(np.asarray(b, np.float64)))
 
 
-
-def exact_toy_tracks(centers: np.ndarray, log_size: np.ndarray, first_mask: np.ndarray,
-                     queries: np.ndarray) -> np.ndarray:  # fmt: skip
+def exact_toy_tracks(
+    centers: np.ndarray, log_size: np.ndarray, first_mask: np.ndarray, queries: np.ndarray
+) -> np.ndarray:
     """Exact tracks of grid points in a toy-world clip from the sprite's centre and size per frame.
 
     A point on the sprite at frame 0 moves with it, ``p_k = c_k + (p - c_0) * r_k / r_0`` (translation plus

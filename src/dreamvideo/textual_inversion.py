@@ -145,5 +145,7 @@ def check_learned_token(tokenizer, text_encoder, token: str, vector: torch.Tenso
             f"{source}: token {token!r} has width {vector.numel()}, the text encoder {weight.shape[1]}"
         )
     if token not in tokenizer.get_added_vocab() and is_existing_word(tokenizer, token):
-        raise TokenError(f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
-                         "would overwrite that word's embedding")
+        raise TokenError(
+            f"{source}: token {token!r} is an existing word of the base's vocabulary; loading it "
+            "would overwrite that word's embedding"
+        )

@@ -48,7 +48,9 @@ def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def float_range(low: float | None = None, high: float | None = None, low_open: bool = False) -> Callable[[str], float]:
+def float_range(
+    low: float | None = None, high: float | None = None, low_open: bool = False
+) -> Callable[[str], float]:
     """An argparse ``type``: a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``).
 
     Args:
@@ -67,8 +69,9 @@ def float_range(low: float | None = None, high: float | None = None, low_open: b
         too_low = low is not None and (value <= low if low_open else value < low)
         if too_low or (high is not None and value > high):
             left = "(" if low_open else "["
-            raise argparse.ArgumentTypeError(f"must be in {left}{low}, {high if high is not None else 'inf'}], "
-                                             f"got {value}")
+            raise argparse.ArgumentTypeError(
+                f"must be in {left}{low}, {high if high is not None else 'inf'}], got {value}"
+            )
         return value
 
     parse.__name__ = "number"
@@ -96,7 +99,9 @@ def caption_fields(template: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as err:
-        raise InputError(f"--caption {template!r}: malformed template ({err}); use {{token}} and {{word}}") from err
+        raise InputError(
+            f"--caption {template!r}: malformed template ({err}); use {{token}} and {{word}}"
+        ) from err
 
 
 def check_caption_template(template: str, needs_token: bool) -> None:
@@ -109,7 +114,9 @@ def check_caption_template(template: str, needs_token: bool) -> None:
     fields = caption_fields(template)
     unknown = sorted(fields - {"token", "word"})
     if unknown:
-        raise InputError(f"--caption {template!r}: unknown field {{{unknown[0]}}}; the fields are {{token}} and {{word}}")
+        raise InputError(
+            f"--caption {template!r}: unknown field {{{unknown[0]}}}; the fields are {{token}} and {{word}}"
+        )
     if needs_token and "token" not in fields:
         raise InputError(f"--caption {template!r}: has no {{token}}, so the token would learn nothing")
 
@@ -128,8 +135,10 @@ def check_token_in_reach(tokenizer: Any, template: str, word: str) -> None:
     used = len(tokenizer.encode(prefix, add_special_tokens=False)) + 1  # + the token itself
     room = tokenizer.model_max_length - 2  # start and end tokens
     if used > room:
-        raise InputError(f"--caption {template!r}: the token would be token {used} of the caption but the "
-                         f"tokenizer keeps {room}; it would be cut off, so move {{token}} earlier")
+        raise InputError(
+            f"--caption {template!r}: the token would be token {used} of the caption but the "
+            f"tokenizer keeps {room}; it would be cut off, so move {{token}} earlier"
+        )
 
 
 def single_token_words(tokenizer: Any, limit: int = 12) -> list[str]:
@@ -139,8 +148,13 @@ def single_token_words(tokenizer: Any, limit: int = 12) -> list[str]:
         tokenizer: a CLIP (BPE) tokenizer.
         limit: how many to list for a large vocabulary.
     """
-    words = sorted({t[:-4] for t in tokenizer.get_vocab() if t.endswith("</w>") and t[:-4].isalpha()
-                    and t[:-4].isascii() and len(t) > 5})
+    words = sorted(
+        {
+            t[:-4]
+            for t in tokenizer.get_vocab()
+            if t.endswith("</w>") and t[:-4].isalpha() and t[:-4].isascii() and len(t) > 5
+        }
+    )
     if len(words) <= 150:
         return words
     common = ["dog", "cat", "car", "person", "man", "woman", "bird", "toy", "bear", "horse", "teddy", "duck"]
@@ -173,8 +187,11 @@ def check_learned_info(folder: Path, marker: str) -> dict:
     info = read_json(path)
     _require(isinstance(info, dict), path, f"must be a JSON object, not a {type(info).__name__}")
     base = info.get("base")
-    _require(isinstance(base, dict) and isinstance(base.get("architecture"), str), path,
-             "has no valid 'base' entry (an object with 'architecture'); was it edited by hand?")
+    _require(
+        isinstance(base, dict) and isinstance(base.get("architecture"), str),
+        path,
+        "has no valid 'base' entry (an object with 'architecture'); was it edited by hand?",
+    )
     key = "identity_adapter" if marker == "subject.json" else "motion_adapter"
     if info.get("method", "dreamvideo") == "dreamvideo":
         adapter = info.get(key)
@@ -202,7 +219,9 @@ def check_tensor_file(path: Path) -> None:
     tensors, _ = load_safetensors(path)
     for name, t in tensors.items():
         if not t.is_floating_point():
-            raise InputError(f"{path}: tensor {name!r} is {str(t.dtype).replace('torch.', '')}, not floating point")
+            raise InputError(
+                f"{path}: tensor {name!r} is {str(t.dtype).replace('torch.', '')}, not floating point"
+            )
         if not bool(torch.isfinite(t).all()):
             raise InputError(f"{path}: tensor {name!r} holds NaN or infinite values")
 

@@ -91,8 +91,14 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
 
     frames = _mp4_ready(frames)
     writer = imageio_ffmpeg.write_frames(
-        str(path), (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-        quality=8, macro_block_size=1, ffmpeg_log_level="error",
+        str(path),
+        (frames.shape[2], frames.shape[1]),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv420p",
+        quality=8,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
     )
     writer.send(None)  # start ffmpeg
     try:
@@ -105,8 +111,15 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
 def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
     images = [Image.fromarray(f) for f in frames]
     # GIF stores delays in 1/100 s; Pillow merges identical consecutive frames into one longer frame.
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=round(1000 / fps), loop=0, disposal=1)
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=round(1000 / fps),
+        loop=0,
+        disposal=1,
+    )
 
 
 def write_video(

@@ -16,8 +16,15 @@ from dreamvideo.training import StageConfig, Trainer, report_progress
 
 def _trainer(tmp_path: Path, steps: int = 5, name: str = "stage") -> Trainer:
     w = torch.nn.Parameter(torch.ones(3))
-    return Trainer(name, [w], lambda step, g: (w ** 2).sum(), lambda folder: None, lambda folder: None,
-                   tmp_path / name, StageConfig(steps=steps, lr=0.1, checkpoint_every=100))
+    return Trainer(
+        name,
+        [w],
+        lambda step, g: (w**2).sum(),
+        lambda folder: None,
+        lambda folder: None,
+        tmp_path / name,
+        StageConfig(steps=steps, lr=0.1, checkpoint_every=100),
+    )
 
 
 def test_report_progress_sees_every_step_and_stage_and_only_in_its_block(tmp_path):
@@ -25,8 +32,15 @@ def test_report_progress_sees_every_step_and_stage_and_only_in_its_block(tmp_pat
     with report_progress(lambda *a: calls.append(a)):
         _trainer(tmp_path, 3, "first").train(progress=False)
         _trainer(tmp_path, 2, "second").train(progress=False)
-    assert [(s, i, n) for s, i, n, _ in calls] == [("first", 0, 3), ("first", 1, 3), ("first", 2, 3), ("first", 3, 3),
-                                                   ("second", 0, 2), ("second", 1, 2), ("second", 2, 2)]
+    assert [(s, i, n) for s, i, n, _ in calls] == [
+        ("first", 0, 3),
+        ("first", 1, 3),
+        ("first", 2, 3),
+        ("first", 3, 3),
+        ("second", 0, 2),
+        ("second", 1, 2),
+        ("second", 2, 2),
+    ]
     assert calls[0][3] is None and all(isinstance(c[3], float) for c in calls[1:4])
     _trainer(tmp_path, 2, "outside").train(progress=False)
     assert len(calls) == 7  # no callback outside the block
@@ -74,11 +88,18 @@ def test_cancel_a_running_and_a_queued_job(tmp_path):
         def loss(step, g):
             started.set()
             time.sleep(0.02)
-            return (w ** 2).sum()
+            return (w**2).sum()
 
         w = torch.nn.Parameter(torch.ones(2))
-        Trainer("slow", [w], loss, lambda f: None, lambda f: None, tmp_path / job.id,
-                StageConfig(steps=10_000, lr=0.1, checkpoint_every=10_000)).train(progress=False)
+        Trainer(
+            "slow",
+            [w],
+            loss,
+            lambda f: None,
+            lambda f: None,
+            tmp_path / job.id,
+            StageConfig(steps=10_000, lr=0.1, checkpoint_every=10_000),
+        ).train(progress=False)
         return tmp_path
 
     first = q.submit(Job(id=q.new_id(), kind="motion", name="a"), slow)

@@ -21,9 +21,19 @@ def ctx(tmp_path, tiny_base):
 def _subject(ctx, tiny_data, name="dog", **kw):
     images = sorted((tiny_data["subject"] / "images").glob("*.png"))
     masks = sorted((tiny_data["subject"] / "masks").glob("*.png"))
-    req = tasks.SubjectRequest(name=name, images=[str(p) for p in images], masks=[str(p) for p in masks],
-                               class_word="dog", ti_steps=2, ti_lr=1e-2, adapter_steps=2, adapter_lr=1e-2,
-                               batch_size=1, checkpoint_every=1, **kw)
+    req = tasks.SubjectRequest(
+        name=name,
+        images=[str(p) for p in images],
+        masks=[str(p) for p in masks],
+        class_word="dog",
+        ti_steps=2,
+        ti_lr=1e-2,
+        adapter_steps=2,
+        adapter_lr=1e-2,
+        batch_size=1,
+        checkpoint_every=1,
+        **kw,
+    )
     return tasks.submit_subject(ctx, req)
 
 
@@ -50,25 +60,79 @@ def test_a_subject_learned_in_the_app_is_a_cli_subject(ctx, tiny_data, tmp_path)
     assert not any(ctx.workspace.work_dir(job.id).parent.iterdir())  # no work folder left behind
     assert ctx.workspace.checkpoint_steps("subject", "dog") == [1, 2]
     out = tmp_path / "cli.mp4"
-    assert main(["generate", "--base", ctx.base, "--subject", str(folder), "--subject-step", "1", "--prompt",
-                 "a <sks> dog", "--frames", "2", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--base",
+                ctx.base,
+                "--subject",
+                str(folder),
+                "--subject-step",
+                "1",
+                "--prompt",
+                "a <sks> dog",
+                "--frames",
+                "2",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
 
 
 def test_a_motion_learned_by_the_cli_appears_in_the_library_and_generates_in_the_app(ctx, tiny_data):
     out = ctx.workspace.folder("motion", "slide")
-    assert main(["learn-motion", "--base", ctx.base, "--videos", str(tiny_data["motion"]), "--out", str(out),
-                 "--steps", "2", "--num-frames", "2", "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "learn-motion",
+                "--base",
+                ctx.base,
+                "--videos",
+                str(tiny_data["motion"]),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--num-frames",
+                "2",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert ctx.workspace.library("motion") == ["slide"]
-    result = tasks.generate(ctx, tasks.GenerateRequest(prompt="a red star moves", motion="slide", frames=3, steps=2))
+    result = tasks.generate(
+        ctx, tasks.GenerateRequest(prompt="a red star moves", motion="slide", frames=3, steps=2)
+    )
     assert len(load_video(result.video)[0]) == 3 and result.gif.suffix == ".gif" and result.sheet.is_file()
     assert result.video.parent == ctx.workspace.root / "videos"
 
 
 def test_a_motion_job_with_a_caption(ctx, tiny_data):
     videos = sorted(tiny_data["motion"].glob("*.gif"))
-    job = tasks.submit_motion(ctx, tasks.MotionRequest(name="slide", videos=[str(v) for v in videos], caption="a star",
-                                                       num_frames=2, steps=2, lr=1e-2, checkpoint_every=1))
+    job = tasks.submit_motion(
+        ctx,
+        tasks.MotionRequest(
+            name="slide",
+            videos=[str(v) for v in videos],
+            caption="a star",
+            num_frames=2,
+            steps=2,
+            lr=1e-2,
+            checkpoint_every=1,
+        ),
+    )
     assert ctx.jobs.wait(job.id, 120).state == "done", job.message
     info = tasks.describe(ctx, "motion", "slide")
     assert info["captions"] == ["a star", "a star"] and info["training"]["steps_done"] == 2
@@ -106,12 +170,24 @@ def test_an_existing_name_and_missing_inputs_are_refused(ctx, tiny_data):
 
 def test_a_job_failing_in_the_worker_leaves_the_library_intact(ctx, tiny_data):
     assert ctx.jobs.wait(_subject(ctx, tiny_data, name="first").id, 120).state == "done"
-    listing = sorted(p.relative_to(ctx.workspace.root) for p in ctx.workspace.root.rglob("*") if p.name != "jobs.json")
-    bad_word = tasks.SubjectRequest(name="third", images=[str(p) for p in (tiny_data["subject"] / "images").glob("*")],
-                                    class_word="two words", ti_steps=2, adapter_steps=2, batch_size=1)
-    job = ctx.jobs.wait(tasks.submit_subject(ctx, bad_word).id, 120)  # the library refuses the word while training
+    listing = sorted(
+        p.relative_to(ctx.workspace.root) for p in ctx.workspace.root.rglob("*") if p.name != "jobs.json"
+    )
+    bad_word = tasks.SubjectRequest(
+        name="third",
+        images=[str(p) for p in (tiny_data["subject"] / "images").glob("*")],
+        class_word="two words",
+        ti_steps=2,
+        adapter_steps=2,
+        batch_size=1,
+    )
+    job = ctx.jobs.wait(
+        tasks.submit_subject(ctx, bad_word).id, 120
+    )  # the library refuses the word while training
     assert job.state == "failed" and "two words" in job.message
-    after = sorted(p.relative_to(ctx.workspace.root) for p in ctx.workspace.root.rglob("*") if p.name != "jobs.json")
+    after = sorted(
+        p.relative_to(ctx.workspace.root) for p in ctx.workspace.root.rglob("*") if p.name != "jobs.json"
+    )
     assert after == listing  # no "third" folder, no uploads or work folder of the failed job
 
 
@@ -120,15 +196,29 @@ def test_compare_and_toy_metrics(tmp_path):
 
     ctx = tasks.AppContext(Workspace(tmp_path / "ws"), base="toy", device="cpu")
     folder = world.write_subject_folder("totem", tmp_path / "totem", n=3)
-    req = tasks.SubjectRequest(name="totem", images=[str(p) for p in sorted((folder / "images").glob("*.png"))],
-                               masks=[str(p) for p in sorted((folder / "masks").glob("*.png"))], class_word="square",
-                               ti_steps=2, ti_lr=5e-3, adapter_steps=2, adapter_lr=1e-3, batch_size=2)
+    req = tasks.SubjectRequest(
+        name="totem",
+        images=[str(p) for p in sorted((folder / "images").glob("*.png"))],
+        masks=[str(p) for p in sorted((folder / "masks").glob("*.png"))],
+        class_word="square",
+        ti_steps=2,
+        ti_lr=5e-3,
+        adapter_steps=2,
+        adapter_lr=1e-3,
+        batch_size=2,
+    )
     assert ctx.jobs.wait(tasks.submit_subject(ctx, req).id, 120).state == "done"
-    base, custom, rows = tasks.compare(ctx, tasks.GenerateRequest(prompt="a <sks> square moves on blue sky",
-                                                                  subject="totem", frames=4, steps=2))
-    assert not np.array_equal(base.frames, custom.frames) and base.sheet == custom.sheet and base.sheet.is_file()
+    base, custom, rows = tasks.compare(
+        ctx,
+        tasks.GenerateRequest(prompt="a <sks> square moves on blue sky", subject="totem", frames=4, steps=2),
+    )
+    assert (
+        not np.array_equal(base.frames, custom.frames) and base.sheet == custom.sheet and base.sheet.is_file()
+    )
     assert [r["video"] for r in rows] == ["base model", "customized"]
-    assert {"subject fidelity", "temporal consistency", "CLIP-T"} <= set(rows[0]) and "motion fidelity" not in rows[0]
+    assert {"subject fidelity", "temporal consistency", "CLIP-T"} <= set(
+        rows[0]
+    ) and "motion fidelity" not in rows[0]
     ctx.jobs.stop(5)
 
 

@@ -20,13 +20,17 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+CHROMIUM = next(
+    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+)
 DRIVER = shutil.which("chromedriver")
 if (CHROMIUM is None or DRIVER is None) and os.environ.get("DREAMVIDEO_REQUIRE_BROWSER"):
     raise RuntimeError("DREAMVIDEO_REQUIRE_BROWSER is set but chromium or chromedriver is not on PATH")
 if CHROMIUM is None or DRIVER is None:
-    pytest.skip("headless browser tests need Chromium and its driver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "headless browser tests need Chromium and its driver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 pytest.importorskip("gradio", reason="the app needs gradio (pip install -e '.[app]')")
 pytest.importorskip("selenium", reason="the browser tests need selenium (pip install -e '.[test]')")
 
@@ -58,11 +62,30 @@ def server(tmp_path_factory):
     """``dreamvideo app`` on a free port with the toy model, in its own process, as a user would start it."""
     root = tmp_path_factory.mktemp("app")
     port = _free_port()
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               GRADIO_ANALYTICS_ENABLED="False", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        GRADIO_ANALYTICS_ENABLED="False",
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+    )
     log = open(root / "server.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "dreamvideo.cli", "app", "--port", str(port), "--workspace",
-                             str(root / "workspace"), "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dreamvideo.cli",
+            "app",
+            "--port",
+            str(port),
+            "--workspace",
+            str(root / "workspace"),
+            "--device",
+            "cpu",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300  # importing torch and gradio can take minutes on a busy machine
     while True:
@@ -86,8 +109,14 @@ def server(tmp_path_factory):
 def browser():
     options = Options()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1500", "--autoplay-policy=no-user-gesture-required"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1500",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     driver.implicitly_wait(0)
@@ -103,8 +132,12 @@ def data(tmp_path_factory):
     corrupt = root / "corrupt" / "broken.png"
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"this is not a PNG file" * 8)
-    return {"images": sorted((subject / "images").glob("*.png")), "masks": sorted((subject / "masks").glob("*.png")),
-            "videos": sorted(motion.glob("*.gif")), "corrupt": corrupt}
+    return {
+        "images": sorted((subject / "images").glob("*.png")),
+        "masks": sorted((subject / "masks").glob("*.png")),
+        "videos": sorted(motion.glob("*.gif")),
+        "corrupt": corrupt,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -113,7 +146,9 @@ def wait_for(driver, predicate, timeout: float = 120, what: str = "condition"):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: predicate(d))
     except Exception as err:
-        statuses = {e.get_attribute("id"): e.text for e in driver.find_elements(By.CSS_SELECTOR, "[id$=-status]")}
+        statuses = {
+            e.get_attribute("id"): e.text for e in driver.find_elements(By.CSS_SELECTOR, "[id$=-status]")
+        }
         if os.environ.get("DREAMVIDEO_APP_SCREENSHOTS"):
             driver.save_screenshot(str(Path(os.environ["DREAMVIDEO_APP_SCREENSHOTS"]) / "failure.png"))
         raise AssertionError(f"timed out waiting for {what}; status messages: {statuses}") from err
@@ -124,7 +159,9 @@ def text(driver, elem_id: str) -> str:
 
 
 def open_tab(driver, label: str) -> None:
-    buttons = [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == label]
+    buttons = [
+        b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == label
+    ]
     assert buttons, f"no tab {label!r}"
     buttons[0].click()
     time.sleep(0.5)
@@ -151,10 +188,18 @@ def open_accordion(driver, elem_id: str) -> None:
 def choose(driver, elem_id: str, option: str) -> None:
     field = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
     field.click()
-    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'[role=option][aria-label="{option}"]'),
-             30, f"option {option!r} in {elem_id}")[0].click()
-    wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem_id} input").get_attribute("value") == option,
-             10, f"{elem_id} = {option}")
+    wait_for(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'[role=option][aria-label="{option}"]'),
+        30,
+        f"option {option!r} in {elem_id}",
+    )[0].click()
+    wait_for(
+        driver,
+        lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem_id} input").get_attribute("value") == option,
+        10,
+        f"{elem_id} = {option}",
+    )
 
 
 def screenshot(driver, tmp_path: Path, name: str) -> None:
@@ -175,13 +220,21 @@ def video_state(driver, elem_id: str) -> dict | None:
         "const v = document.querySelector(arguments[0]);"
         "if (!v || !v.currentSrc) return null;"
         "return {src: v.currentSrc, ready: v.readyState, duration: v.duration, error: v.error && v.error.code,"
-        "        width: v.videoWidth, height: v.videoHeight};", f"#{elem_id} video")
+        "        width: v.videoWidth, height: v.videoHeight};",
+        f"#{elem_id} video",
+    )
 
 
 def playable_video(driver, elem_id: str, timeout: float = 120) -> dict:
-    state = wait_for(driver, lambda d: (s := video_state(d, elem_id)) and s["src"] and s, timeout, f"{elem_id} video")
-    state = wait_for(driver, lambda d: (s := video_state(d, elem_id)) and (s["ready"] >= 1 or s["error"]) and s, 30,
-                     f"{elem_id} metadata")
+    state = wait_for(
+        driver, lambda d: (s := video_state(d, elem_id)) and s["src"] and s, timeout, f"{elem_id} video"
+    )
+    state = wait_for(
+        driver,
+        lambda d: (s := video_state(d, elem_id)) and (s["ready"] >= 1 or s["error"]) and s,
+        30,
+        f"{elem_id} metadata",
+    )
     assert not state["error"], f"the browser cannot play the video: {state}"
     assert state["duration"] > 0 and state["width"] > 0, state
     return state
@@ -197,7 +250,9 @@ def frame_count(url: str, tmp_path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- tests
-def test_a_corrupt_photo_shows_the_library_error_and_leaves_the_workspace_intact(server, browser, data, tmp_path):
+def test_a_corrupt_photo_shows_the_library_error_and_leaves_the_workspace_intact(
+    server, browser, data, tmp_path
+):
     browser.get(server["url"])
     wait_for(browser, lambda d: d.find_elements(By.ID, "subject-learn"), 60, "the page")
     upload(browser, "subject-photos", [*data["images"][:2], data["corrupt"]])
@@ -219,15 +274,23 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     upload(browser, "subject-masks", data["masks"])
     fill(browser, "subject-name", "totem")
     open_accordion(browser, "subject-settings")
-    for field, value in (("subject-ti_steps", STEPS), ("subject-adapter_steps", STEPS),
-                         ("subject-checkpoint-every", EVERY), ("subject-preview-every", EVERY)):
+    for field, value in (
+        ("subject-ti_steps", STEPS),
+        ("subject-adapter_steps", STEPS),
+        ("subject-checkpoint-every", EVERY),
+        ("subject-preview-every", EVERY),
+    ):
         fill(browser, field, value)
     browser.find_element(By.ID, "subject-learn").click()
     wait_for(browser, lambda d: "queued subject 'totem'" in text(d, "subject-status"), 30, "the job to queue")
     if STEPS >= 12:  # long enough to catch it running: the progress bars part way
-        wait_for(browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), TRAIN_TIMEOUT, "stage 2")
+        wait_for(
+            browser, lambda d: "identity adapter: step" in text(d, "subject-jobs"), TRAIN_TIMEOUT, "stage 2"
+        )
         screenshot(browser, tmp_path, "subjects-training")
-    wait_for(browser, lambda d: "totem" in text(d, "subject-library"), TRAIN_TIMEOUT, "the subject in the library")
+    wait_for(
+        browser, lambda d: "totem" in text(d, "subject-library"), TRAIN_TIMEOUT, "the subject in the library"
+    )
     jobs = text(browser, "subject-jobs")
     assert "done" in jobs and f"textual inversion: step {STEPS}/{STEPS}" in jobs and "loss" in jobs, jobs
     assert f"identity adapter: step {STEPS}/{STEPS}" in jobs, jobs
@@ -246,10 +309,16 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     fill(browser, "motion-name", "pendulum")
     fill(browser, "motion-caption", "a square moves")
     open_accordion(browser, "motion-settings")
-    for field, value in (("motion-steps", STEPS), ("motion-checkpoint-every", EVERY), ("motion-preview-every", EVERY)):
+    for field, value in (
+        ("motion-steps", STEPS),
+        ("motion-checkpoint-every", EVERY),
+        ("motion-preview-every", EVERY),
+    ):
         fill(browser, field, value)
     browser.find_element(By.ID, "motion-learn").click()
-    wait_for(browser, lambda d: "pendulum" in text(d, "motion-library"), TRAIN_TIMEOUT, "the motion in the library")
+    wait_for(
+        browser, lambda d: "pendulum" in text(d, "motion-library"), TRAIN_TIMEOUT, "the motion in the library"
+    )
     assert f"motion adapter: step {STEPS}/{STEPS}" in text(browser, "motion-jobs")
     playable_video(browser, "motion-preview")
     screenshot(browser, tmp_path, "motions")
@@ -278,7 +347,9 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
     browser.find_element(By.ID, "cmp-run").click()
     for elem in ("cmp-base", "cmp-custom"):
         assert frame_count(playable_video(browser, elem, 180)["src"], tmp_path) == FRAMES
-    table = wait_for(browser, lambda d: "subject fidelity" in (t := text(d, "cmp-metrics")) and t, 60, "metrics")
+    table = wait_for(
+        browser, lambda d: "subject fidelity" in (t := text(d, "cmp-metrics")) and t, 60, "metrics"
+    )
     assert "motion fidelity" in table and "customized" in table
     screenshot(browser, tmp_path, "compare")
 
@@ -287,7 +358,27 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
 
     ws = server["workspace"]
     out = tmp_path / "cli.mp4"
-    assert main(["generate", "--subject", str(ws / "subjects" / "totem"), "--motion", str(ws / "motions" / "pendulum"),
-                 "--prompt", "a <sks> square moves on blue sky", "--frames", "4", "--steps", "2", "--out", str(out),
-                 "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--subject",
+                str(ws / "subjects" / "totem"),
+                "--motion",
+                str(ws / "motions" / "pendulum"),
+                "--prompt",
+                "a <sks> square moves on blue sky",
+                "--frames",
+                "4",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()

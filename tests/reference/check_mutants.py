@@ -18,8 +18,11 @@ def main() -> int:
     from dreamvideo.reference import encoder as enc
     from dreamvideo.reference import layer
 
-    real_attn, real_prefixes, real_step = layer.reference_attention, cfg.ReferenceConfig.prefixes, \
-        enc.ReferenceFeatureCache.step  # fmt: skip
+    real_attn, real_prefixes, real_step = (
+        layer.reference_attention,
+        cfg.ReferenceConfig.prefixes,
+        enc.ReferenceFeatureCache.step,
+    )
 
     def no_concat(attn, h, ref):  # K/V from z only: the concatenation dropped
         return real_attn(attn, h, ref[:, :0])
@@ -38,22 +41,45 @@ def main() -> int:
     mutants = [
         ("concatenation", layer, "reference_attention", no_concat, formula),
         ("per-frame rows", layer, "_per_row", wrong_rows, formula),
-        ("block choice", cfg.ReferenceConfig, "prefixes", with_down,
-         T + "test_mechanism.py::test_default_blocks_are_mid_and_up_and_only_their_self_attention_changes"),
-        ("caching", enc.ReferenceFeatureCache, "step", no_cache,
-         T + "test_pipeline_and_cli.py::test_cache_reuses_features_within_a_step_and_tiles_them_for_both_branches"),
-    ]  # fmt: skip
+        (
+            "block choice",
+            cfg.ReferenceConfig,
+            "prefixes",
+            with_down,
+            T + "test_mechanism.py::test_default_blocks_are_mid_and_up_and_only_their_self_attention_changes",
+        ),
+        (
+            "caching",
+            enc.ReferenceFeatureCache,
+            "step",
+            no_cache,
+            T
+            + "test_pipeline_and_cli.py::test_cache_reuses_features_within_a_step_and_tiles_them_for_both_branches",
+        ),
+    ]
     missed = 0
     for name, owner, attr, fn, test in mutants:
         real = getattr(owner, attr)
         setattr(owner, attr, fn)
         try:
-            rc = pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
-                              test])  # fmt: skip
+            rc = pytest.main(
+                [
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    "--rootdir",
+                    str(ROOT),
+                    "-c",
+                    str(ROOT / "pyproject.toml"),
+                    test,
+                ]
+            )
         finally:
             setattr(owner, attr, real)
         missed += int(rc) != 1
-        print(f"MUTANT {name}: pytest rc {int(rc)} ({'caught' if int(rc) == 1 else 'NOT CAUGHT'})", flush=True)
+        print(
+            f"MUTANT {name}: pytest rc {int(rc)} ({'caught' if int(rc) == 1 else 'NOT CAUGHT'})", flush=True
+        )
     return missed
 
 

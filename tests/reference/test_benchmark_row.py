@@ -11,8 +11,11 @@ from dreamvideo import benchmark as bm
 def test_encoder_row_on_a_tiny_grid(tiny_base, tiny_data, tiny_clip, tmp_path):
     cfg = tiny_config(tiny_base, tiny_data, tiny_clip)
     cfg |= {"methods": ["dreamvideo", "appearance-encoder"], "ablations": [], "tradeoff": None}
-    cfg["training"] |= {"encoder_steps": 1, "encoder_batch_size": 1,
-                        "encoder_pairs": str(_pairs_folder(tmp_path / "pairs"))}  # fmt: skip
+    cfg["training"] |= {
+        "encoder_steps": 1,
+        "encoder_batch_size": 1,
+        "encoder_pairs": str(_pairs_folder(tmp_path / "pairs")),
+    }
     out = tmp_path / "bench"
     results = bm.Benchmark(bm.BenchmarkConfig.from_dict(cfg), out, device="cpu", progress=False).run()
     rows = [r for r in results["rows"] if r["entry"] == "appearance-encoder"]

@@ -24,8 +24,11 @@ def _by_hand(attn, z, y):
     """Section 9 written out: Q = W_Q z, K' = W_K [z, y_a], V' = W_V [z, y_a], per head softmax, then W_O."""
     lin = torch.nn.functional.linear
     ctx = torch.cat([z, y], dim=1)
-    q, k, v = lin(z, attn.to_q.weight, attn.to_q.bias), lin(ctx, attn.to_k.weight, attn.to_k.bias), \
-        lin(ctx, attn.to_v.weight, attn.to_v.bias)  # fmt: skip
+    q, k, v = (
+        lin(z, attn.to_q.weight, attn.to_q.bias),
+        lin(ctx, attn.to_k.weight, attn.to_k.bias),
+        lin(ctx, attn.to_v.weight, attn.to_v.bias),
+    )
     h, d = attn.heads, q.shape[-1] // attn.heads
     split = lambda x: x.reshape(x.shape[0], x.shape[1], h, d).permute(0, 2, 1, 3)  # noqa: E731
     w = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d), dim=-1)
@@ -40,7 +43,9 @@ def test_hooked_attention_is_the_formula_with_features_repeated_per_frame():
     ref.set_reference_features(unet, {p: f for p, f in feats.items() if p in ref.reference_paths(unet)})
     path, attn = ref.find_reference_sites(unet, ref.ReferenceConfig())[0]
     frames, tokens = 3, 7
-    z = torch.randn(2 * frames, tokens, attn.to_q.in_features, dtype=torch.float64)  # rows = sample * frames + frame
+    z = torch.randn(
+        2 * frames, tokens, attn.to_q.in_features, dtype=torch.float64
+    )  # rows = sample * frames + frame
     out = attn(z)
     y = feats[path].repeat_interleave(frames, dim=0)  # sample i's features for each of its frames
     torch.testing.assert_close(out, _by_hand(attn, z, y), rtol=0, atol=1e-10)
@@ -63,7 +68,9 @@ def test_detached_disabled_or_featureless_unet_is_bit_identical():
     plain = _forward(unet)
     ref.attach_reference_attention(unet)
     assert torch.equal(_forward(unet), plain)  # no features: plain attention
-    ref.set_reference_features(unet, {p: f for p, f in _features(unet).items() if p in ref.reference_paths(unet)})
+    ref.set_reference_features(
+        unet, {p: f for p, f in _features(unet).items() if p in ref.reference_paths(unet)}
+    )
     hooked = _forward(unet)
     assert not torch.allclose(hooked, plain)
     ref.enable_reference_attention(unet, False)
@@ -85,13 +92,15 @@ def test_default_blocks_are_mid_and_up_and_only_their_self_attention_changes():
     paths = ref.attach_reference_attention(unet)
     spatial = [p for p, _ in find_transformer_blocks(unet, "spatial")]
     assert paths == [p for p in spatial if p.startswith("mid_block.")] + sorted(
-        p for p in spatial if p.startswith("up_blocks."))
+        p for p in spatial if p.startswith("up_blocks.")
+    )
     assert paths and not any(p.startswith("down_blocks.") for p in paths)
     changed = {n for n, p in unet.attn_processors.items() if p is not before[n]}
     assert changed == {f"{p}.attn1.processor" for p in paths}
     ref.detach_reference_attention(unet)
     assert ref.attach_reference_attention(unet, ref.ReferenceConfig(blocks=("down",))) == [
-        p for p in spatial if p.startswith("down_blocks.")]
+        p for p in spatial if p.startswith("down_blocks.")
+    ]
     with pytest.raises(ValueError, match="subset"):
         ref.ReferenceConfig(blocks=("middle",))
 
@@ -131,9 +140,11 @@ def test_encoder_is_a_copy_whose_features_are_the_base_attention_inputs_on_the_i
     assert "conv_in.weight" in names and any(n.startswith("mid_block.attentions") for n in names)
     last = encoder.sites[-1]
     assert f"{last}.attn1.to_q.weight" not in names and f"{last}.ff.net.2.weight" not in names
-    assert encoder.frozen_parameter_count() + sum(p.numel() for p in encoder.unet.parameters()
-                                                  if any(p is q for q in encoder.trainable_named_parameters().values())
-                                                  ) == sum(p.numel() for p in base.parameters())  # fmt: skip
+    assert encoder.frozen_parameter_count() + sum(
+        p.numel()
+        for p in encoder.unet.parameters()
+        if any(p is q for q in encoder.trainable_named_parameters().values())
+    ) == sum(p.numel() for p in base.parameters())
 
 
 def test_every_trainable_encoder_parameter_gets_a_gradient_and_checkpointing_agrees():

@@ -24,7 +24,9 @@ def _untrained_encoder(pipe, folder):
     for p in encoder.trainable_named_parameters().values():  # make it differ from the base's copy
         p.data.add_(0.05 * torch.randn_like(p))
     folder.mkdir(parents=True, exist_ok=True)
-    ref.save_encoder(encoder, folder, {"type": "dreamvideo-appearance-encoder", "base": pipe.base_description()})
+    ref.save_encoder(
+        encoder, folder, {"type": "dreamvideo-appearance-encoder", "base": pipe.base_description()}
+    )
     return folder
 
 
@@ -38,14 +40,19 @@ def test_features_are_computed_once_per_step_and_equal_uncached_features(tiny_ba
     encoder = pipe.appearance_encoder
     kw = dict(num_frames=3, num_inference_steps=3, guidance_scale=5.0, progress=False)
     plain = pipe("a dog", generator=torch.Generator().manual_seed(0), **kw).frames[0]
-    with_ref = pipe("a dog", reference_image=_image(), generator=torch.Generator().manual_seed(0), **kw).frames[0]
+    with_ref = pipe(
+        "a dog", reference_image=_image(), generator=torch.Generator().manual_seed(0), **kw
+    ).frames[0]
     assert encoder.runs == 3  # once per denoising step: not per frame (3) nor per guidance branch (2)
     assert not np.array_equal(plain, with_ref)
     again = pipe("a dog", generator=torch.Generator().manual_seed(0), **kw).frames[0]
     assert np.array_equal(again, plain)  # features cleared after the call
     calls = []
-    hooked = [a.processor for a in pipe.unet.modules() if isinstance(getattr(a, "processor", None),
-                                                                     ref.ReferenceAttnProcessor)]  # fmt: skip
+    hooked = [
+        a.processor
+        for a in pipe.unet.modules()
+        if isinstance(getattr(a, "processor", None), ref.ReferenceAttnProcessor)
+    ]
     before = sum(p.calls for p in hooked)
     real_step = ref.ReferenceFeatureCache.step
 
@@ -86,17 +93,29 @@ def test_cache_reuses_features_within_a_step_and_tiles_them_for_both_branches():
     assert encoder.runs == 3  # a new timestep: recomputed (the direct call above is the second run)
 
 
-def test_composes_with_a_subject_and_a_motion_whose_guidance_takes_the_reference(tiny_base, tiny_data, tmp_path):
+def test_composes_with_a_subject_and_a_motion_whose_guidance_takes_the_reference(
+    tiny_base, tiny_data, tmp_path
+):
     from dreamvideo import adapters as ad
     from dreamvideo.methods import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.training import StageConfig
 
     pipe = _pipe(tiny_base)
     one = StageConfig(steps=1, lr=1e-3, batch_size=1)
-    learn_subject(pipe, tiny_data["subject"], tmp_path / "s", SubjectSettings(init_word="dog", textual_inversion=one,
-                  identity=one), progress=False)  # fmt: skip
-    learn_motion(_pipe(tiny_base), tiny_data["motion"], tmp_path / "m", MotionSettings(num_frames=2, stage=one),
-                 progress=False)  # fmt: skip
+    learn_subject(
+        pipe,
+        tiny_data["subject"],
+        tmp_path / "s",
+        SubjectSettings(init_word="dog", textual_inversion=one, identity=one),
+        progress=False,
+    )
+    learn_motion(
+        _pipe(tiny_base),
+        tiny_data["motion"],
+        tmp_path / "m",
+        MotionSettings(num_frames=2, stage=one),
+        progress=False,
+    )
     pipe = _pipe(tiny_base)
     token = pipe.load_subject(tmp_path / "s")
     pipe.load_motion(tmp_path / "m")
@@ -109,11 +128,16 @@ def test_composes_with_a_subject_and_a_motion_whose_guidance_takes_the_reference
         return real(*args, **kwargs)
 
     pipe.unet.forward = spy
-    frames = pipe(f"a {token} dog", reference_image=_image(), num_frames=2, num_inference_steps=2,
-                  progress=False).frames[0]  # fmt: skip
+    frames = pipe(
+        f"a {token} dog", reference_image=_image(), num_frames=2, num_inference_steps=2, progress=False
+    ).frames[0]
     assert frames.shape == (2, 16, 16, 3)
-    assert seen and all(c is not None and c.embeds is not None for c in seen)  # appearance guidance from the image
-    assert torch.equal(seen[0].embeds[0], torch.zeros_like(seen[0].embeds[0]))  # unconditional branch: zero vector
+    assert seen and all(
+        c is not None and c.embeds is not None for c in seen
+    )  # appearance guidance from the image
+    assert torch.equal(
+        seen[0].embeds[0], torch.zeros_like(seen[0].embeds[0])
+    )  # unconditional branch: zero vector
 
 
 def _pairs_folder(root, n=2):
@@ -132,12 +156,33 @@ def test_cli_learns_resumes_and_generates(tiny_base, tiny_data, tmp_path, capsys
     from dreamvideo.cli import main
 
     pairs, out = _pairs_folder(tmp_path / "pairs"), tmp_path / "encoders" / "mine"
-    args = ["learn-appearance-encoder", "--base", str(tiny_base), "--pairs", str(pairs), "--out", str(out),
-            "--steps", "2", "--checkpoint-every", "1", "--num-frames", "2", "--batch-size", "1", "--lr", "1e-3",
-            "--device", "cpu", "--quiet"]  # fmt: skip
+    args = [
+        "learn-appearance-encoder",
+        "--base",
+        str(tiny_base),
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--num-frames",
+        "2",
+        "--batch-size",
+        "1",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(args) == 0
     info = read_json(out / ref.ENCODER_INFO)
-    assert info["training"]["steps_done"] == 2 and len(info["losses"]) == 2 and info["trainable_parameters"] > 0
+    assert (
+        info["training"]["steps_done"] == 2 and len(info["losses"]) == 2 and info["trainable_parameters"] > 0
+    )
     assert info["reference"]["blocks"] == ["mid", "up"]
     assert (out / "checkpoints" / "appearance_encoder" / "step-000001" / ref.ENCODER_FILE).is_file()
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # finished result protected
@@ -145,16 +190,36 @@ def test_cli_learns_resumes_and_generates(tiny_base, tiny_data, tmp_path, capsys
     assert read_json(out / ref.ENCODER_INFO)["losses"][:2] == info["losses"]
     _image().save(tmp_path / "photo.png")
     clip = tmp_path / "clip.gif"
-    gen = ["generate", "--base", str(tiny_base), "--appearance-encoder", str(out), "--reference-image",
-           str(tmp_path / "photo.png"), "--prompt", "a dog moves left", "--out", str(clip), "--steps", "2",
-           "--frames", "2", "--device", "cpu", "--quiet", "--overwrite"]  # fmt: skip
+    gen = [
+        "generate",
+        "--base",
+        str(tiny_base),
+        "--appearance-encoder",
+        str(out),
+        "--reference-image",
+        str(tmp_path / "photo.png"),
+        "--prompt",
+        "a dog moves left",
+        "--out",
+        str(clip),
+        "--steps",
+        "2",
+        "--frames",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--overwrite",
+    ]
     assert main(gen) == 0 and clip.is_file()
     # bad input: a clear message, exit code 2
     assert main(gen[:3] + gen[5:]) == 2 and "go together" in capsys.readouterr().err
     (tmp_path / "broken.png").write_text("not an image")
     assert main(gen[:6] + [str(tmp_path / "broken.png")] + gen[7:]) == 2
     assert "cannot read image" in capsys.readouterr().err
-    assert main(args[:3] + ["--pairs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")] + args[7:]) == 2
+    assert (
+        main(args[:3] + ["--pairs", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")] + args[7:]) == 2
+    )
     assert "pairs folder not found" in capsys.readouterr().err
     assert main(args[:7] + ["--steps", "0"] + args[9:]) == 2
 

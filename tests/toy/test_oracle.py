@@ -63,8 +63,11 @@ def test_held_out_prompts_are_classified():
 def test_wrong_prompt_is_detected(pretraining_specs):
     spec = next(s for s in pretraining_specs if s.motion == "moves left")
     frames = w.render_clip(spec).frames
-    other = w.ClipSpec(w.Sprite(spec.sprite.shape, "blue" if spec.sprite.color != "blue" else "red"),
-                       next(b for b in w.BACKGROUNDS if b != spec.background), "moves right")  # fmt: skip
+    other = w.ClipSpec(
+        w.Sprite(spec.sprite.shape, "blue" if spec.sprite.color != "blue" else "red"),
+        next(b for b in w.BACKGROUNDS if b != spec.background),
+        "moves right",
+    )
     right, wrong = o.evaluate_video(frames, prompt_spec=spec), o.evaluate_video(frames, prompt_spec=other)
     assert right["background_ok"] == right["color_ok"] == right["motion_ok"] == 1.0
     assert wrong["background_ok"] == wrong["color_ok"] == wrong["motion_ok"] == 0.0
@@ -109,8 +112,10 @@ def test_subject_fidelity_separates_subjects():
         vocab = w.render_clip(w.ClipSpec(w.Sprite(subject.class_word, "red"), "gray road", "circles")).frames
         plain = o.subject_fidelity(vocab, *zip(*refs[name], strict=True))
         from_noise = o.subject_fidelity(noise, *zip(*refs[name], strict=True))
-        print(f"subject {name}: {({k: round(v, 3) for k, v in row.items()})}, blurred {blurred:.3f}, "
-              f"red {subject.class_word} {plain:.3f}, noise {from_noise:.3f}")  # fmt: skip
+        print(
+            f"subject {name}: { ({k: round(v, 3) for k, v in row.items()}) }, blurred {blurred:.3f}, "
+            f"red {subject.class_word} {plain:.3f}, noise {from_noise:.3f}"
+        )
         assert row[name] > 0.8 and blurred > 0.7
         assert max(v for k, v in row.items() if k != name) < 0.4
         assert plain < 0.45 and from_noise < 0.45
@@ -127,8 +132,10 @@ def test_motion_fidelity_separates_motions():
         blurred = o.motion_fidelity(degrade(video, rng), refs[name])
         long_refs = [w.render_clip(s, num_frames=16).frames for s in w.motion_specs(name, 2, seed=1)]
         resampled = o.motion_fidelity(video, long_refs)
-        print(f"motion {name}: {({k: round(v, 2) for k, v in row.items()})}, blurred {blurred:.3f}, "
-              f"16-frame refs {resampled:.3f}")  # fmt: skip
+        print(
+            f"motion {name}: { ({k: round(v, 2) for k, v in row.items()}) }, blurred {blurred:.3f}, "
+            f"16-frame refs {resampled:.3f}"
+        )
         assert row[name] > 0.95 and blurred > 0.95 and resampled > 0.9
         assert max(v for k, v in row.items() if k != name) < 0.5
         assert (
@@ -150,8 +157,12 @@ def test_segmentation_of_single_photos():
 def test_evaluate_video_keys_and_bad_input():
     spec = w.ClipSpec(w.NOVEL_SUBJECTS["totem"], "blue sky", "figure-eight", anchor=(32.0, 32.0), size=10.0)
     frames = w.render_clip(spec).frames
-    result = o.evaluate_video(frames, prompt_spec=spec, subject_refs=w.subject_images("totem", 3),
-                              motion_refs=w.motion_videos("figure-eight", 2))  # fmt: skip
+    result = o.evaluate_video(
+        frames,
+        prompt_spec=spec,
+        subject_refs=w.subject_images("totem", 3),
+        motion_refs=w.motion_videos("figure-eight", 2),
+    )
     assert set(result) == {
         "temporal_consistency",
         "background",

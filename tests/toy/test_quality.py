@@ -25,7 +25,9 @@ def test_a_background_switch_mid_clip_is_caught():
 
 
 def test_a_sprite_jump_is_caught():
-    spec = world.ClipSpec(world.Sprite("circle", "red"), "green grass", "stays still", anchor=(16.0, 16.0), size=6.0)
+    spec = world.ClipSpec(
+        world.Sprite("circle", "red"), "green grass", "stays still", anchor=(16.0, 16.0), size=6.0
+    )
     still = world.render_clip(spec).frames
     far = world.render_clip(world.ClipSpec(**{**spec.__dict__, "anchor": (46.0, 46.0)})).frames
     jumped = np.concatenate([still[:4], far[4:]])  # a 42-pixel jump where the true motion moves 0

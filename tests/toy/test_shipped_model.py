@@ -13,8 +13,16 @@ pytestmark = pytest.mark.skipif(not (TOY_MODEL_DIR / "unet").is_dir(), reason="t
 
 
 def test_layout_and_size():
-    for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "image_encoder", "feature_extractor",
-                      "clip"):
+    for component in (
+        "unet",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+        "image_encoder",
+        "feature_extractor",
+        "clip",
+    ):
         assert (TOY_MODEL_DIR / component).is_dir(), component
     files = [p for p in TOY_MODEL_DIR.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]  # safetensors only
@@ -30,8 +38,13 @@ def test_loads_with_the_real_model_code_and_generates():
     assert pipe.image_encoder is not None and pipe.condition_dim == pipe.image_encoder.config.projection_dim
     prompt = "a red star moves left on green grass"
     assert len(pipe.tokenizer.tokenize(prompt)) == len(prompt.split())  # every vocabulary word is one token
-    frames = pipe("a red star moves left on green grass", num_frames=4, num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0), progress=False).frames[0]
+    frames = pipe(
+        "a red star moves left on green grass",
+        num_frames=4,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    ).frames[0]
     assert frames.shape == (4, 64, 64, 3)
 
 
@@ -40,8 +53,14 @@ def test_demo_fast_end_to_end(tmp_path):
 
     assert main(["demo", "--fast", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
     result = json.loads((tmp_path / "demo" / "metrics.json").read_text())
-    assert set(result["summary"]["by_case"]) == {"base-subject", "subject", "base-joint", "joint", "base-motion",
-                                                  "motion"}
+    assert set(result["summary"]["by_case"]) == {
+        "base-subject",
+        "subject",
+        "base-joint",
+        "joint",
+        "base-motion",
+        "motion",
+    }
     assert (tmp_path / "demo" / "contact_sheet.png").stat().st_size > 0
     assert len(list((tmp_path / "demo" / "videos").glob("*.mp4"))) == len(result["rows"])
     assert (tmp_path / "demo" / "subject" / "subject.json").is_file()

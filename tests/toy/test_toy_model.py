@@ -93,7 +93,9 @@ def test_component_shapes_and_sizes(tokenizer):
         for num_frames in (8, 1):  # videos and images as 1-frame videos
             x = torch.randn(2, 4, num_frames, 16, 16)
             assert unet(x, torch.tensor([10, 900]), encoder_hidden_states=text).sample.shape == x.shape
-    video = generate(unet, vae, clip.text_model, tokenizer, toy_scheduler(), ["a red star"], num_frames=2, steps=1)
+    video = generate(
+        unet, vae, clip.text_model, tokenizer, toy_scheduler(), ["a red star"], num_frames=2, steps=1
+    )
     assert video.shape == (1, 2, 64, 64, 3) and video.dtype == np.uint8
 
 
@@ -112,9 +114,32 @@ def test_scheduler_has_modelscope_settings():
 
 def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
     out = tmp_path / "run"
-    tiny = ["--out", str(out), "--device", "cpu", "--workers", "0", "--clip-steps", "1", "--vae-steps", "1",
-            "--unet-steps", "3", "--clip-batch", "4", "--vae-batch", "2", "--unet-batch", "1",
-            "--checkpoint-every", "1", "--preview-steps", "0", "--image-prob", "1"]  # fmt: skip
+    tiny = [
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--clip-steps",
+        "1",
+        "--vae-steps",
+        "1",
+        "--unet-steps",
+        "3",
+        "--clip-batch",
+        "4",
+        "--vae-batch",
+        "2",
+        "--unet-batch",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--preview-steps",
+        "0",
+        "--image-prob",
+        "1",
+    ]
     # a run stopped after 3 steps: CLIP and VAE done, the UNet (on 1-frame videos) checkpointed at its step 1
     assert pretrain_main([*tiny, "--max-steps", "3"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
@@ -171,22 +196,46 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
 
     out = tmp_path / "more"
     # with frame-shared noise, so that this training path runs too
-    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
-                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0",
-                          "--shared-noise", "0.5"]) == 0  # fmt: skip
+    assert (
+        pretrain_main(
+            [
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--init-from",
+                "toy",
+                "--unet-steps",
+                "1",
+                "--unet-batch",
+                "1",
+                "--preview-steps",
+                "0",
+                "--shared-noise",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     log = read_json(out / "train_log.json")
     assert log["args"]["shared_noise"] == 0.5
     assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1
     for part in ("clip/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         shipped, new = load_safetensors(TOY_MODEL_DIR / part)[0], load_safetensors(out / "model" / part)[0]
         assert shipped.keys() == new.keys() and all(torch.equal(shipped[k], new[k]) for k in shipped)
-    assert read_json(out / "model/vae/config.json")["scaling_factor"] == read_json(
-        TOY_MODEL_DIR / "vae/config.json")["scaling_factor"]
+    assert (
+        read_json(out / "model/vae/config.json")["scaling_factor"]
+        == read_json(TOY_MODEL_DIR / "vae/config.json")["scaling_factor"]
+    )
     shipped = load_safetensors(TOY_MODEL_DIR / "unet/diffusion_pytorch_model.safetensors")[0]
     new = load_safetensors(out / "model/unet/diffusion_pytorch_model.safetensors")[0]
     changed = [k for k in shipped if not torch.equal(shipped[k], new[k])]
     assert changed and all((shipped[k] - new[k]).abs().max() < 0.05 for k in shipped)  # one small step on
-    assert pretrain_main(["--out", str(tmp_path / "bad"), "--device", "cpu", "--init-from", str(tmp_path)]) == 2
+    assert (
+        pretrain_main(["--out", str(tmp_path / "bad"), "--device", "cpu", "--init-from", str(tmp_path)]) == 2
+    )
 
 
 def test_video_noise_shares_the_chosen_part_of_its_variance_across_frames():
@@ -217,17 +266,50 @@ def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
     candidate = tmp_path / "candidate"  # only unet/: CLIP and the VAE come from the shipped model
     shutil.copytree(TOY_MODEL_DIR / "unet", candidate / "unet")
     out = tmp_path / "v"
-    flags = ["--prediction-type", "v_prediction", "--zero-snr", "--timestep-spacing", "trailing", "--snr-shift", "-1"]
-    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", str(candidate),
-                          "--unet-steps", "1", "--unet-batch", "1", "--preview-steps", "0", *flags]) == 0  # fmt: skip
+    flags = [
+        "--prediction-type",
+        "v_prediction",
+        "--zero-snr",
+        "--timestep-spacing",
+        "trailing",
+        "--snr-shift",
+        "-1",
+    ]
+    assert (
+        pretrain_main(
+            [
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--init-from",
+                str(candidate),
+                "--unet-steps",
+                "1",
+                "--unet-batch",
+                "1",
+                "--preview-steps",
+                "0",
+                *flags,
+            ]
+        )
+        == 0
+    )
     scheduler = DDIMScheduler.from_pretrained(out / "model", subfolder="scheduler")
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
     assert scheduler.alphas_cumprod[-1] == 0 and scheduler.config.timestep_spacing == "trailing"
     shipped = DDIMScheduler.from_pretrained(TOY_MODEL_DIR, subfolder="scheduler")
-    assert (scheduler.alphas_cumprod[1:-1] < shipped.alphas_cumprod[1:-1]).all()  # shifted: noisier everywhere
+    assert (
+        scheduler.alphas_cumprod[1:-1] < shipped.alphas_cumprod[1:-1]
+    ).all()  # shifted: noisier everywhere
     pipe = DreamVideoPipeline.from_pretrained(out / "model")
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.default_guidance_rescale == 0.7
-    assert pipe("a red star moves left", num_frames=2, num_inference_steps=2, progress=False).frames[0].shape[0] == 2
+    assert (
+        pipe("a red star moves left", num_frames=2, num_inference_steps=2, progress=False).frames[0].shape[0]
+        == 2
+    )
     assert pretrain_main(["--out", str(tmp_path / "x"), "--zero-snr"]) == 2  # zero SNR needs v-prediction
 
 
@@ -235,17 +317,39 @@ def test_pretrain_trains_the_text_encoder_apart_from_clip_and_exports_a_stopped_
     from dreamvideo.toy.model import TOY_MODEL_DIR
 
     out = tmp_path / "text"
-    flags = ["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy", "--unet-steps", "4",
-             "--unet-batch", "1", "--preview-steps", "0", "--text-encoder-lr", "1e-3", "--checkpoint-every", "1"]  # fmt: skip
+    flags = [
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--init-from",
+        "toy",
+        "--unet-steps",
+        "4",
+        "--unet-batch",
+        "1",
+        "--preview-steps",
+        "0",
+        "--text-encoder-lr",
+        "1e-3",
+        "--checkpoint-every",
+        "1",
+    ]
     assert pretrain_main([*flags, "--export-only"]) == 2  # nothing to export yet
-    assert pretrain_main([*flags, "--max-steps", "2"]) == 0 and not (out / "model").exists()  # stopped at step 2
+    assert (
+        pretrain_main([*flags, "--max-steps", "2"]) == 0 and not (out / "model").exists()
+    )  # stopped at step 2
     assert pretrain_main([*flags, "--resume", "--export-only"]) == 0
     key = "text_model.embeddings.token_embedding.weight"
     shipped = load_safetensors(TOY_MODEL_DIR / "text_encoder/model.safetensors")[0][key]
     exported = load_safetensors(out / "model/text_encoder/model.safetensors")[0][key]
     assert not torch.equal(exported, shipped)  # the UNet's text encoder was trained ...
     clip = load_safetensors(out / "model/clip/model.safetensors")[0][key]
-    assert torch.equal(clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key])  # ... not CLIP's
+    assert torch.equal(
+        clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key]
+    )  # ... not CLIP's
     checkpoint = load_safetensors(out / "checkpoints/unet/weights.safetensors")[0]
     assert read_json(out / "checkpoints/unet/state.json")["step"] == 2  # exporting did not train
     assert torch.equal(exported, checkpoint[f"ema_text.{key.removeprefix('text_model.')}"])
@@ -268,8 +372,30 @@ def test_foreground_weighted_mse_counts_sprite_cells_weight_times():
 
 def test_pretrain_with_foreground_weight_trains(tmp_path):
     out = tmp_path / "fg"
-    assert pretrain_main(["--out", str(out), "--device", "cpu", "--workers", "0", "--init-from", "toy",
-                          "--unet-steps", "2", "--unet-batch", "2", "--preview-steps", "0", "--image-prob", "0.5",
-                          "--foreground-weight", "4"]) == 0  # fmt: skip
+    assert (
+        pretrain_main(
+            [
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--workers",
+                "0",
+                "--init-from",
+                "toy",
+                "--unet-steps",
+                "2",
+                "--unet-batch",
+                "2",
+                "--preview-steps",
+                "0",
+                "--image-prob",
+                "0.5",
+                "--foreground-weight",
+                "4",
+            ]
+        )
+        == 0
+    )
     log = read_json(out / "train_log.json")
     assert log["args"]["foreground_weight"] == 4 and len(log["phases"]["unet"]["losses"]) == 2

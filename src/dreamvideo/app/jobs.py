@@ -24,7 +24,14 @@ from dreamvideo.training import report_progress
 
 logger = logging.getLogger(__name__)
 
-QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "done", "failed", "cancelled", "interrupted"
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
+    "queued",
+    "running",
+    "done",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
 FINAL_STATES = (DONE, FAILED, CANCELLED, INTERRUPTED)
 
 
@@ -71,14 +78,19 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able part (no task, no event)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("task", "cancel_requested")}
+        d = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("task", "cancel_requested")
+        }
         return d | {"stages": [asdict(s) for s in self.stages]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         stages = [StageProgress(**s) for s in d.get("stages", [])]
-        keep = {k: d[k] for k in ("id", "kind", "name", "state", "message", "output", "created", "started", "finished")
-                if k in d}
+        keep = {
+            k: d[k]
+            for k in ("id", "kind", "name", "state", "message", "output", "created", "started", "finished")
+            if k in d
+        }
         return cls(**keep, stages=stages)
 
     def report(self, stage: str, step: int, total: int, loss: float | None) -> None:
@@ -121,7 +133,9 @@ class JobQueue:
         with self._lock:
             for other in self._jobs.values():
                 if other.kind == job.kind and other.name == job.name and other.state in (QUEUED, RUNNING):
-                    raise DreamVideoError(f"a {job.kind} named '{job.name}' is already {other.state} (job {other.id})")
+                    raise DreamVideoError(
+                        f"a {job.kind} named '{job.name}' is already {other.state} (job {other.id})"
+                    )
             job.task = task
             self._jobs[job.id] = job
         self._save()

@@ -37,8 +37,10 @@ def job_html(job: Job) -> str:
     rows = []
     for s in job.stages:
         loss = "" if s.loss is None else f", loss {s.loss:.4f}"
-        rows.append(f'<div class="dv-stage">{html.escape(s.name)}: step {s.step}/{s.total}{loss}<br>'
-                    f'<progress max="{max(s.total, 1)}" value="{s.step}"></progress></div>')
+        rows.append(
+            f'<div class="dv-stage">{html.escape(s.name)}: step {s.step}/{s.total}{loss}<br>'
+            f'<progress max="{max(s.total, 1)}" value="{s.step}"></progress></div>'
+        )
     message = ""
     if job.message:
         css = "dv-error" if job.state in ("failed", "interrupted") else ""
@@ -67,8 +69,12 @@ def library_html(ctx: tasks.AppContext, kind: str) -> str:
             what = f"token <code>{html.escape(str(info.get('token')))}</code>, class '{html.escape(str(info.get('class_word')))}', {steps} adapter steps"
         else:
             steps = info.get("training", {}).get("steps_done", 0)
-            what = f"captions: {html.escape('; '.join(dict.fromkeys(info.get('captions', []))))}, {steps} steps"
-        items.append(f"<li><b>{html.escape(name)}</b>: {what}<br><small>{ctx.workspace.folder(kind, name)}</small></li>")
+            what = (
+                f"captions: {html.escape('; '.join(dict.fromkeys(info.get('captions', []))))}, {steps} steps"
+            )
+        items.append(
+            f"<li><b>{html.escape(name)}</b>: {what}<br><small>{ctx.workspace.folder(kind, name)}</small></li>"
+        )
     return f'<ul class="dv-library">{"".join(items)}</ul>'
 
 
@@ -106,9 +112,11 @@ def build_app(ctx: tasks.AppContext):
 
     toy = ctx.is_toy
     with gr.Blocks(title="dreamvideo") as demo:
-        gr.Markdown(f"# dreamvideo\nBase model: **{html.escape(str(ctx.base))}** &middot; workspace "
-                    f"`{ctx.workspace.root}`. Training runs in the background, one job at a time; reloading the "
-                    "page keeps it running.")
+        gr.Markdown(
+            f"# dreamvideo\nBase model: **{html.escape(str(ctx.base))}** &middot; workspace "
+            f"`{ctx.workspace.root}`. Training runs in the background, one job at a time; reloading the "
+            "page keeps it running."
+        )
         seen = gr.State({})
         with gr.Tabs():
             with gr.Tab("Subjects", id="subjects"):
@@ -124,8 +132,10 @@ def build_app(ctx: tasks.AppContext):
             state = dict(state or {})
             subjects, motions = ctx.workspace.library("subject"), ctx.workspace.library("motion")
             out: list[Any] = [jobs_html(ctx, "subject"), jobs_html(ctx, "motion")]
-            for key, value in (("subject_preview", latest_preview(ctx, "subject")),
-                               ("motion_preview", latest_preview(ctx, "motion"))):
+            for key, value in (
+                ("subject_preview", latest_preview(ctx, "subject")),
+                ("motion_preview", latest_preview(ctx, "motion")),
+            ):
                 out.append(gr.skip() if state.get(key) == value else value)
                 state[key] = value
             lib_changed = state.get("library") != [subjects, motions]
@@ -137,14 +147,27 @@ def build_app(ctx: tasks.AppContext):
                 out += [gr.skip()] * 6
             return [*out, state]
 
-        outputs = [s["jobs"], m["jobs"], s["preview"], m["preview"], s["library"], m["library"],
-                   g["subject"], g["motion"], c["subject"], c["motion"], seen]
+        outputs = [
+            s["jobs"],
+            m["jobs"],
+            s["preview"],
+            m["preview"],
+            s["library"],
+            m["library"],
+            g["subject"],
+            g["motion"],
+            c["subject"],
+            c["motion"],
+            seen,
+        ]
         gr.Timer(REFRESH_SECONDS).tick(refresh, inputs=seen, outputs=outputs, show_progress="hidden")
         demo.load(refresh, inputs=seen, outputs=outputs, show_progress="hidden")
     return demo
 
 
-def _training_inputs(gr, prefix: str, steps: list[tuple[str, int, float]], toy: bool, batch: int = 4) -> dict[str, Any]:
+def _training_inputs(
+    gr, prefix: str, steps: list[tuple[str, int, float]], toy: bool, batch: int = 4
+) -> dict[str, Any]:
     out = {}
     with gr.Accordion("Training settings", open=False, elem_id=f"{prefix}-settings"):
         with gr.Row():
@@ -155,11 +178,23 @@ def _training_inputs(gr, prefix: str, steps: list[tuple[str, int, float]], toy: 
                 out[key + "_lr"] = gr.Number(lr, label=f"{stage} learning rate".strip())
         with gr.Row():
             out["batch_size"] = gr.Number(batch, label="batch size", precision=0, minimum=1)
-            out["checkpoint_every"] = gr.Number(50 if toy else 100, label="checkpoint every N steps", precision=0,
-                                                minimum=1, elem_id=f"{prefix}-checkpoint-every")
-            out["preview_every"] = gr.Number(50 if toy else 0, label="preview every N steps (0: none)", precision=0,
-                                             minimum=0, elem_id=f"{prefix}-preview-every")
-            out["preview_steps"] = gr.Number(10 if toy else 25, label="preview DDIM steps", precision=0, minimum=1)
+            out["checkpoint_every"] = gr.Number(
+                50 if toy else 100,
+                label="checkpoint every N steps",
+                precision=0,
+                minimum=1,
+                elem_id=f"{prefix}-checkpoint-every",
+            )
+            out["preview_every"] = gr.Number(
+                50 if toy else 0,
+                label="preview every N steps (0: none)",
+                precision=0,
+                minimum=0,
+                elem_id=f"{prefix}-preview-every",
+            )
+            out["preview_steps"] = gr.Number(
+                10 if toy else 25, label="preview DDIM steps", precision=0, minimum=1
+            )
             out["seed"] = gr.Number(0, label="seed", precision=0)
     return out
 
@@ -175,16 +210,31 @@ def _cancel(ctx: tasks.AppContext, kind: str) -> str:
 def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     with gr.Row():
         with gr.Column():
-            photos = gr.File(label="Photos of the subject (3-8)", file_count="multiple", file_types=IMAGE_TYPES,
-                             elem_id="subject-photos")
-            masks = gr.File(label="Masks (optional, same file names, white = subject)", file_count="multiple",
-                            file_types=IMAGE_TYPES, elem_id="subject-masks")
+            photos = gr.File(
+                label="Photos of the subject (3-8)",
+                file_count="multiple",
+                file_types=IMAGE_TYPES,
+                elem_id="subject-photos",
+            )
+            masks = gr.File(
+                label="Masks (optional, same file names, white = subject)",
+                file_count="multiple",
+                file_types=IMAGE_TYPES,
+                elem_id="subject-masks",
+            )
             with gr.Row():
                 name = gr.Textbox(label="Name in the library", placeholder="my-dog", elem_id="subject-name")
                 token = gr.Textbox("<sks>", label="Token", elem_id="subject-token")
                 word = gr.Textbox("square" if toy else "dog", label="Class word", elem_id="subject-word")
-            settings = _training_inputs(gr, "subject", [("ti_steps", 200 if toy else 3000, 5e-3 if toy else 1e-4),
-                                             ("adapter_steps", 150 if toy else 1000, 1e-3 if toy else 1e-5)], toy)
+            settings = _training_inputs(
+                gr,
+                "subject",
+                [
+                    ("ti_steps", 200 if toy else 3000, 5e-3 if toy else 1e-4),
+                    ("adapter_steps", 150 if toy else 1000, 1e-3 if toy else 1e-5),
+                ],
+                toy,
+            )
             with gr.Row():
                 learn = gr.Button("Learn subject", variant="primary", elem_id="subject-learn")
                 cancel = gr.Button("Cancel", elem_id="subject-cancel")
@@ -192,25 +242,73 @@ def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
         with gr.Column():
             gr.Markdown("### Progress")
             jobs = gr.HTML(elem_id="subject-jobs")
-            preview = gr.Video(label="Latest preview", interactive=False, elem_id="subject-preview", autoplay=True,
-                               loop=True, height=256)
+            preview = gr.Video(
+                label="Latest preview",
+                interactive=False,
+                elem_id="subject-preview",
+                autoplay=True,
+                loop=True,
+                height=256,
+            )
             gr.Markdown("### Library")
             library = gr.HTML(elem_id="subject-library")
 
-    def submit(photos, masks, name, token, word, ti_steps, ti_lr, adapter_steps, adapter_lr, batch, every, prev,
-               prev_steps, seed):
+    def submit(
+        photos,
+        masks,
+        name,
+        token,
+        word,
+        ti_steps,
+        ti_lr,
+        adapter_steps,
+        adapter_lr,
+        batch,
+        every,
+        prev,
+        prev_steps,
+        seed,
+    ):
         try:
-            job = tasks.submit_subject(ctx, tasks.SubjectRequest(
-                name=name, images=_paths(photos), masks=_paths(masks), token=token, class_word=word,
-                ti_steps=ti_steps, ti_lr=ti_lr, adapter_steps=adapter_steps, adapter_lr=adapter_lr, batch_size=batch,
-                checkpoint_every=every, preview_every=prev, preview_steps=prev_steps, seed=seed))
+            job = tasks.submit_subject(
+                ctx,
+                tasks.SubjectRequest(
+                    name=name,
+                    images=_paths(photos),
+                    masks=_paths(masks),
+                    token=token,
+                    class_word=word,
+                    ti_steps=ti_steps,
+                    ti_lr=ti_lr,
+                    adapter_steps=adapter_steps,
+                    adapter_lr=adapter_lr,
+                    batch_size=batch,
+                    checkpoint_every=every,
+                    preview_every=prev,
+                    preview_steps=prev_steps,
+                    seed=seed,
+                ),
+            )
         except DreamVideoError as err:
             return error_text(err)
         return f"queued subject '{html.escape(job.name)}' (job {job.id})"
 
-    inputs = [photos, masks, name, token, word, settings["ti_steps"], settings["ti_steps_lr"],
-              settings["adapter_steps"], settings["adapter_steps_lr"], settings["batch_size"],
-              settings["checkpoint_every"], settings["preview_every"], settings["preview_steps"], settings["seed"]]
+    inputs = [
+        photos,
+        masks,
+        name,
+        token,
+        word,
+        settings["ti_steps"],
+        settings["ti_steps_lr"],
+        settings["adapter_steps"],
+        settings["adapter_steps_lr"],
+        settings["batch_size"],
+        settings["checkpoint_every"],
+        settings["preview_every"],
+        settings["preview_steps"],
+        settings["seed"],
+    ]
     learn.click(submit, inputs, status)
     cancel.click(lambda: _cancel(ctx, "subject"), None, status)
     return {"jobs": jobs, "preview": preview, "library": library}
@@ -219,16 +317,25 @@ def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
 def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     with gr.Row():
         with gr.Column():
-            videos = gr.File(label="Videos of the motion (1 or more)", file_count="multiple", file_types=VIDEO_TYPES,
-                             elem_id="motion-videos")
+            videos = gr.File(
+                label="Videos of the motion (1 or more)",
+                file_count="multiple",
+                file_types=VIDEO_TYPES,
+                elem_id="motion-videos",
+            )
             with gr.Row():
                 name = gr.Textbox(label="Name in the library", placeholder="pendulum", elem_id="motion-name")
                 caption = gr.Textbox(label="Caption (empty: from the file names)", elem_id="motion-caption")
             with gr.Row():
                 frames = gr.Number(8 if toy else 16, label="frames per clip", precision=0, minimum=1)
                 short = gr.Radio(["loop", "error"], value="loop", label="videos shorter than a clip")
-            settings = _training_inputs(gr, "motion", [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)], toy,
-                                       batch=2 if toy else 1)
+            settings = _training_inputs(
+                gr,
+                "motion",
+                [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)],
+                toy,
+                batch=2 if toy else 1,
+            )
             with gr.Row():
                 learn = gr.Button("Learn motion", variant="primary", elem_id="motion-learn")
                 cancel = gr.Button("Cancel", elem_id="motion-cancel")
@@ -236,24 +343,58 @@ def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
         with gr.Column():
             gr.Markdown("### Progress")
             jobs = gr.HTML(elem_id="motion-jobs")
-            preview = gr.Video(label="Latest preview", interactive=False, elem_id="motion-preview", autoplay=True,
-                               loop=True, height=256)
+            preview = gr.Video(
+                label="Latest preview",
+                interactive=False,
+                elem_id="motion-preview",
+                autoplay=True,
+                loop=True,
+                height=256,
+            )
             gr.Markdown("### Library")
             library = gr.HTML(elem_id="motion-library")
 
     def submit(videos, name, caption, frames, short, steps, lr, batch, every, prev, prev_steps, seed):
         try:
-            job = tasks.submit_motion(ctx, tasks.MotionRequest(
-                name=name, videos=_paths(videos), caption=caption or "", num_frames=frames, short_videos=short,
-                steps=steps, lr=lr, batch_size=batch, checkpoint_every=every, preview_every=prev,
-                preview_steps=prev_steps, seed=seed))
+            job = tasks.submit_motion(
+                ctx,
+                tasks.MotionRequest(
+                    name=name,
+                    videos=_paths(videos),
+                    caption=caption or "",
+                    num_frames=frames,
+                    short_videos=short,
+                    steps=steps,
+                    lr=lr,
+                    batch_size=batch,
+                    checkpoint_every=every,
+                    preview_every=prev,
+                    preview_steps=prev_steps,
+                    seed=seed,
+                ),
+            )
         except DreamVideoError as err:
             return error_text(err)
         return f"queued motion '{html.escape(job.name)}' (job {job.id})"
 
-    learn.click(submit, [videos, name, caption, frames, short, settings["steps"], settings["steps_lr"],
-                         settings["batch_size"], settings["checkpoint_every"], settings["preview_every"],
-                         settings["preview_steps"], settings["seed"]], status)
+    learn.click(
+        submit,
+        [
+            videos,
+            name,
+            caption,
+            frames,
+            short,
+            settings["steps"],
+            settings["steps_lr"],
+            settings["batch_size"],
+            settings["checkpoint_every"],
+            settings["preview_every"],
+            settings["preview_steps"],
+            settings["seed"],
+        ],
+        status,
+    )
     cancel.click(lambda: _cancel(ctx, "motion"), None, status)
     return {"jobs": jobs, "preview": preview, "library": library}
 
@@ -263,20 +404,34 @@ def _sampling_inputs(gr, prefix: str, toy: bool) -> dict[str, Any]:
     with gr.Row():
         out["subject"] = gr.Dropdown([NONE], value=NONE, label="Subject", elem_id=f"{prefix}-subject")
         out["motion"] = gr.Dropdown([NONE], value=NONE, label="Motion", elem_id=f"{prefix}-motion")
-    out["prompt"] = gr.Textbox("a <sks> square moves on blue sky" if toy else "a <sks> dog playing guitar",
-                               label="Prompt", elem_id=f"{prefix}-prompt")
+    out["prompt"] = gr.Textbox(
+        "a <sks> square moves on blue sky" if toy else "a <sks> dog playing guitar",
+        label="Prompt",
+        elem_id=f"{prefix}-prompt",
+    )
     with gr.Row():
         out["seed"] = gr.Number(0, label="seed", precision=0, elem_id=f"{prefix}-seed")
-        out["frames"] = gr.Number(8 if toy else 16, label="frames", precision=0, minimum=1, elem_id=f"{prefix}-frames")
-        out["steps"] = gr.Number(25 if toy else 50, label="DDIM steps", precision=0, minimum=1,
-                                 elem_id=f"{prefix}-steps")
+        out["frames"] = gr.Number(
+            8 if toy else 16, label="frames", precision=0, minimum=1, elem_id=f"{prefix}-frames"
+        )
+        out["steps"] = gr.Number(
+            25 if toy else 50, label="DDIM steps", precision=0, minimum=1, elem_id=f"{prefix}-steps"
+        )
         out["guidance"] = gr.Number(9.0, label="guidance scale", elem_id=f"{prefix}-guidance")
     return out
 
 
 def _request(prompt, subject, motion, seed, frames, steps, guidance, **kw) -> tasks.GenerateRequest:
-    return tasks.GenerateRequest(prompt=prompt or "", subject=_name(subject), motion=_name(motion), seed=int(seed or 0),
-                                 frames=int(frames), steps=int(steps), guidance_scale=float(guidance), **kw)
+    return tasks.GenerateRequest(
+        prompt=prompt or "",
+        subject=_name(subject),
+        motion=_name(motion),
+        seed=int(seed or 0),
+        frames=int(frames),
+        steps=int(steps),
+        guidance_scale=float(guidance),
+        **kw,
+    )
 
 
 def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
@@ -284,8 +439,11 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
         with gr.Column():
             f = _sampling_inputs(gr, "gen", toy)
             with gr.Accordion("Appearance guidance, adapter scales and checkpoints", open=False):
-                appearance = gr.Image(label="Appearance image (motion adapter's reference)", type="filepath",
-                                      elem_id="gen-appearance")
+                appearance = gr.Image(
+                    label="Appearance image (motion adapter's reference)",
+                    type="filepath",
+                    elem_id="gen-appearance",
+                )
                 with gr.Row():
                     lam_c = gr.Slider(0, 2, 1.0, step=0.05, label="appearance strength (conditional)")
                     lam_u = gr.Slider(0, 2, 1.0, step=0.05, label="appearance strength (unconditional)")
@@ -298,33 +456,92 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")
             status = gr.HTML(elem_id="gen-status")
         with gr.Column():
-            video = gr.Video(label="Video", interactive=False, elem_id="gen-video", autoplay=True, loop=True,
-                             height=384)
-            files = gr.File(label="Download (.mp4, .gif, contact sheet)", file_count="multiple", interactive=False,
-                            elem_id="gen-files")
+            video = gr.Video(
+                label="Video", interactive=False, elem_id="gen-video", autoplay=True, loop=True, height=384
+            )
+            files = gr.File(
+                label="Download (.mp4, .gif, contact sheet)",
+                file_count="multiple",
+                interactive=False,
+                elem_id="gen-files",
+            )
             sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="gen-sheet")
 
     def steps_of(kind: str, name: str):
-        choices = [FINAL, *map(str, ctx.workspace.checkpoint_steps(kind, _name(name)))] if _name(name) else [FINAL]
+        choices = (
+            [FINAL, *map(str, ctx.workspace.checkpoint_steps(kind, _name(name)))] if _name(name) else [FINAL]
+        )
         return gr.update(choices=choices, value=FINAL)
 
     f["subject"].change(lambda n: steps_of("subject", n), f["subject"], subject_step)
     f["motion"].change(lambda n: steps_of("motion", n), f["motion"], motion_step)
 
-    def go(prompt, subject, motion, seed, frames, steps, guidance, image, a_c, a_u, s_scale, m_scale, s_step, m_step):
+    def go(
+        prompt,
+        subject,
+        motion,
+        seed,
+        frames,
+        steps,
+        guidance,
+        image,
+        a_c,
+        a_u,
+        s_scale,
+        m_scale,
+        s_step,
+        m_step,
+    ):
         try:
-            result = tasks.generate(ctx, _request(
-                prompt, subject, motion, seed, frames, steps, guidance, appearance_image=image,
-                appearance_strength=a_c, appearance_strength_uncond=a_u, subject_scale=s_scale,
-                motion_scale=m_scale, subject_step=_int_or_none(s_step), motion_step=_int_or_none(m_step)))
+            result = tasks.generate(
+                ctx,
+                _request(
+                    prompt,
+                    subject,
+                    motion,
+                    seed,
+                    frames,
+                    steps,
+                    guidance,
+                    appearance_image=image,
+                    appearance_strength=a_c,
+                    appearance_strength_uncond=a_u,
+                    subject_scale=s_scale,
+                    motion_scale=m_scale,
+                    subject_step=_int_or_none(s_step),
+                    motion_step=_int_or_none(m_step),
+                ),
+            )
         except DreamVideoError as err:
             return error_text(err), gr.skip(), gr.skip(), gr.skip()
         note = f"{len(result.frames)} frames &middot; {html.escape(result.label)} &middot; <code>{result.video}</code>"
-        return note, str(result.video), [str(result.video), str(result.gif), str(result.sheet)], str(result.sheet)
+        return (
+            note,
+            str(result.video),
+            [str(result.video), str(result.gif), str(result.sheet)],
+            str(result.sheet),
+        )
 
-    run.click(go, [f["prompt"], f["subject"], f["motion"], f["seed"], f["frames"], f["steps"], f["guidance"],
-                   appearance, lam_c, lam_u, subject_scale, motion_scale, subject_step, motion_step],
-              [status, video, files, sheet])
+    run.click(
+        go,
+        [
+            f["prompt"],
+            f["subject"],
+            f["motion"],
+            f["seed"],
+            f["frames"],
+            f["steps"],
+            f["guidance"],
+            appearance,
+            lam_c,
+            lam_u,
+            subject_scale,
+            motion_scale,
+            subject_step,
+            motion_step,
+        ],
+        [status, video, files, sheet],
+    )
     return f
 
 
@@ -333,12 +550,22 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
     status = gr.HTML(elem_id="cmp-status")
     with gr.Row():
-        plain = gr.Video(label="Base model", interactive=False, elem_id="cmp-base", autoplay=True, loop=True,
-                         height=384)
-        custom = gr.Video(label="With the subject / motion", interactive=False, elem_id="cmp-custom", autoplay=True,
-                          loop=True, height=384)
-    metrics = gr.Dataframe(label="Toy oracle metrics" if toy else "Metrics (toy base only)", interactive=False,
-                           elem_id="cmp-metrics")
+        plain = gr.Video(
+            label="Base model", interactive=False, elem_id="cmp-base", autoplay=True, loop=True, height=384
+        )
+        custom = gr.Video(
+            label="With the subject / motion",
+            interactive=False,
+            elem_id="cmp-custom",
+            autoplay=True,
+            loop=True,
+            height=384,
+        )
+    metrics = gr.Dataframe(
+        label="Toy oracle metrics" if toy else "Metrics (toy base only)",
+        interactive=False,
+        elem_id="cmp-metrics",
+    )
     sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="cmp-sheet")
 
     def go(prompt, subject, motion, seed, frames, steps, guidance):
@@ -348,18 +575,28 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             a, b, rows = tasks.compare(ctx, _request(prompt, subject, motion, seed, frames, steps, guidance))
         except DreamVideoError as err:
             return error_text(err), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        note = "same prompt and seed; " + ("metrics from the toy world's oracle and toy CLIP" if rows else
-                                           "metrics need the toy base")
+        note = "same prompt and seed; " + (
+            "metrics from the toy world's oracle and toy CLIP" if rows else "metrics need the toy base"
+        )
         return note, str(a.video), str(b.video), pd.DataFrame(rows), str(a.sheet)
 
-    run.click(go, [f["prompt"], f["subject"], f["motion"], f["seed"], f["frames"], f["steps"], f["guidance"]],
-              [status, plain, custom, metrics, sheet])
+    run.click(
+        go,
+        [f["prompt"], f["subject"], f["motion"], f["seed"], f["frames"], f["steps"], f["guidance"]],
+        [status, plain, custom, metrics, sheet],
+    )
     return f
 
 
 # ----------------------------------------------------------------------------------------------- serving
-def serve(base: str = "toy", host: str = "127.0.0.1", port: int = 7860, workspace: str | os.PathLike = "dreamvideo_app",
-          device: str | None = None, block: bool = True):
+def serve(
+    base: str = "toy",
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    workspace: str | os.PathLike = "dreamvideo_app",
+    device: str | None = None,
+    block: bool = True,
+):
     """Start the app's worker and serve the page on ``host:port`` (localhost unless told otherwise).
 
     Args:
@@ -378,9 +615,19 @@ def serve(base: str = "toy", host: str = "127.0.0.1", port: int = 7860, workspac
     ctx.jobs.start()
     demo = build_app(ctx)
     demo.queue(default_concurrency_limit=2)
-    _, url, _ = demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                            allowed_paths=[str(ws.root)], prevent_thread_lock=True, quiet=False,
-                            theme=gr.themes.Default(), css=CSS, footer_links=[])
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        ssr_mode=False,
+        allowed_paths=[str(ws.root)],
+        prevent_thread_lock=True,
+        quiet=False,
+        theme=gr.themes.Default(),
+        css=CSS,
+        footer_links=[],
+    )
     print(f"dreamvideo app: {url} (base {base}, workspace {ws.root})", flush=True)
     if not block:
         return demo, url

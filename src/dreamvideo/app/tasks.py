@@ -110,14 +110,21 @@ def _require(files: list[str], what: str) -> list[str]:
 
 
 def _stage(steps: int, lr: float, batch_size: int, every: int, seed: int) -> StageConfig:
-    return StageConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size),
-                       checkpoint_every=max(1, int(every)), seed=int(seed))
+    return StageConfig(
+        steps=int(steps),
+        lr=float(lr),
+        batch_size=int(batch_size),
+        checkpoint_every=max(1, int(every)),
+        seed=int(seed),
+    )
 
 
 def _preview(every: int, steps: int, num_frames: int, seed: int):
     from dreamvideo.methods import PreviewSettings
 
-    return PreviewSettings(every=max(0, int(every)), steps=int(steps), num_frames=int(num_frames), seed=int(seed))
+    return PreviewSettings(
+        every=max(0, int(every)), steps=int(steps), num_frames=int(num_frames), seed=int(seed)
+    )
 
 
 def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
@@ -147,12 +154,19 @@ def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
 
         pipe = ctx.load_pipe()
         settings = commands.subject_settings(
-            req.token.strip() or "<sks>", req.class_word.strip(),
+            req.token.strip() or "<sks>",
+            req.class_word.strip(),
             _stage(req.ti_steps, req.ti_lr, req.batch_size, req.checkpoint_every, req.seed),
             _stage(req.adapter_steps, req.adapter_lr, req.batch_size, req.checkpoint_every, req.seed),
         )
-        learn_subject(pipe, folder, job.output, settings, progress=False,
-                      preview=_preview(req.preview_every, req.preview_steps, 8, req.seed))
+        learn_subject(
+            pipe,
+            folder,
+            job.output,
+            settings,
+            progress=False,
+            preview=_preview(req.preview_every, req.preview_steps, 8, req.seed),
+        )
         return ws.publish("subject", name, job.id)
 
     return _submit(ctx, job, task)
@@ -183,12 +197,21 @@ def submit_motion(ctx: AppContext, req: MotionRequest) -> Job:
 
         pipe = ctx.load_pipe()
         settings = commands.motion_settings(
-            pipe, _stage(req.steps, req.lr, req.batch_size, req.checkpoint_every, req.seed),
-            num_frames=int(req.num_frames), appearance_guidance=pipe.image_encoder is not None,
+            pipe,
+            _stage(req.steps, req.lr, req.batch_size, req.checkpoint_every, req.seed),
+            num_frames=int(req.num_frames),
+            appearance_guidance=pipe.image_encoder is not None,
             short_videos=req.short_videos,
         )
-        learn_motion(pipe, folder, job.output, settings, captions=caption, progress=False,
-                     preview=_preview(req.preview_every, req.preview_steps, req.num_frames, req.seed))
+        learn_motion(
+            pipe,
+            folder,
+            job.output,
+            settings,
+            captions=caption,
+            progress=False,
+            preview=_preview(req.preview_every, req.preview_steps, req.num_frames, req.seed),
+        )
         return ws.publish("motion", name, job.id)
 
     return _submit(ctx, job, task)
@@ -258,8 +281,12 @@ def _render(ctx: AppContext, req: GenerateRequest, subject: bool, motion: bool) 
     pipe = ctx.load_pipe()
     commands.load_learned(
         pipe,
-        _library_path(ctx, "subject", req.subject) if subject else None, req.subject_step, float(req.subject_scale),
-        _library_path(ctx, "motion", req.motion) if motion else None, req.motion_step, float(req.motion_scale),
+        _library_path(ctx, "subject", req.subject) if subject else None,
+        req.subject_step,
+        float(req.subject_scale),
+        _library_path(ctx, "motion", req.motion) if motion else None,
+        req.motion_step,
+        float(req.motion_scale),
     )
     return pipe(
         req.prompt,
@@ -275,8 +302,10 @@ def _render(ctx: AppContext, req: GenerateRequest, subject: bool, motion: bool) 
 
 
 def _label(req: GenerateRequest, subject: bool, motion: bool) -> str:
-    parts = [f"subject {req.subject}" if subject and req.subject else "", f"motion {req.motion}" if motion and req.motion
-             else ""]
+    parts = [
+        f"subject {req.subject}" if subject and req.subject else "",
+        f"motion {req.motion}" if motion and req.motion else "",
+    ]
     return f"{' + '.join(p for p in parts if p) or 'base model'}, seed {req.seed}: {req.prompt}"
 
 
@@ -359,7 +388,9 @@ def _reference_motion(path: Path, num_frames: int) -> list[np.ndarray] | None:
     return videos
 
 
-def toy_metrics(ctx: AppContext, req: GenerateRequest, plain: np.ndarray, custom: np.ndarray) -> list[dict[str, Any]]:
+def toy_metrics(
+    ctx: AppContext, req: GenerateRequest, plain: np.ndarray, custom: np.ndarray
+) -> list[dict[str, Any]]:
     """The toy world's oracle scores (as ``dreamvideo demo`` computes them) of the base and customized videos.
 
     Subject fidelity against the subject's training photos, motion fidelity against the motion's training videos,
@@ -399,5 +430,17 @@ def describe(ctx: AppContext, kind: str, name: str) -> dict[str, Any]:
     return read_json(path)
 
 
-__all__ = ["AppContext", "SubjectRequest", "MotionRequest", "GenerateRequest", "Generated", "submit_subject",
-           "submit_motion", "generate", "compare", "toy_metrics", "previews", "describe"]
+__all__ = [
+    "AppContext",
+    "SubjectRequest",
+    "MotionRequest",
+    "GenerateRequest",
+    "Generated",
+    "submit_subject",
+    "submit_motion",
+    "generate",
+    "compare",
+    "toy_metrics",
+    "previews",
+    "describe",
+]

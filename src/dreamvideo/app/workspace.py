@@ -68,15 +68,19 @@ class Workspace:
                 f"{kind} name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
         if self.folder(kind, name).exists():
-            raise WorkspaceError(f"a {kind} named '{name}' already exists in {self.folder(kind, name).parent}; "
-                                 "choose another name")
+            raise WorkspaceError(
+                f"a {kind} named '{name}' already exists in {self.folder(kind, name).parent}; "
+                "choose another name"
+            )
         return name
 
     def checkpoint_steps(self, kind: str, name: str) -> list[int]:
         """Steps with a saved adapter checkpoint (the identity adapter's for a subject), ascending."""
         stage = "identity_adapter" if kind == "subject" else "motion_adapter"
         folder = self.folder(kind, name) / "checkpoints" / stage
-        return sorted(int(p.name.split("-")[1]) for p in folder.glob("step-*") if p.name.split("-")[1].isdigit())
+        return sorted(
+            int(p.name.split("-")[1]) for p in folder.glob("step-*") if p.name.split("-")[1].isdigit()
+        )
 
     # ------------------------------------------------------------------ jobs
     def uploads(self, job_id: str) -> Path:
@@ -115,8 +119,10 @@ class Workspace:
         """Move a job's finished ``.work/JOB/NAME`` into the library (one rename; refuses a name taken meanwhile)."""
         src, dst = self.work_dir(job_id) / name, self.folder(kind, name)
         if dst.exists():
-            raise WorkspaceError(f"a {kind} named '{name}' appeared in {dst.parent} while this one trained; "
-                                 f"its result is kept in {src}")
+            raise WorkspaceError(
+                f"a {kind} named '{name}' appeared in {dst.parent} while this one trained; "
+                f"its result is kept in {src}"
+            )
         os.replace(src, dst)
         shutil.rmtree(self.work_dir(job_id), ignore_errors=True)
         return dst

@@ -41,9 +41,24 @@ from dreamvideo.benchmark.grid import (
 from dreamvideo.benchmark.report import format_markdown, plot_results, summarize
 from dreamvideo.benchmark.runner import Benchmark
 
-__all__ = ["CASES", "METRICS", "Benchmark", "BenchmarkConfig", "BenchmarkError", "Entry", "Part", "builtin_ablations",
-           "builtin_methods", "config_from_args", "format_markdown", "full_config", "plot_results", "quick_config",
-           "register_cli", "summarize"]  # fmt: skip
+__all__ = [
+    "CASES",
+    "METRICS",
+    "Benchmark",
+    "BenchmarkConfig",
+    "BenchmarkError",
+    "Entry",
+    "Part",
+    "builtin_ablations",
+    "builtin_methods",
+    "config_from_args",
+    "format_markdown",
+    "full_config",
+    "plot_results",
+    "quick_config",
+    "register_cli",
+    "summarize",
+]
 
 # ----------------------------------------------------------------------------- CLI
 
@@ -51,7 +66,10 @@ __all__ = ["CASES", "METRICS", "Benchmark", "BenchmarkConfig", "BenchmarkError",
 def config_from_args(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
     """The grid and output folder that ``dreamvideo benchmark`` arguments select."""
     if args.config:
-        config, default_out = BenchmarkConfig.from_file(args.config), Path(f"benchmark_{Path(args.config).stem}")
+        config, default_out = (
+            BenchmarkConfig.from_file(args.config),
+            Path(f"benchmark_{Path(args.config).stem}"),
+        )
     elif args.quick:
         config, default_out = quick_config(), Path("benchmark_quick")
     else:
@@ -82,8 +100,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--full", action="store_true", help="every toy subject and motion, three seeds")
     p.add_argument("--out", type=Path, help="output folder, reused to resume (default benchmark_<name>)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--seeds", type=int, nargs="+",
-                   help="run only these of the grid's seeds (a resumable piece: a later run reuses its cells)")
-    p.add_argument("--threads", type=int, help="CPU threads of torch (1 is much faster on a CPU shared with other jobs)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="run only these of the grid's seeds (a resumable piece: a later run reuses its cells)",
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads of torch (1 is much faster on a CPU shared with other jobs)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_benchmark)

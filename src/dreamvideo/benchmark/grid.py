@@ -54,17 +54,29 @@ class Entry:
 
 
 def _cases(subject: Part | None, motion: Part | None) -> tuple[str, ...]:
-    return tuple(c for c, ok in (("subject", subject), ("motion", motion), ("joint", subject and motion)) if ok)
+    return tuple(
+        c for c, ok in (("subject", subject), ("motion", motion), ("joint", subject and motion)) if ok
+    )
 
 
-def _ablation(name: str, title: str, subject: dict | None, motion: dict | None,
-              cases: tuple[str, ...] | None = None) -> Entry:  # fmt: skip
+def _ablation(
+    name: str, title: str, subject: dict | None, motion: dict | None, cases: tuple[str, ...] | None = None
+) -> Entry:
     """A DreamVideo variant: ``{}`` keeps DreamVideo's side, a dict of flags (or ``"method"``) changes it, ``None``
     drops it. It is evaluated on the cases its changes touch (and always on joint customization)."""
-    default = cases or tuple(c for c, changed in (("subject", subject), ("motion", motion), ("joint", True))
-                             if changed)  # fmt: skip
-    s = Part(subject.pop("method", "dreamvideo"), tuple(sorted(subject.items()))) if subject is not None else None
-    m = Part(motion.pop("method", "dreamvideo"), tuple(sorted(motion.items()))) if motion is not None else None
+    default = cases or tuple(
+        c for c, changed in (("subject", subject), ("motion", motion), ("joint", True)) if changed
+    )
+    s = (
+        Part(subject.pop("method", "dreamvideo"), tuple(sorted(subject.items())))
+        if subject is not None
+        else None
+    )
+    m = (
+        Part(motion.pop("method", "dreamvideo"), tuple(sorted(motion.items())))
+        if motion is not None
+        else None
+    )
     return Entry(name, title, "ablation", s, m, default)
 
 
@@ -94,26 +106,45 @@ def builtin_methods() -> dict[str, Entry]:
         mo = Part(name) if name in methods.names("motion") else None
         entries[name] = Entry(name, name, "method", s, mo, _cases(s, mo))
     # section 9: one encoder trained once per base, any reference image at generation; joint with DreamVideo's motion
-    entries[ENCODER_ENTRY] = Entry(ENCODER_ENTRY, "appearance encoder, zero-shot", "method", Part(ENCODER_ENTRY),
-                                   Part("dreamvideo"), ("subject", "joint"))
+    entries[ENCODER_ENTRY] = Entry(
+        ENCODER_ENTRY,
+        "appearance encoder, zero-shot",
+        "method",
+        Part(ENCODER_ENTRY),
+        Part("dreamvideo"),
+        ("subject", "joint"),
+    )
     return entries
 
 
 # ----------------------------------------------------------------------------- configuration
 
 DEFAULT_TRAINING: dict[str, Any] = {  # toy-model scale (the demo's settings)
-    "ti_steps": 200, "ti_lr": 5e-3, "identity_steps": 150, "identity_lr": 1e-3, "subject_batch_size": 4,
-    "motion_steps": 250, "motion_lr": 1e-3, "motion_batch_size": 2, "num_frames": 8,
-    "subject_caption": "a {token} {word}", "use_masks": True,
-    "encoder_steps": 2000, "encoder_lr": 1e-4, "encoder_batch_size": 2, "encoder_pairs": None,
-}  # fmt: skip
+    "ti_steps": 200,
+    "ti_lr": 5e-3,
+    "identity_steps": 150,
+    "identity_lr": 1e-3,
+    "subject_batch_size": 4,
+    "motion_steps": 250,
+    "motion_lr": 1e-3,
+    "motion_batch_size": 2,
+    "num_frames": 8,
+    "subject_caption": "a {token} {word}",
+    "use_masks": True,
+    "encoder_steps": 2000,
+    "encoder_lr": 1e-4,
+    "encoder_batch_size": 2,
+    "encoder_pairs": None,
+}
 # Per-method learning rates of the one-stage baselines: full fine-tuning far lower than adapters and LoRA. On the toy
 # model 1e-4 and 3e-5 (LoRA 1e-3 and 3e-4) were compared; the differences were within the noise of a few videos.
 DEFAULT_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "dreamix": {"subject_lr": 1e-4}, "finetune": {"subject_lr": 1e-4, "motion_lr": 1e-4},
-    "animatediff": {"subject_lr": 1e-4, "motion_lr": 1e-3}, "tune-a-video": {"motion_lr": 1e-4},
+    "dreamix": {"subject_lr": 1e-4},
+    "finetune": {"subject_lr": 1e-4, "motion_lr": 1e-4},
+    "animatediff": {"subject_lr": 1e-4, "motion_lr": 1e-3},
+    "tune-a-video": {"motion_lr": 1e-4},
     "lora": {"subject_lr": 1e-3, "motion_lr": 1e-3, "rank": 4},
-}  # fmt: skip
+}
 TOY_PROMPTS = {
     "subject": ["a {subject} moves right on blue sky", "a {subject} stays still on yellow sand"],
     "motion": ["a red circle moves on green grass", "a white star moves on dark night"],
@@ -162,18 +193,24 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         self.training = DEFAULT_TRAINING | self.training
-        self.method_settings = {k: DEFAULT_METHOD_SETTINGS.get(k, {}) | self.method_settings.get(k, {})
-                                for k in set(DEFAULT_METHOD_SETTINGS) | set(self.method_settings)}  # fmt: skip
+        self.method_settings = {
+            k: DEFAULT_METHOD_SETTINGS.get(k, {}) | self.method_settings.get(k, {})
+            for k in set(DEFAULT_METHOD_SETTINGS) | set(self.method_settings)
+        }
         self.sampling = {"steps": 25, "guidance_scale": 9.0, "num_frames": 8} | self.sampling
         if self.oracle is None:
             self.oracle = self.base in ("toy", "dreamvideo-toy")
         if self.tradeoff is not None and not self.tradeoff:
             t = self.training
-            self.tradeoff = {"identity_steps": sorted({max(1, t["identity_steps"] // 2), t["identity_steps"]}),
-                             "motion_steps": sorted({max(1, t["motion_steps"] // 2), t["motion_steps"]})}
+            self.tradeoff = {
+                "identity_steps": sorted({max(1, t["identity_steps"] // 2), t["identity_steps"]}),
+                "motion_steps": sorted({max(1, t["motion_steps"] // 2), t["motion_steps"]}),
+            }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], root: Path = Path("."), source: str = "config") -> BenchmarkConfig:
+    def from_dict(
+        cls, data: dict[str, Any], root: Path = Path("."), source: str = "config"
+    ) -> BenchmarkConfig:
         """Build and validate a config; errors name ``source`` and the offending key."""
         if not isinstance(data, dict):
             raise BenchmarkError(f"{source}: expected a JSON object")
@@ -202,8 +239,10 @@ class BenchmarkConfig:
                 raise BenchmarkError(f"{source}: ablations: unknown {name!r}; choose from {list(ablations)}")
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise BenchmarkError(f"{source}: seeds must be a non-empty list of integers")
-        for key, items, toy, path_key in (("subjects", self.subjects, world.NOVEL_SUBJECTS, "images"),
-                                          ("motions", self.motions, world.NOVEL_MOTIONS, "videos")):  # fmt: skip
+        for key, items, toy, path_key in (
+            ("subjects", self.subjects, world.NOVEL_SUBJECTS, "images"),
+            ("motions", self.motions, world.NOVEL_MOTIONS, "videos"),
+        ):
             if not items:
                 raise BenchmarkError(f"{source}: {key} must not be empty")
             for item in items:
@@ -217,8 +256,10 @@ class BenchmarkConfig:
                     if key == "subjects" and not item.get("class_word"):
                         raise BenchmarkError(f"{source}: subject {name!r} with images needs a 'class_word'")
                 elif name not in toy:
-                    raise BenchmarkError(f"{source}: {key} {name!r} is not a toy {key[:-1]} ({list(toy)}); "
-                                         f"give '{path_key}' for your own data")  # fmt: skip
+                    raise BenchmarkError(
+                        f"{source}: {key} {name!r} is not a toy {key[:-1]} ({list(toy)}); "
+                        f"give '{path_key}' for your own data"
+                    )
         for case in CASES:
             if case not in self.prompts or not self.prompts[case]:
                 raise BenchmarkError(f"{source}: prompts needs a non-empty list for '{case}'")
@@ -226,7 +267,9 @@ class BenchmarkConfig:
     def entries(self) -> list[Entry]:
         methods, ablations = builtin_methods(), builtin_ablations()
         names = self.methods if self.methods is not None else list(methods)
-        names = ["base"] + [n for n in names if n != "base"]  # the plain base model is always the reference row
+        names = ["base"] + [
+            n for n in names if n != "base"
+        ]  # the plain base model is always the reference row
         return [methods[n] for n in names] + [ablations[n] for n in self.ablations]
 
 
@@ -254,5 +297,3 @@ def full_config() -> BenchmarkConfig:
         ablations=list(builtin_ablations()),
         analysis={"steps": 200, "lr": 1e-4},
     )
-
-

@@ -39,14 +39,20 @@ def _vs_base(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], keys: 
     base = {tuple(r.get(k) for k in PAIRED_BY): r for r in base_rows}
     out = {}
     for k in keys:
-        pairs = [(float(r[k]), float(b[k])) for r in rows if (b := base.get(tuple(r.get(x) for x in PAIRED_BY)))
-                 and all(isinstance(v.get(k), (int, float)) and math.isfinite(v[k]) for v in (r, b))]  # fmt: skip
+        pairs = [
+            (float(r[k]), float(b[k]))
+            for r in rows
+            if (b := base.get(tuple(r.get(x) for x in PAIRED_BY)))
+            and all(isinstance(v.get(k), (int, float)) and math.isfinite(v[k]) for v in (r, b))
+        ]
         if pairs:
             out[k] = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
     return out
 
 
-def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], entries: list[Entry]) -> dict[str, Any]:
+def summarize(
+    rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], entries: list[Entry]
+) -> dict[str, Any]:
     """Per entry and case: metrics (mean ± std over seeds), trainable parameters and training seconds; plus the
     DreamVideo checkpoint trade-off.
 
@@ -58,25 +64,47 @@ def summarize(rows: list[dict[str, Any]], records: dict[str, dict[str, Any]], en
     table = []
     for entry in entries:
         for case in entry.cases:
-            sel = [r for r in rows if r["entry"] == entry.name and r["case"] == case and r["group"] != "tradeoff"]
+            sel = [
+                r for r in rows if r["entry"] == entry.name and r["case"] == case and r["group"] != "tradeoff"
+            ]
             if not sel:
                 continue
-            kinds = [k for k, part in (("subject", entry.subject), ("motion", entry.motion))
-                     if part is not None and (case == "joint" or case == k)]  # fmt: skip
+            kinds = [
+                k
+                for k, part in (("subject", entry.subject), ("motion", entry.motion))
+                if part is not None and (case == "joint" or case == k)
+            ]
             params = seconds = 0.0
             for kind in kinds:
                 recs = [v for k, v in records.items() if k.startswith(f"{entry.name}|{kind}|")]
                 params += float(np.mean([r["trainable_parameters"] for r in recs])) if recs else 0.0
                 seconds += float(np.mean([r["training_seconds"] for r in recs])) if recs else 0.0
             keys = [k for k, (_, cases) in METRICS.items() if case in cases]
-            base_rows = [r for r in rows if r["entry"] == "base" and r["case"] == case and r["group"] != "tradeoff"]
-            table.append({"entry": entry.name, "title": entry.title, "group": entry.group, "case": case,
-                          "videos": len(sel), "seeds": len({r["seed"] for r in sel}),
-                          "metrics": _seed_stats(sel, keys), "trainable_parameters": int(params),
-                          "training_seconds": round(seconds, 1),
-                          "vs_base": {} if entry.name == "base" else _vs_base(sel, base_rows, keys)})  # fmt: skip
-            if entry.name == ENCODER_ENTRY:  # zero-shot against DreamVideo's learned subjects, same prompts and seeds
-                dv = [r for r in rows if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] != "tradeoff"]
+            base_rows = [
+                r for r in rows if r["entry"] == "base" and r["case"] == case and r["group"] != "tradeoff"
+            ]
+            table.append(
+                {
+                    "entry": entry.name,
+                    "title": entry.title,
+                    "group": entry.group,
+                    "case": case,
+                    "videos": len(sel),
+                    "seeds": len({r["seed"] for r in sel}),
+                    "metrics": _seed_stats(sel, keys),
+                    "trainable_parameters": int(params),
+                    "training_seconds": round(seconds, 1),
+                    "vs_base": {} if entry.name == "base" else _vs_base(sel, base_rows, keys),
+                }
+            )
+            if (
+                entry.name == ENCODER_ENTRY
+            ):  # zero-shot against DreamVideo's learned subjects, same prompts and seeds
+                dv = [
+                    r
+                    for r in rows
+                    if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] != "tradeoff"
+                ]
                 table[-1]["vs_dreamvideo"] = _vs_base(sel, dv, keys)
                 table[-1]["per_subject_seconds"] = 0.0
     trade = [r for r in rows if r["group"] == "tradeoff"]
@@ -96,8 +124,13 @@ def _case_table(items: list[dict[str, Any]], case: str) -> list[str]:
     head = ["method", *(METRICS[k][0] for k in keys), "trainable params", "train time (s)", "videos"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for it in items:
-        cells = [it["title"], *(_cell_text(it["metrics"].get(k)) for k in keys),
-                 f"{it['trainable_parameters']:,}", f"{it['training_seconds']:.0f}", str(it["videos"])]  # fmt: skip
+        cells = [
+            it["title"],
+            *(_cell_text(it["metrics"].get(k)) for k in keys),
+            f"{it['trainable_parameters']:,}",
+            f"{it['training_seconds']:.0f}",
+            str(it["videos"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -108,7 +141,8 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
     table = summary["table"]
     t = cfg["training"]
     lines = [
-        "# DreamVideo benchmark", "",
+        "# DreamVideo benchmark",
+        "",
         f"Base `{cfg['base']}`; subjects {[s['name'] for s in cfg['subjects']]}; motions "
         f"{[m['name'] for m in cfg['motions']]}; seeds {cfg['seeds']}; prompts per case "
         f"{ {c: len(p) for c, p in cfg['prompts'].items()} }; {cfg['sampling']['steps']} DDIM steps, guidance "
@@ -119,9 +153,14 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         "Metrics: mean ± std over seeds of the per-seed mean over videos. CLIP-T/CLIP-I/T.Cons with the toy CLIP; "
         "subject fidelity, motion fidelity and background accuracy from the toy-world oracle. Train time: "
         "seconds spent in optimisation steps, all stages (subject + motion for joint; shared on a busy CPU, "
-        "so compare within one run).", "",
-    ]  # fmt: skip
-    titles = {"subject": "Subject customization", "motion": "Motion customization", "joint": "Joint customization"}
+        "so compare within one run).",
+        "",
+    ]
+    titles = {
+        "subject": "Subject customization",
+        "motion": "Motion customization",
+        "joint": "Joint customization",
+    }
     for case in CASES:
         items = [it for it in table if it["case"] == case and it["group"] in ("base", "method")]
         if items:
@@ -129,17 +168,24 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
     paired = [it for it in table if it.get("vs_base")]
     if paired:
         keys = [k for k in METRICS if any(k in it["vs_base"] for it in paired)]
-        lines += ["## Difference to the base model (paired)", "",
-                  "Each video minus the base model's video of the same prompt template, subject, motion and seed; "
-                  "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
-                  "two standard errors of 0 is not evidence either way.", "",
-                  "| method | case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
-                  "|---|---|" + "---|" * (len(keys) + 1)]  # fmt: skip
+        lines += [
+            "## Difference to the base model (paired)",
+            "",
+            "Each video minus the base model's video of the same prompt template, subject, motion and seed; "
+            "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
+            "two standard errors of 0 is not evidence either way.",
+            "",
+            "| method | case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
+            "|---|---|" + "---|" * (len(keys) + 1),
+        ]
         for it in paired:
             d = it["vs_base"]
             cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
-            lines.append(f"| {it['title']} | {it['case']} | " + " | ".join(cells)
-                         + f" | {max(v['n'] for v in d.values())} |")  # fmt: skip
+            lines.append(
+                f"| {it['title']} | {it['case']} | "
+                + " | ".join(cells)
+                + f" | {max(v['n'] for v in d.values())} |"
+            )
         lines.append("")
     lines += _encoder_lines(table)
     ablations = [it for it in table if it["group"] == "ablation"]
@@ -151,27 +197,43 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             if len(items) > len([i for i in items if i["entry"] == "dreamvideo"]):
                 lines += [f"### {titles[case]}", "", *_case_table(items, case), ""]
     if summary["tradeoff"]:
-        keys = [k for k in ("subject_fidelity", "motion_fidelity", "clip_i", "clip_t") if
-                any(k in p["metrics"] for p in summary["tradeoff"])]  # fmt: skip
-        lines += ["## Identity vs motion: DreamVideo adapter checkpoints (joint, first joint prompt)", "",
-                  "| identity step | motion step | " + " | ".join(METRICS[k][0] for k in keys) + " |",
-                  "|---|---|" + "---|" * len(keys)]  # fmt: skip
+        keys = [
+            k
+            for k in ("subject_fidelity", "motion_fidelity", "clip_i", "clip_t")
+            if any(k in p["metrics"] for p in summary["tradeoff"])
+        ]
+        lines += [
+            "## Identity vs motion: DreamVideo adapter checkpoints (joint, first joint prompt)",
+            "",
+            "| identity step | motion step | " + " | ".join(METRICS[k][0] for k in keys) + " |",
+            "|---|---|" + "---|" * len(keys),
+        ]
         for p in summary["tradeoff"]:
-            lines.append(f"| {p['identity_step']} | {p['motion_step']} | "
-                         + " | ".join(_cell_text(p["metrics"].get(k)) for k in keys) + " |")  # fmt: skip
+            lines.append(
+                f"| {p['identity_step']} | {p['motion_step']} | "
+                + " | ".join(_cell_text(p["metrics"].get(k)) for k in keys)
+                + " |"
+            )
         lines.append("")
     if results.get("analysis"):
         a = results["analysis"]
-        lines += [f"## Model analysis: relative weight change ||W1 - W0|| / ||W0|| after {a['settings']['steps']} "
-                  f"full fine-tuning steps (lr {a['settings']['lr']})", "", "| weights | layer type | change |",
-                  "|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## Model analysis: relative weight change ||W1 - W0|| / ||W0|| after {a['settings']['steps']} "
+            f"full fine-tuning steps (lr {a['settings']['lr']})",
+            "",
+            "| weights | layer type | change |",
+            "|---|---|---|",
+        ]
         for group, label in (("spatial", "spatial, on the subject"), ("temporal", "temporal, on the motion")):
             for kind, value in a[group].items():
                 lines.append(f"| {label} | {kind} | {value:.5f} |")
         lines.append("")
     s = results["stats"]
-    lines += [f"Cells: {s['trained']} trained, {s['training_skipped']} reused; {s['generated']} videos generated, "
-              f"{s['generation_skipped']} reused. Wall time of this run: {results['seconds']} s.", ""]  # fmt: skip
+    lines += [
+        f"Cells: {s['trained']} trained, {s['training_skipped']} reused; {s['generated']} videos generated, "
+        f"{s['generation_skipped']} reused. Wall time of this run: {results['seconds']} s.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -181,19 +243,28 @@ def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
     if not items:
         return []
     subject = next((it for it in items if it["case"] == "subject"), items[0])
-    lines = ["## Appearance encoder (zero-shot) vs DreamVideo's learned subjects (paired)", "",
-             f"One encoder trained once ({subject['training_seconds']:.0f} s of optimisation, "
-             f"{subject['trainable_parameters']:,} trainable parameters), then 0 s per subject; DreamVideo learns each "
-             "subject (its train time above). Each encoder video minus DreamVideo's video of the same prompt template, "
-             "subject, motion and seed; mean ± standard error.", ""]  # fmt: skip
+    lines = [
+        "## Appearance encoder (zero-shot) vs DreamVideo's learned subjects (paired)",
+        "",
+        f"One encoder trained once ({subject['training_seconds']:.0f} s of optimisation, "
+        f"{subject['trainable_parameters']:,} trainable parameters), then 0 s per subject; DreamVideo learns each "
+        "subject (its train time above). Each encoder video minus DreamVideo's video of the same prompt template, "
+        "subject, motion and seed; mean ± standard error.",
+        "",
+    ]
     keys = [k for k in METRICS if any(k in it.get("vs_dreamvideo", {}) for it in items)]
     if not keys:
         return [*lines, "(no DreamVideo rows to pair with in this run)", ""]
-    lines += ["| case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |", "|---|" + "---|" * (len(keys) + 1)]
+    lines += [
+        "| case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
+        "|---|" + "---|" * (len(keys) + 1),
+    ]
     for it in items:
         d = it.get("vs_dreamvideo", {})
         cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
-        lines.append(f"| {it['case']} | " + " | ".join(cells) + f" | {max((v['n'] for v in d.values()), default=0)} |")
+        lines.append(
+            f"| {it['case']} | " + " | ".join(cells) + f" | {max((v['n'] for v in d.values()), default=0)} |"
+        )
     return [*lines, ""]
 
 
@@ -218,12 +289,17 @@ def plot_results(results: dict[str, Any], entries: list[Entry], folder: str | Pa
             keys = [k for k in METRICS if any(k in it["metrics"] for it in items)]
             if not items or not keys:
                 continue
-            fig, axes = plt.subplots(1, len(keys), figsize=(2.2 * len(keys) + 1, 0.28 * len(items) + 1.6),
-                                     squeeze=False)  # fmt: skip
+            fig, axes = plt.subplots(
+                1, len(keys), figsize=(2.2 * len(keys) + 1, 0.28 * len(items) + 1.6), squeeze=False
+            )
             for ax, k in zip(axes[0], keys, strict=True):
                 values = [it["metrics"].get(k, {"mean": np.nan, "std": 0}) for it in items]
-                ax.barh(range(len(items)), [v["mean"] for v in values], xerr=[v["std"] for v in values],
-                        color=["tab:red" if it["entry"] == "dreamvideo" else "tab:gray" for it in items])
+                ax.barh(
+                    range(len(items)),
+                    [v["mean"] for v in values],
+                    xerr=[v["std"] for v in values],
+                    color=["tab:red" if it["entry"] == "dreamvideo" else "tab:gray" for it in items],
+                )
                 ax.set_title(METRICS[k][0], fontsize=8)
                 ax.set_yticks(range(len(items)))
                 ax.set_yticklabels([it["title"] for it in items] if ax is axes[0][0] else [], fontsize=7)
@@ -235,21 +311,35 @@ def plot_results(results: dict[str, Any], entries: list[Entry], folder: str | Pa
             plt.close(fig)
     joint = [it for it in table if it["case"] == "joint" and it["group"] in ("base", "method")]
     trade = results["summary"]["tradeoff"]
-    x_key, y_key = ("motion_fidelity", "subject_fidelity") if any(
-        "motion_fidelity" in it["metrics"] for it in joint) else ("clip_t", "clip_i")  # fmt: skip
+    x_key, y_key = (
+        ("motion_fidelity", "subject_fidelity")
+        if any("motion_fidelity" in it["metrics"] for it in joint)
+        else ("clip_t", "clip_i")
+    )
     if joint or trade:
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
         for it in joint:
             if x_key in it["metrics"] and y_key in it["metrics"]:
                 ax.scatter(it["metrics"][x_key]["mean"], it["metrics"][y_key]["mean"], color="tab:gray", s=18)
-                ax.annotate(it["title"], (it["metrics"][x_key]["mean"], it["metrics"][y_key]["mean"]), fontsize=6)
+                ax.annotate(
+                    it["title"], (it["metrics"][x_key]["mean"], it["metrics"][y_key]["mean"]), fontsize=6
+                )
         pts = [p for p in trade if x_key in p["metrics"] and y_key in p["metrics"]]
         if pts:
-            ax.scatter([p["metrics"][x_key]["mean"] for p in pts], [p["metrics"][y_key]["mean"] for p in pts],
-                       color="tab:red", s=24, label="DreamVideo checkpoints (identity step / motion step)")
+            ax.scatter(
+                [p["metrics"][x_key]["mean"] for p in pts],
+                [p["metrics"][y_key]["mean"] for p in pts],
+                color="tab:red",
+                s=24,
+                label="DreamVideo checkpoints (identity step / motion step)",
+            )
             for p in pts:
-                ax.annotate(f"{p['identity_step']}/{p['motion_step']}",
-                            (p["metrics"][x_key]["mean"], p["metrics"][y_key]["mean"]), fontsize=7, color="tab:red")
+                ax.annotate(
+                    f"{p['identity_step']}/{p['motion_step']}",
+                    (p["metrics"][x_key]["mean"], p["metrics"][y_key]["mean"]),
+                    fontsize=7,
+                    color="tab:red",
+                )
             ax.legend(fontsize=7)
         ax.set_xlabel(METRICS[x_key][0])
         ax.set_ylabel(METRICS[y_key][0])
@@ -257,5 +347,3 @@ def plot_results(results: dict[str, Any], entries: list[Entry], folder: str | Pa
         fig.tight_layout()
         fig.savefig(folder / "tradeoff.png", dpi=110)
         plt.close(fig)
-
-

@@ -26,7 +26,9 @@ class ReferenceConfig:
         self.blocks = tuple(self.blocks)
         unknown = [b for b in self.blocks if b not in BLOCK_GROUPS]
         if unknown or not self.blocks:
-            raise ValueError(f"reference blocks must be a non-empty subset of {BLOCK_GROUPS}, got {self.blocks}")
+            raise ValueError(
+                f"reference blocks must be a non-empty subset of {BLOCK_GROUPS}, got {self.blocks}"
+            )
 
     def prefixes(self) -> tuple[str, ...]:
         """Module-path prefixes of the chosen levels (``down_blocks.``, ``mid_block.``, ``up_blocks.``)."""

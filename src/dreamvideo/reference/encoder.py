@@ -47,8 +47,11 @@ def is_temporal(name: str) -> bool:
 
 def clean_unet_copy(unet: nn.Module) -> UNet3DConditionModel:
     """A new ``UNet3DConditionModel`` with the base weights of ``unet`` (adapters, LoRA and wrappers left out)."""
-    tensors = {canonical_name(k): v.detach().clone() for k, v in unet.state_dict().items()
-               if "adapters." not in k and "lora_" not in k}  # fmt: skip
+    tensors = {
+        canonical_name(k): v.detach().clone()
+        for k, v in unet.state_dict().items()
+        if "adapters." not in k and "lora_" not in k
+    }
     with torch.device("meta"):
         copy = UNet3DConditionModel.from_config(dict(unet.config))
     copy.load_state_dict(tensors, strict=True, assign=True)
@@ -84,8 +87,9 @@ class AppearanceEncoder(nn.Module):
         """Initialise from a copy of ``base``'s weights (section 9: "a trainable copy of the base UNet")."""
         return cls(clean_unet_copy(base), config)
 
-    def forward(self, latents: torch.Tensor, timestep: torch.Tensor | int, encoder_hidden_states: torch.Tensor
-                ) -> dict[str, torch.Tensor]:  # fmt: skip
+    def forward(
+        self, latents: torch.Tensor, timestep: torch.Tensor | int, encoder_hidden_states: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Features ``y_a`` (samples, tokens, dim) by block path.
 
         Args:
@@ -112,8 +116,11 @@ class AppearanceEncoder(nn.Module):
     def _modules_used(self) -> set[str]:
         """Names of the modules one forward pass runs (a probe on a minimal input; works on the meta device)."""
         called: set[str] = set()
-        hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: called.add(canonical_name(n + ".")[:-1]))
-                 for n, m in self.unet.named_modules() if next(m.parameters(recurse=False), None) is not None]
+        hooks = [
+            m.register_forward_pre_hook(lambda mod, args, n=n: called.add(canonical_name(n + ".")[:-1]))
+            for n, m in self.unet.named_modules()
+            if next(m.parameters(recurse=False), None) is not None
+        ]
         ref = next(self.unet.parameters())
         cfg = self.unet.config
         side = 2 ** (len(cfg.block_out_channels) - 1)
@@ -149,13 +156,16 @@ class AppearanceEncoder(nn.Module):
         own = self.trainable_named_parameters()
         missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
         if missing or unexpected:
-            raise DreamVideoError(f"{source}: does not fit this appearance encoder ({len(missing)} missing tensors, "
-                                  f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+            raise DreamVideoError(
+                f"{source}: does not fit this appearance encoder ({len(missing)} missing tensors, "
+                f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})"
+            )
         with torch.no_grad():
             for name, p in own.items():
                 if p.shape != tensors[name].shape:
-                    raise DreamVideoError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                                          f"expected {tuple(p.shape)}")  # fmt: skip
+                    raise DreamVideoError(
+                        f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}"
+                    )
                 p.copy_(tensors[name])
 
 
@@ -170,7 +180,9 @@ class ReferenceFeatureCache:
             ``[uncond, cond]``); the features are tiled, not recomputed.
     """
 
-    def __init__(self, encoder: AppearanceEncoder, latents: torch.Tensor, text: torch.Tensor, copies: int = 1) -> None:
+    def __init__(
+        self, encoder: AppearanceEncoder, latents: torch.Tensor, text: torch.Tensor, copies: int = 1
+    ) -> None:
         self.encoder, self.latents, self.text, self.copies = encoder, latents, text, copies
         self.timestep: Any = None
         self.features: dict[str, torch.Tensor] = {}
@@ -194,12 +206,15 @@ class ReferenceFeatureCache:
 def save_encoder(encoder: AppearanceEncoder, folder: str | os.PathLike, info: dict[str, Any]) -> None:
     """``appearance_encoder.safetensors`` (trainable tensors) and ``appearance_encoder.json`` (config, base, ...)."""
     folder = Path(folder)
-    save_safetensors(encoder.state_dict_trainable(), folder / ENCODER_FILE, {"reference": encoder.config.to_dict()})
+    save_safetensors(
+        encoder.state_dict_trainable(), folder / ENCODER_FILE, {"reference": encoder.config.to_dict()}
+    )
     write_json(info | {"reference": encoder.config.to_dict()}, folder / ENCODER_INFO)
 
 
-def load_encoder(folder: str | os.PathLike, base: nn.Module, base_description: dict[str, Any],
-                 step: int | None = None) -> tuple[AppearanceEncoder, dict[str, Any]]:  # fmt: skip
+def load_encoder(
+    folder: str | os.PathLike, base: nn.Module, base_description: dict[str, Any], step: int | None = None
+) -> tuple[AppearanceEncoder, dict[str, Any]]:
     """An encoder trained on a base of ``base``'s architecture: frozen parts from ``base``, trained ones from file.
 
     Args:

@@ -57,8 +57,16 @@ class AppearanceEncoderMixin:
         dist = self.vae.encode(pixels[None].to(self.vae.device, self.vae.dtype)).latent_dist
         return dist.mean * self.vae.config.scaling_factor
 
-    def _start_reference(self, image, batch: int, guided: bool, height: int, width: int, strength: float,
-                         strength_uncond: float) -> ReferenceFeatureCache | None:  # fmt: skip
+    def _start_reference(
+        self,
+        image,
+        batch: int,
+        guided: bool,
+        height: int,
+        width: int,
+        strength: float,
+        strength_uncond: float,
+    ) -> ReferenceFeatureCache | None:
         """The feature cache of one sampling run, or ``None`` without a reference image.
 
         The encoder sees the empty prompt, so its features are the same for both guidance branches and are
@@ -69,13 +77,17 @@ class AppearanceEncoderMixin:
         if image is None:
             return None
         if self.appearance_encoder is None:
-            raise DreamVideoError("reference_image needs an appearance encoder: call load_appearance_encoder(DIR) "
-                                  "(CLI: --appearance-encoder DIR)")  # fmt: skip
+            raise DreamVideoError(
+                "reference_image needs an appearance encoder: call load_appearance_encoder(DIR) "
+                "(CLI: --appearance-encoder DIR)"
+            )
         self.appearance_encoder.to(self._execution_device)  # follows pipe.to(...) and cpu offload
         latents = self._reference_latents(image, height, width).to(self.unet.dtype).expand(batch, -1, -1, -1)
         text = self.encode_text([""] * batch).to(self.unet.dtype)
         if guided and strength_uncond != strength:
-            scale = torch.cat([torch.full((batch,), float(strength_uncond)), torch.full((batch,), float(strength))])
+            scale = torch.cat(
+                [torch.full((batch,), float(strength_uncond)), torch.full((batch,), float(strength))]
+            )
             set_reference_scale(self.unet, scale.to(self._execution_device))
         else:
             set_reference_scale(self.unet, strength)

@@ -116,8 +116,10 @@ def load_pairs(folder: str | os.PathLike, size: int) -> PairData:
         ref = [p for p in pair.iterdir() if p.stem == "reference" and p.suffix.lower() in IMAGE_EXTENSIONS]
         vid = [p for p in pair.iterdir() if p.stem == "video" and p.suffix.lower() in VIDEO_EXTENSIONS]
         if len(ref) != 1 or len(vid) != 1:
-            raise DataError(f"{pair}: needs exactly one reference image (reference{IMAGE_EXTENSIONS[2]}, ...) and "
-                            f"one video (video{VIDEO_EXTENSIONS[0]}, ...)")  # fmt: skip
+            raise DataError(
+                f"{pair}: needs exactly one reference image (reference{IMAGE_EXTENSIONS[2]}, ...) and "
+                f"one video (video{VIDEO_EXTENSIONS[0]}, ...)"
+            )
         caption = (pair / "caption.txt").read_text().strip() if (pair / "caption.txt").is_file() else ""
         refs.append(load_image(ref[0], size))
         videos.append(load_motion_videos(vid[0], size, caption).videos[0])
@@ -129,7 +131,9 @@ class ReferencedUNet:
     """The main UNet as :func:`~dreamvideo.training.diffusion_loss` calls it, with the encoder run first at the
     same timestep ``t`` on the reference latents (clean, as at inference), its features set on the UNet."""
 
-    def __init__(self, unet, encoder: AppearanceEncoder, references: torch.Tensor, text: torch.Tensor) -> None:
+    def __init__(
+        self, unet, encoder: AppearanceEncoder, references: torch.Tensor, text: torch.Tensor
+    ) -> None:
         self.unet, self.encoder, self.references, self.text = unet, encoder, references, text
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor):
@@ -137,9 +141,15 @@ class ReferencedUNet:
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states)
 
 
-def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSettings,
-                             pairs: str | os.PathLike | None = None, overwrite: bool = False, resume: bool = False,
-                             progress: bool = True) -> Path:  # fmt: skip
+def learn_appearance_encoder(
+    pipe,
+    out: str | os.PathLike,
+    settings: EncoderSettings,
+    pairs: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
     """Train an appearance encoder for ``pipe``'s base and write it to ``out``.
 
     Args:
@@ -155,9 +165,14 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
     out = Path(out)
     size = settings.resolution or native_resolution(pipe)
     if pairs is None and pipe.base_name != "toy":
-        raise DreamVideoError("--pairs is required except on the toy base (where the toy world supplies pairs)")
-    data = load_pairs(pairs, size) if pairs is not None else toy_pairs(settings.toy_pairs, settings.num_frames, size,
-                                                                        settings.stage.seed)  # fmt: skip
+        raise DreamVideoError(
+            "--pairs is required except on the toy base (where the toy world supplies pairs)"
+        )
+    data = (
+        load_pairs(pairs, size)
+        if pairs is not None
+        else toy_pairs(settings.toy_pairs, settings.num_frames, size, settings.stage.seed)
+    )
     ws = prepare_output(out, ENCODER_INFO, overwrite, resume)
     try:
         started = time.perf_counter()
@@ -195,15 +210,23 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
             return diffusion_loss(model, pipe.scheduler, x, text, generator, st.offset_noise)
 
         def info(steps_done: int, seconds: float, losses: list[float]) -> dict[str, Any]:
-            return {"type": "dreamvideo-appearance-encoder", "format_version": 1, "base": pipe.base_description(),
-                    "trainable_parameters": sum(p.numel() for p in params),
-                    "frozen_encoder_parameters": encoder.frozen_parameter_count(),
-                    "temporal_layers": "copied from the base, frozen", "encoder_text": "empty prompt",
-                    "reference_input": "clean VAE latent at the main UNet's timestep", "pairs": data.source,
-                    "num_pairs": len(data.captions), "num_frames": settings.num_frames, "resolution": size,
-                    "caption_dropout": settings.caption_dropout,
-                    "training": st.to_dict() | {"steps_done": steps_done, "seconds": round(seconds, 2)},
-                    "losses": losses}  # fmt: skip
+            return {
+                "type": "dreamvideo-appearance-encoder",
+                "format_version": 1,
+                "base": pipe.base_description(),
+                "trainable_parameters": sum(p.numel() for p in params),
+                "frozen_encoder_parameters": encoder.frozen_parameter_count(),
+                "temporal_layers": "copied from the base, frozen",
+                "encoder_text": "empty prompt",
+                "reference_input": "clean VAE latent at the main UNet's timestep",
+                "pairs": data.source,
+                "num_pairs": len(data.captions),
+                "num_frames": settings.num_frames,
+                "resolution": size,
+                "caption_dropout": settings.caption_dropout,
+                "training": st.to_dict() | {"steps_done": steps_done, "seconds": round(seconds, 2)},
+                "losses": losses,
+            }
 
         def save(folder: Path) -> None:
             save_encoder(encoder, folder, info(trainer.step, trainer.seconds, trainer.losses))
@@ -211,8 +234,18 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         def load(folder: Path) -> None:
             encoder.load_trainable(load_safetensors(folder / ENCODER_FILE)[0], str(folder / ENCODER_FILE))
 
-        trainer = Trainer("appearance encoder", params, loss_fn, save, load, ws.work / "checkpoints" / STAGE, st,
-                          device=pipe.unet.device, run_id=ws.run_id, train_mode=(pipe.unet,))  # fmt: skip
+        trainer = Trainer(
+            "appearance encoder",
+            params,
+            loss_fn,
+            save,
+            load,
+            ws.work / "checkpoints" / STAGE,
+            st,
+            device=pipe.unet.device,
+            run_id=ws.run_id,
+            train_mode=(pipe.unet,),
+        )
         if resume:
             trainer.resume()
         _checkpointing(pipe.unet, encoder, st, True)
@@ -229,7 +262,9 @@ def learn_appearance_encoder(pipe, out: str | os.PathLike, settings: EncoderSett
         record = info(trainer.step, trainer.seconds, trainer.losses)
         record["training"]["wall_seconds"] = round(time.perf_counter() - started, 2)
         save_encoder(encoder, staging, record)
-        publish(ws, {ENCODER_FILE: staging / ENCODER_FILE, ENCODER_INFO: staging / ENCODER_INFO}, ENCODER_INFO)
+        publish(
+            ws, {ENCODER_FILE: staging / ENCODER_FILE, ENCODER_INFO: staging / ENCODER_INFO}, ENCODER_INFO
+        )
         shutil.rmtree(staging, ignore_errors=True)
     finally:
         release(ws)
@@ -251,7 +286,8 @@ def encoder_memory_estimate(encoder: AppearanceEncoder, frozen_bytes: int = 2) -
     ``frozen_bytes`` per parameter; activations not included)."""
     trainable = sum(p.numel() for p in encoder.trainable_named_parameters().values())
     frozen = encoder.frozen_parameter_count()
-    return {"trainable": trainable, "frozen": frozen,
-            "bytes": trainable * (4 + 4 + 8) + frozen * frozen_bytes}  # fmt: skip
-
-
+    return {
+        "trainable": trainable,
+        "frozen": frozen,
+        "bytes": trainable * (4 + 4 + 8) + frozen * frozen_bytes,
+    }

@@ -66,24 +66,40 @@ def _cases(cfg: DemoConfig, token: str, class_word: str) -> list[Case]:
         for bg in cfg.backgrounds:
             custom = f"a {token} {class_word} moves on {bg}"
             plain = f"a {class_word} moves on {bg}"
-            cases += [Case("base-subject", plain, seed, False, False), Case("subject", custom, seed, True, False)]
-            cases += [Case("base-joint", plain, seed, False, False), Case("joint", custom, seed, True, True, True)]
+            cases += [
+                Case("base-subject", plain, seed, False, False),
+                Case("subject", custom, seed, True, False),
+            ]
+            cases += [
+                Case("base-joint", plain, seed, False, False),
+                Case("joint", custom, seed, True, True, True),
+            ]
         for sprite, bg in zip(cfg.motion_sprites, cfg.backgrounds, strict=False):
             prompt = f"a {sprite} moves on {bg}"
-            cases += [Case("base-motion", prompt, seed, False, False), Case("motion", prompt, seed, False, True)]
+            cases += [
+                Case("base-motion", prompt, seed, False, False),
+                Case("motion", prompt, seed, False, True),
+            ]
     return cases
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / DEMO_MARKER).is_file() and not overwrite:
-            raise DreamVideoError(f"{out}: exists and is not a demo folder; choose another --out or pass --overwrite")
+            raise DreamVideoError(
+                f"{out}: exists and is not a demo folder; choose another --out or pass --overwrite"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None = None, progress: bool = True,
-             overwrite: bool = False) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    cfg: DemoConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Run the demo into ``out`` and return its summary (also written to ``out/metrics.json``)."""
     from dreamvideo.methods import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.pipeline import DreamVideoPipeline
@@ -114,10 +130,18 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
         token=token,
         init_word=class_word,
         caption="a {token} {word} stays still",
-        textual_inversion=StageConfig(steps=cfg.ti_steps, lr=cfg.ti_lr, batch_size=cfg.batch_size,
-                                      checkpoint_every=max(1, cfg.ti_steps // 2)),
-        identity=StageConfig(steps=cfg.identity_steps, lr=cfg.identity_lr, batch_size=cfg.batch_size,
-                             checkpoint_every=max(1, cfg.identity_steps // 2)),
+        textual_inversion=StageConfig(
+            steps=cfg.ti_steps,
+            lr=cfg.ti_lr,
+            batch_size=cfg.batch_size,
+            checkpoint_every=max(1, cfg.ti_steps // 2),
+        ),
+        identity=StageConfig(
+            steps=cfg.identity_steps,
+            lr=cfg.identity_lr,
+            batch_size=cfg.batch_size,
+            checkpoint_every=max(1, cfg.identity_steps // 2),
+        ),
     )
     learn_subject(pipe, subject_dir, out / "subject", settings, progress=progress)
     phase("learn subject", t0)
@@ -126,8 +150,12 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     pipe = DreamVideoPipeline.from_pretrained(cfg.base, device=device)
     motion_settings = MotionSettings(
         num_frames=world.NUM_FRAMES,
-        stage=StageConfig(steps=cfg.motion_steps, lr=cfg.motion_lr, batch_size=cfg.motion_batch_size,
-                          checkpoint_every=max(1, cfg.motion_steps // 2)),
+        stage=StageConfig(
+            steps=cfg.motion_steps,
+            lr=cfg.motion_lr,
+            batch_size=cfg.motion_batch_size,
+            checkpoint_every=max(1, cfg.motion_steps // 2),
+        ),
     )
     learn_motion(pipe, motion_dir, out / "motion", motion_settings, progress=progress)
     phase("learn motion", t0)
@@ -189,15 +217,22 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, device: str | None 
     return result
 
 
-def _add_clip_metrics(rows: list[dict], videos: dict[str, np.ndarray], refs: list[np.ndarray], token: str,
-                      class_word: str, base: str = "toy") -> None:
+def _add_clip_metrics(
+    rows: list[dict],
+    videos: dict[str, np.ndarray],
+    refs: list[np.ndarray],
+    token: str,
+    class_word: str,
+    base: str = "toy",
+) -> None:
     from dreamvideo.metrics import ClipScorer
 
     if base == "toy":
         clip = ClipScorer.from_pretrained("toy", device="cpu")
     else:  # a toy-layout folder: clip/ next to its tokenizer and feature extractor
-        clip = ClipScorer.from_pretrained(Path(base) / "clip", Path(base) / "tokenizer",
-                                          Path(base) / "feature_extractor", device="cpu")
+        clip = ClipScorer.from_pretrained(
+            Path(base) / "clip", Path(base) / "tokenizer", Path(base) / "feature_extractor", device="cpu"
+        )
     for row in rows:
         frames = videos[Path(row["video"]).stem]
         row["clip_t"] = clip.clip_t(frames, row["prompt"], placeholder=token, class_word=class_word)
@@ -212,42 +247,70 @@ def _summarize(rows: list[dict]) -> dict[str, Any]:
     by_case: dict[str, dict[str, float]] = {}
     for case in dict.fromkeys(r["case"] for r in rows):
         sel = [r for r in rows if r["case"] == case]
-        by_case[case] = {m: round(float(np.mean([float(r[m]) for r in sel])), 4) for m in METRICS} | {"n": len(sel)}
-    checks = {"subject fidelity, subject vs base": ("subject", "base-subject", "subject_fidelity"),
-              "subject fidelity, joint vs base": ("joint", "base-joint", "subject_fidelity"),
-              "motion fidelity, motion vs base": ("motion", "base-motion", "motion_fidelity"),
-              "motion fidelity, joint vs base": ("joint", "base-joint", "motion_fidelity")}  # fmt: skip
+        by_case[case] = {m: round(float(np.mean([float(r[m]) for r in sel])), 4) for m in METRICS} | {
+            "n": len(sel)
+        }
+    checks = {
+        "subject fidelity, subject vs base": ("subject", "base-subject", "subject_fidelity"),
+        "subject fidelity, joint vs base": ("joint", "base-joint", "subject_fidelity"),
+        "motion fidelity, motion vs base": ("motion", "base-motion", "motion_fidelity"),
+        "motion fidelity, joint vs base": ("joint", "base-joint", "motion_fidelity"),
+    }
     result = {}
     for name, (case, base, metric) in checks.items():
         # paired by prompt and seed: the standard error of the mean difference says how much is noise
-        diff = paired_difference([float(r[metric]) for r in rows if r["case"] == case],
-                                 [float(r[metric]) for r in rows if r["case"] == base])  # fmt: skip
+        diff = paired_difference(
+            [float(r[metric]) for r in rows if r["case"] == case],
+            [float(r[metric]) for r in rows if r["case"] == base],
+        )
         custom, plain = by_case[case][metric], by_case[base][metric]
-        result[name] = {"customized": custom, "base": plain, "better": custom > plain,
-                        "difference": round(diff["mean"], 4), "stderr": round(diff["stderr"], 4)}
+        result[name] = {
+            "customized": custom,
+            "base": plain,
+            "better": custom > plain,
+            "difference": round(diff["mean"], 4),
+            "stderr": round(diff["stderr"], 4),
+        }
     return {"by_case": by_case, "customized_vs_base": result}
 
 
 def format_markdown(result: dict[str, Any]) -> str:
-    lines = ["# dreamvideo demo: oracle and toy-CLIP metrics", "",
-             "| case | n | subject fid. | motion fid. | background ok | CLIP-T | CLIP-I | T.Cons |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# dreamvideo demo: oracle and toy-CLIP metrics",
+        "",
+        "| case | n | subject fid. | motion fid. | background ok | CLIP-T | CLIP-I | T.Cons |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for case, m in result["summary"]["by_case"].items():
-        lines.append(f"| {case} | {m['n']} | {m['subject_fidelity']:.3f} | {m['motion_fidelity']:.3f} | "
-                     f"{m['background_ok']:.2f} | {m['clip_t']:.3f} | {m['clip_i']:.3f} | {m['t_cons']:.3f} |")
-    lines += ["", "| check | customized | base | difference ± s.e. (paired) | better |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {case} | {m['n']} | {m['subject_fidelity']:.3f} | {m['motion_fidelity']:.3f} | "
+            f"{m['background_ok']:.2f} | {m['clip_t']:.3f} | {m['clip_i']:.3f} | {m['t_cons']:.3f} |"
+        )
+    lines += [
+        "",
+        "| check | customized | base | difference ± s.e. (paired) | better |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in result["summary"]["customized_vs_base"].items():
-        lines.append(f"| {name} | {c['customized']:.3f} | {c['base']:.3f} | {c['difference']:+.3f} ± {c['stderr']:.3f} "
-                     f"| {'yes' if c['better'] else 'NO'} |")
-    lines += ["", "Wall time per phase (s): " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()),
-              f"Device: {result['device']}. DINO-I is omitted on the toy world (no DINO model).", ""]
+        lines.append(
+            f"| {name} | {c['customized']:.3f} | {c['base']:.3f} | {c['difference']:+.3f} ± {c['stderr']:.3f} "
+            f"| {'yes' if c['better'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "Wall time per phase (s): " + ", ".join(f"{k} {v}" for k, v in result["seconds"].items()),
+        f"Device: {result['device']}. DINO-I is omitted on the toy world (no DINO model).",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(base=args.base)
     if args.fast:  # smoke-test sizes
-        cfg = DemoConfig(ti_steps=4, identity_steps=4, motion_steps=4, sample_steps=3, seeds=(0,), base=args.base)
+        cfg = DemoConfig(
+            ti_steps=4, identity_steps=4, motion_steps=4, sample_steps=3, seeds=(0,), base=args.base
+        )
     result = run_demo(args.out, cfg, device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     print(format_markdown(result))
     print(f"videos, contact_sheet.png, metrics.json and metrics.md written to {args.out}")
@@ -255,11 +318,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="learn a bundled subject and motion on the toy model and generate videos")
-    p.add_argument("--out", type=Path, default=Path("dreamvideo_demo"), help="output folder (default dreamvideo_demo)")
+    p = subparsers.add_parser(
+        "demo", help="learn a bundled subject and motion on the toy model and generate videos"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("dreamvideo_demo"), help="output folder (default dreamvideo_demo)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a folder that is not an earlier demo")
     p.add_argument("--fast", action="store_true", help="a few steps only (smoke test)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--base", default="toy", help="the toy model (default) or a retrained toy-world model folder")
+    p.add_argument(
+        "--base", default="toy", help="the toy model (default) or a retrained toy-world model folder"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

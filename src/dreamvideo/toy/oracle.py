@@ -364,9 +364,13 @@ def temporal_consistency(frames: np.ndarray) -> float:
     return float(1.0 - np.abs(np.diff(video, axis=0)).mean() / 255.0)
 
 
-def evaluate_video(frames: np.ndarray, *, prompt_spec: ClipSpec | None = None,
-                   subject_refs: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                   motion_refs: list[np.ndarray] | None = None) -> dict[str, float | str]:  # fmt: skip
+def evaluate_video(
+    frames: np.ndarray,
+    *,
+    prompt_spec: ClipSpec | None = None,
+    subject_refs: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    motion_refs: list[np.ndarray] | None = None,
+) -> dict[str, float | str]:
     """All applicable metrics of one video.
 
     Args:

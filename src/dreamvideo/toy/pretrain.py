@@ -99,8 +99,9 @@ class WorldClips(IterableDataset):
                 yield torch.from_numpy(np.ascontiguousarray(frames)), world.caption(spec)
 
 
-def make_loader(seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool,
-                with_masks: bool = False) -> Iterator:  # fmt: skip
+def make_loader(
+    seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool, with_masks: bool = False
+) -> Iterator:
     extra = {"prefetch_factor": 4} if workers > 0 else {}
     clips = WorldClips(seed, single_frame, with_masks)
     loader = DataLoader(clips, batch_size=batch_size, num_workers=workers, pin_memory=pin, **extra)
@@ -160,8 +161,15 @@ class Phase:
         save_safetensors(weights, staging / "weights.safetensors")
         tensors, meta = flatten_optimizer_state(self.optimizer)
         save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
-        state = {"phase": self.name, "step": self.step, "steps": self.steps, "done": self.done,
-                 "seconds": self.seconds, "extra": self.extra, "losses": self.losses}  # fmt: skip
+        state = {
+            "phase": self.name,
+            "step": self.step,
+            "steps": self.steps,
+            "done": self.done,
+            "seconds": self.seconds,
+            "extra": self.extra,
+            "losses": self.losses,
+        }
         write_json(state, staging / "state.json")
         replace_dir(staging, self.folder)
 
@@ -190,8 +198,13 @@ class Phase:
             )
         return True
 
-    def run(self, batches: Iterator, step_fn: Callable[[Any], torch.Tensor], after_step: Callable[[int], None],
-            budget: Budget) -> None:  # fmt: skip
+    def run(
+        self,
+        batches: Iterator,
+        step_fn: Callable[[Any], torch.Tensor],
+        after_step: Callable[[int], None],
+        budget: Budget,
+    ) -> None:
         """Train the remaining steps; ``step_fn(batch) -> loss`` (autocast is on), ``after_step(step)`` e.g. EMA."""
         device = torch.device(self.args.device)
         autocast = (
@@ -223,8 +236,10 @@ class Phase:
                     values = torch.stack(pending).tolist()
                     pending.clear()
                     if not all(math.isfinite(v) for v in values):
-                        raise PretrainError(f"{self.name}: loss became {values[-1]} near step {self.step}; "
-                                            f"lower the learning rate and --resume from the last checkpoint")  # fmt: skip
+                        raise PretrainError(
+                            f"{self.name}: loss became {values[-1]} near step {self.step}; "
+                            f"lower the learning rate and --resume from the last checkpoint"
+                        )
                     self.losses += [round(v, 6) for v in values]
                     bar.set_postfix(loss=f"{np.mean(self.losses[-100:]):.4f}")
                 if end or self.step % self.args.checkpoint_every == 0 or budget.over():
@@ -270,16 +285,27 @@ def _seed(args: argparse.Namespace, phase: str, step: int) -> list[int]:
 
 def _tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
     return tokenizer(
-        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
-    ).input_ids.to(device)  # fmt: skip
+    ).input_ids.to(device)
 
 
 def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Phase:
     """Symmetric InfoNCE on (random frame, caption) pairs; identical captions in a batch count as matches."""
     device = torch.device(args.device)
-    phase = Phase("clip", args.out, {"clip": clip}, list(clip.parameters()), _steps(args.clip_steps, args),
-                  args.clip_lr, args.warmup, args)  # fmt: skip
+    phase = Phase(
+        "clip",
+        args.out,
+        {"clip": clip},
+        list(clip.parameters()),
+        _steps(args.clip_steps, args),
+        args.clip_lr,
+        args.warmup,
+        args,
+    )
     if phase.load() and phase.done:
         return phase
     clip.train()
@@ -312,8 +338,16 @@ def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Bud
 def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Phase:
     """L1 + MSE reconstruction of frames plus a small KL; then ``scaling_factor`` = 1 / std of the latents."""
     device = torch.device(args.device)
-    phase = Phase("vae", args.out, {"vae": vae}, list(vae.parameters()), _steps(args.vae_steps, args),
-                  args.vae_lr, args.warmup, args)  # fmt: skip
+    phase = Phase(
+        "vae",
+        args.out,
+        {"vae": vae},
+        list(vae.parameters()),
+        _steps(args.vae_steps, args),
+        args.vae_lr,
+        args.warmup,
+        args,
+    )
     phase.load()
     if not phase.done:
         vae.train()
@@ -376,8 +410,17 @@ def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch
     return shared**0.5 * common + (1 - shared) ** 0.5 * own
 
 
-def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn.Module, ema_text: nn.Module,
-               tokenizer, scheduler, args: argparse.Namespace, budget: Budget) -> Phase:  # fmt: skip
+def train_unet(
+    unet: nn.Module,
+    ema: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    ema_text: nn.Module,
+    tokenizer,
+    scheduler,
+    args: argparse.Namespace,
+    budget: Budget,
+) -> Phase:
     """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; EMA of the weights.
 
     ``text_encoder`` (a ``CLIPTextTransformer``) is trained too when ``--text-encoder-lr`` > 0: the toy CLIP learnt
@@ -385,11 +428,17 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
     """
     device = torch.device(args.device)
     train_text = args.text_encoder_lr > 0
-    modules = {"unet": unet, "ema": ema} | ({"text": text_encoder, "ema_text": ema_text} if train_text else {})
+    modules = {"unet": unet, "ema": ema} | (
+        {"text": text_encoder, "ema_text": ema_text} if train_text else {}
+    )
     groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
     if train_text:
-        groups.append({"params": list(text_encoder.parameters()), "lr_scale": args.text_encoder_lr / args.unet_lr})
-    phase = Phase("unet", args.out, modules, groups, _steps(args.unet_steps, args), args.unet_lr, args.warmup, args)
+        groups.append(
+            {"params": list(text_encoder.parameters()), "lr_scale": args.text_encoder_lr / args.unet_lr}
+        )
+    phase = Phase(
+        "unet", args.out, modules, groups, _steps(args.unet_steps, args), args.unet_lr, args.warmup, args
+    )
     if (phase.load() and phase.done) or args.export_only:
         return phase
     unet.train()
@@ -439,7 +488,9 @@ def train_unet(unet: nn.Module, ema: nn.Module, vae: nn.Module, text_encoder: nn
     return phase
 
 
-def foreground_weighted_mse(pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, weight: float) -> torch.Tensor:
+def foreground_weighted_mse(
+    pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor, weight: float
+) -> torch.Tensor:
     """MSE with latent cells that hold any sprite pixel counted ``weight`` times, normalised by the mean weight.
 
     Args:
@@ -469,8 +520,18 @@ def _save_reconstructions(frames: torch.Tensor, rec: torch.Tensor, path: Path) -
 
 
 @torch.no_grad()
-def generate(unet, vae, text_encoder, tokenizer, scheduler, prompts: list[str], num_frames: int = world.NUM_FRAMES,
-             steps: int = 25, guidance: float = 9.0, seed: int = 0) -> np.ndarray:  # fmt: skip
+def generate(
+    unet,
+    vae,
+    text_encoder,
+    tokenizer,
+    scheduler,
+    prompts: list[str],
+    num_frames: int = world.NUM_FRAMES,
+    steps: int = 25,
+    guidance: float = 9.0,
+    seed: int = 0,
+) -> np.ndarray:
     """DDIM sampling with classifier-free guidance (no pipeline needed); returns uint8 (N,F,H,W,3).
 
     ``text_encoder``: the UNet's text encoder (a ``CLIPTextTransformer``, e.g. ``clip.text_model``).
@@ -495,7 +556,9 @@ def generate(unet, vae, text_encoder, tokenizer, scheduler, prompts: list[str], 
     return pixels.unflatten(0, (len(prompts), num_frames)).cpu().numpy()
 
 
-def save_samples(unet, vae, text_encoder, tokenizer, scheduler, path: Path, steps: int, seed: int = 0) -> list[str]:
+def save_samples(
+    unet, vae, text_encoder, tokenizer, scheduler, path: Path, steps: int, seed: int = 0
+) -> list[str]:
     """Generate a few training-distribution and held-out prompts; save them with the true renderings."""
     from PIL import Image
 
@@ -541,13 +604,18 @@ def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module, text
     ``clip``'s text tower when it was trained with the UNet).
     """
     folder = TOY_MODEL_DIR if base == "toy" else Path(base)
-    parts = {"clip": (clip, "clip/model.safetensors"), "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
-             "unet": (unet, "unet/diffusion_pytorch_model.safetensors"),
-             "text_encoder": (text_encoder, "text_encoder/model.safetensors")}  # fmt: skip
+    parts = {
+        "clip": (clip, "clip/model.safetensors"),
+        "vae": (vae, "vae/diffusion_pytorch_model.safetensors"),
+        "unet": (unet, "unet/diffusion_pytorch_model.safetensors"),
+        "text_encoder": (text_encoder, "text_encoder/model.safetensors"),
+    }
     if not (folder / parts["unet"][1]).is_file():
         raise PretrainError(f"{folder}: no {parts['unet'][1]} to warm-start from")
     for name, (module, file) in parts.items():
-        source = folder if (folder / file).is_file() else TOY_MODEL_DIR  # a UNet-only folder: the shipped CLIP/VAE
+        source = (
+            folder if (folder / file).is_file() else TOY_MODEL_DIR
+        )  # a UNet-only folder: the shipped CLIP/VAE
         weights, _ = load_safetensors(source / file)
         if name == "text_encoder":  # stored as a CLIPTextModel: keys under text_model.
             weights = {k.removeprefix("text_model."): v for k, v in weights.items()}
@@ -603,7 +671,9 @@ def pretrain(args: argparse.Namespace) -> Path | None:
             text_encoder.load_state_dict(clip.text_model.state_dict())
         text_encoder.eval().requires_grad_(False)
         ema_text = copy.deepcopy(text_encoder)
-        phases["unet"] = train_unet(unet, ema, vae, text_encoder, ema_text, tokenizer, scheduler, args, budget)
+        phases["unet"] = train_unet(
+            unet, ema, vae, text_encoder, ema_text, tokenizer, scheduler, args, budget
+        )
     except StopRun as stop:
         print(f"stopped after {stop} (limit reached); continue with --resume")
         return None
@@ -626,11 +696,19 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "parameters": {"unet": num_params(unet), "vae": num_params(vae), "clip": num_params(clip)},
-        "phases": {name: {"steps": p.step, "seconds": round(p.seconds, 2), "final_loss": float(np.mean(p.losses[-100:])),
-                          **p.extra, "losses": p.losses} for name, p in phases.items()},
+        "phases": {
+            name: {
+                "steps": p.step,
+                "seconds": round(p.seconds, 2),
+                "final_loss": float(np.mean(p.losses[-100:])),
+                **p.extra,
+                "losses": p.losses,
+            }
+            for name, p in phases.items()
+        },
         "sample_prompts": prompts,
         "model_dir": str(model_dir),
-    }  # fmt: skip
+    }
     write_json(log, out / "train_log.json")
     print(f"saved the base model to {model_dir}")
     return model_dir
@@ -683,13 +761,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="share of the UNet's training noise common to all frames (decomposed noise; sample likewise)",
     )
     p.add_argument(
-        "--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon", help="what the UNet predicts"
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        default="epsilon",
+        help="what the UNet predicts",
     )
     p.add_argument(
-        "--zero-snr", action="store_true", help="rescale the schedule to zero terminal SNR (needs v_prediction)"
+        "--zero-snr",
+        action="store_true",
+        help="rescale the schedule to zero terminal SNR (needs v_prediction)",
     )
-    p.add_argument("--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM step grid")
-    p.add_argument("--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)")
+    p.add_argument(
+        "--timestep-spacing", choices=("leading", "trailing"), default="leading", help="DDIM step grid"
+    )
+    p.add_argument(
+        "--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)"
+    )
     p.add_argument(
         "--text-encoder-lr",
         type=float,
@@ -723,7 +810,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         action="store_true",
         help="write model/ from the run's last UNet checkpoint (EMA weights) without training the UNet; same flags",
     )
-    p.add_argument("--init-from", help="warm start from a saved base model ('toy' or a folder): train the UNet only")
+    p.add_argument(
+        "--init-from", help="warm start from a saved base model ('toy' or a folder): train the UNet only"
+    )
     return p
 
 

@@ -38,8 +38,16 @@ def smooth_track(frames: np.ndarray, masks: np.ndarray, spec: world.ClipSpec) ->
     return bool(np.linalg.norm(np.diff(centers, axis=0), axis=1).max() <= 2 * max(true_step, MIN_JUMP_PX))
 
 
-def measure(n: int = 64, steps: int = 25, guidance: float = 9.0, seed: int = 0, base: str = "toy",
-            sheet: Path | None = None, device: str = "cpu", shared_noise: float | None = None) -> dict:
+def measure(
+    n: int = 64,
+    steps: int = 25,
+    guidance: float = 9.0,
+    seed: int = 0,
+    base: str = "toy",
+    sheet: Path | None = None,
+    device: str = "cpu",
+    shared_noise: float | None = None,
+) -> dict:
     """Accuracy of prompted colour / motion / background and two coherence rates over ``n`` held-out prompts.
 
     One video per prompt (seed ``seed + i``); the coherence checks are :func:`steady_background` and
@@ -75,28 +83,47 @@ def measure(n: int = 64, steps: int = 25, guidance: float = 9.0, seed: int = 0, 
         if shared_noise is not None:
             size = pipe.unet.config.sample_size
             shared = torch.randn(1, pipe.unet.config.in_channels, 1, size, size, generator=generator)
-            own = torch.randn(1, pipe.unet.config.in_channels, world.NUM_FRAMES, size, size, generator=generator)
+            own = torch.randn(
+                1, pipe.unet.config.in_channels, world.NUM_FRAMES, size, size, generator=generator
+            )
             latents = shared_noise**0.5 * shared + (1 - shared_noise) ** 0.5 * own
-        frames = pipe(prompt, num_frames=world.NUM_FRAMES, num_inference_steps=steps, guidance_scale=guidance,
-                      generator=generator, latents=latents, progress=False).frames[0]
+        frames = pipe(
+            prompt,
+            num_frames=world.NUM_FRAMES,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            latents=latents,
+            progress=False,
+        ).frames[0]
         masks = oracle.segment_foreground(frames)
-        rows.append({
-            "prompt": prompt,
-            "color": oracle.dominant_color(frames, masks) == spec.sprite.color,
-            "motion": oracle.motion_class(frames, masks) == spec.motion,
-            "background": oracle.background_class(frames) == spec.background,
-            "steady_background": steady_background(frames),
-            "smooth_track": smooth_track(frames, masks, spec),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "color": oracle.dominant_color(frames, masks) == spec.sprite.color,
+                "motion": oracle.motion_class(frames, masks) == spec.motion,
+                "background": oracle.background_class(frames) == spec.background,
+                "steady_background": steady_background(frames),
+                "smooth_track": smooth_track(frames, masks, spec),
+            }
+        )
         videos.append((prompt, frames))
     accuracy = {k: sum(r[k] for r in rows) / len(rows) for k in TARGETS}
     if sheet is not None:
         contact_sheet(videos[:16], sheet, scale=1)
     stderr = {k: (a * (1 - a) / n) ** 0.5 for k, a in accuracy.items()}  # binomial standard error
-    return {"n": n, "steps": steps, "guidance_scale": guidance, "shared_noise": shared_noise,
-            "accuracy": accuracy, "stderr": stderr, "targets": TARGETS,
-            "met": {k: accuracy[k] >= t for k, t in TARGETS.items()},
-            "seconds": round(time.perf_counter() - start, 1), "rows": rows}
+    return {
+        "n": n,
+        "steps": steps,
+        "guidance_scale": guidance,
+        "shared_noise": shared_noise,
+        "accuracy": accuracy,
+        "stderr": stderr,
+        "targets": TARGETS,
+        "met": {k: accuracy[k] >= t for k, t in TARGETS.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--shared-noise", type=float, help="share of the starting noise common to all frames (0-1)")
+    p.add_argument(
+        "--shared-noise", type=float, help="share of the starting noise common to all frames (0-1)"
+    )
     args = p.parse_args(argv)
     if args.shared_noise is not None and not 0.0 <= args.shared_noise < 1.0:
         p.error(f"--shared-noise must be in [0, 1), got {args.shared_noise}")
-    result = measure(args.n, args.steps, base=args.base, sheet=args.out / "held_out_samples.png", device=args.device,
-                     shared_noise=args.shared_noise)  # fmt: skip
+    result = measure(
+        args.n,
+        args.steps,
+        base=args.base,
+        sheet=args.out / "held_out_samples.png",
+        device=args.device,
+        shared_noise=args.shared_noise,
+    )
     write_json(result, args.out / "quality.json")
     for k, acc in result["accuracy"].items():
         met = "met" if result["met"][k] else "NOT met"

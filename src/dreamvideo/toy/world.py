@@ -44,9 +44,18 @@ BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUNDS: list[str] = list(BACKGROUND_COLORS)
 MOTIONS: list[str] = [
-    "moves left", "moves right", "moves up", "moves down", "bounces", "circles",
-    "zigzags", "shakes", "grows", "shrinks", "stays still",
-]  # fmt: skip
+    "moves left",
+    "moves right",
+    "moves up",
+    "moves down",
+    "bounces",
+    "circles",
+    "zigzags",
+    "shakes",
+    "grows",
+    "shrinks",
+    "stays still",
+]
 NOVEL_MOTIONS: list[str] = ["figure-eight", "spiral", "pendulum", "hop-then-slide"]
 # Verb used in captions of videos showing a novel motion (its name is not in the model's vocabulary).
 GENERIC_MOTION_WORD = "moves"
@@ -432,8 +441,13 @@ def sample_pretraining_spec(rng: np.random.Generator) -> ClipSpec:
 
 def held_out_triples() -> list[tuple[str, str, str]]:
     """All held-out (colour, shape, motion) triples in a fixed order."""
-    return [(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS
-            if is_held_out(ClipSpec(Sprite(s, c), BACKGROUNDS[0], m))]  # fmt: skip
+    return [
+        (c, s, m)
+        for c in COLORS
+        for s in SHAPES
+        for m in MOTIONS
+        if is_held_out(ClipSpec(Sprite(s, c), BACKGROUNDS[0], m))
+    ]
 
 
 def held_out_specs(n: int = 32, seed: int = 0) -> list[ClipSpec]:
@@ -478,8 +492,13 @@ def subject_images(name: str, n: int = 5, seed: int = 0) -> list[tuple[np.ndarra
     backgrounds = rng.permutation(BACKGROUNDS)
     out = []
     for i in range(n):
-        spec = _random_spec(rng, NOVEL_SUBJECTS[name], str(backgrounds[i % len(backgrounds)]), "stays still",
-                            size_range=(10.0, 15.0))  # fmt: skip
+        spec = _random_spec(
+            rng,
+            NOVEL_SUBJECTS[name],
+            str(backgrounds[i % len(backgrounds)]),
+            "stays still",
+            size_range=(10.0, 15.0),
+        )
         clip = render_clip(spec, num_frames=1)
         out.append((clip.frames[0], clip.masks[0]))
     return out
@@ -556,8 +575,15 @@ def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8) -> None:
     strip = Image.fromarray(np.concatenate(list(frames), axis=0))
     palette = strip.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0,
-                   optimize=False, disposal=1)  # fmt: skip
+    images[0].save(
+        path,
+        save_all=True,
+        append_images=images[1:],
+        duration=int(1000 / fps),
+        loop=0,
+        optimize=False,
+        disposal=1,
+    )
 
 
 def write_motion_folder(name: str, folder: str | Path, n: int = 3, seed: int = 0) -> Path:
