@@ -112,34 +112,24 @@ def test_scheduler_has_modelscope_settings():
     assert not config.clip_sample and not config.set_alpha_to_one
 
 
+def warm_start_args(out, init="toy", steps=1, batch=1, extra=""):
+    """``pretrain`` flags continuing a base's UNet for ``steps`` steps of ``batch`` clips (no previews)."""
+    flags = f"--device cpu --workers 0 --unet-steps {steps} --unet-batch {batch} --preview-steps 0 {extra}"
+    return ["--out", str(out), "--init-from", str(init), *flags.split()]
+
+
 def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
     out = tmp_path / "run"
+    flags = (
+        "--device cpu --workers 0 --clip-steps 1 --vae-steps 1 --unet-steps 3 --clip-batch 4 --vae-batch 2"
+    )
     tiny = [
         "--out",
         str(out),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--clip-steps",
-        "1",
-        "--vae-steps",
-        "1",
-        "--unet-steps",
-        "3",
-        "--clip-batch",
-        "4",
-        "--vae-batch",
-        "2",
-        "--unet-batch",
-        "1",
-        "--checkpoint-every",
-        "1",
-        "--preview-steps",
-        "0",
-        "--image-prob",
-        "1",
+        *flags.split(),
+        *"--unet-batch 1 --checkpoint-every 1 --preview-steps 0".split(),
     ]
+    tiny += ["--image-prob", "1"]
     # a run stopped after 3 steps: CLIP and VAE done, the UNet (on 1-frame videos) checkpointed at its step 1
     assert pretrain_main([*tiny, "--max-steps", "3"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
@@ -196,29 +186,7 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
 
     out = tmp_path / "more"
     # with frame-shared noise, so that this training path runs too
-    assert (
-        pretrain_main(
-            [
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-                "--init-from",
-                "toy",
-                "--unet-steps",
-                "1",
-                "--unet-batch",
-                "1",
-                "--preview-steps",
-                "0",
-                "--shared-noise",
-                "0.5",
-            ]
-        )
-        == 0
-    )
+    assert pretrain_main(warm_start_args(out, extra="--shared-noise 0.5")) == 0
     log = read_json(out / "train_log.json")
     assert log["args"]["shared_noise"] == 0.5
     assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1
@@ -266,37 +234,8 @@ def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
     candidate = tmp_path / "candidate"  # only unet/: CLIP and the VAE come from the shipped model
     shutil.copytree(TOY_MODEL_DIR / "unet", candidate / "unet")
     out = tmp_path / "v"
-    flags = [
-        "--prediction-type",
-        "v_prediction",
-        "--zero-snr",
-        "--timestep-spacing",
-        "trailing",
-        "--snr-shift",
-        "-1",
-    ]
-    assert (
-        pretrain_main(
-            [
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-                "--init-from",
-                str(candidate),
-                "--unet-steps",
-                "1",
-                "--unet-batch",
-                "1",
-                "--preview-steps",
-                "0",
-                *flags,
-            ]
-        )
-        == 0
-    )
+    flags = "--prediction-type v_prediction --zero-snr --timestep-spacing trailing --snr-shift -1"
+    assert pretrain_main(warm_start_args(out, candidate, extra=flags)) == 0
     scheduler = DDIMScheduler.from_pretrained(out / "model", subfolder="scheduler")
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
     assert scheduler.alphas_cumprod[-1] == 0 and scheduler.config.timestep_spacing == "trailing"
@@ -317,26 +256,7 @@ def test_pretrain_trains_the_text_encoder_apart_from_clip_and_exports_a_stopped_
     from dreamvideo.toy.model import TOY_MODEL_DIR
 
     out = tmp_path / "text"
-    flags = [
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--init-from",
-        "toy",
-        "--unet-steps",
-        "4",
-        "--unet-batch",
-        "1",
-        "--preview-steps",
-        "0",
-        "--text-encoder-lr",
-        "1e-3",
-        "--checkpoint-every",
-        "1",
-    ]
+    flags = warm_start_args(out, steps=4, extra="--text-encoder-lr 1e-3 --checkpoint-every 1")
     assert pretrain_main([*flags, "--export-only"]) == 2  # nothing to export yet
     assert (
         pretrain_main([*flags, "--max-steps", "2"]) == 0 and not (out / "model").exists()
@@ -372,30 +292,7 @@ def test_foreground_weighted_mse_counts_sprite_cells_weight_times():
 
 def test_pretrain_with_foreground_weight_trains(tmp_path):
     out = tmp_path / "fg"
-    assert (
-        pretrain_main(
-            [
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--workers",
-                "0",
-                "--init-from",
-                "toy",
-                "--unet-steps",
-                "2",
-                "--unet-batch",
-                "2",
-                "--preview-steps",
-                "0",
-                "--image-prob",
-                "0.5",
-                "--foreground-weight",
-                "4",
-            ]
-        )
-        == 0
-    )
+    extra = "--image-prob 0.5 --foreground-weight 4"
+    assert pretrain_main(warm_start_args(out, steps=2, batch=2, extra=extra)) == 0
     log = read_json(out / "train_log.json")
     assert log["args"]["foreground_weight"] == 4 and len(log["phases"]["unet"]["losses"]) == 2
