@@ -26,6 +26,7 @@ from dreamvideo.pipeline import DreamVideoPipeline
 from dreamvideo.toy import pretrain as toy_pretrain
 from dreamvideo.toy import quality
 from dreamvideo.toy.model import TOY_MODEL_DIR, toy_scheduler
+from dreamvideo.training import latest_checkpoint
 
 ZERO_SNR = ["--prediction-type", "v_prediction", "--zero-snr", "--timestep-spacing", "trailing"]
 ARMS: dict[str, list[str]] = {
@@ -116,11 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             *ARMS[name],
         ]
         parsed = toy_pretrain.build_parser().parse_args(flags)
-        done = (
-            read_json(run / "checkpoints" / "unet" / "state.json")["step"]
-            if (run / "checkpoints").exists()
-            else 0
-        )
+        newest = latest_checkpoint(run / "checkpoints" / "unet")
+        done = read_json(newest / "trainer.json")["step"] if newest else 0
         if done < args.steps:
             parsed.resume, parsed.max_steps = done > 0, args.steps - done
             toy_pretrain.pretrain(parsed)

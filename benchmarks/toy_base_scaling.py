@@ -19,10 +19,10 @@ import shutil
 import time
 from pathlib import Path
 
-from dreamvideo.fileio import load_safetensors, write_json
+from dreamvideo.fileio import write_json
 from dreamvideo.toy import pretrain as toy_pretrain
 from dreamvideo.toy import quality
-from dreamvideo.toy.model import TOY_MODEL_DIR, toy_unet
+from dreamvideo.toy.model import TOY_MODEL_DIR
 
 # The shipped weights saw 800 steps x 64 clips (H100) and then 800 steps x 16 clips (CPU continuation).
 SHIPPED_CLIPS = 800 * 64 + 800 * 16
@@ -33,9 +33,7 @@ def ema_model(run: Path, base: Path, folder: Path, scheduler=None) -> Path:
 
     ``scheduler`` (the run's, when it differs from the base's) replaces ``base``'s ``scheduler/``.
     """
-    weights, _ = load_safetensors(run / "checkpoints" / "unet" / "weights.safetensors")
-    unet = toy_unet()
-    unet.load_state_dict({k[len("ema.") :]: v for k, v in weights.items() if k.startswith("ema.")})
+    unet = toy_pretrain.checkpoint_ema_unet(run)
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(base, folder)

@@ -191,3 +191,51 @@ def test_offset_noise_adds_a_constant_per_sample_channel_and_frame(monkeypatch):
     assert plain < 0.05 and offset > 0.5  # per-(sample, channel, frame) means spread by the offset term
     frame_means = seen[1].mean(dim=(3, 4))  # one offset per frame, as the authors draw: frames differ
     assert frame_means.var(dim=2).mean() > 0.5
+
+
+def _grouped_trainer(tmp_path, lrs: list):
+    """A cosine-schedule trainer with two parameter groups (the second at half the lr) recording its lrs."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+
+    def save(folder):
+        save_safetensors({"a": a.detach(), "b": b.detach()}, folder / "w.safetensors")
+
+    def load(folder):
+        w = load_safetensors(folder / "w.safetensors")[0]
+        with torch.no_grad():
+            a.copy_(w["a"]), b.copy_(w["b"])
+
+    config = StageConfig(
+        steps=8, lr=0.1, checkpoint_every=100, warmup_steps=2, lr_schedule="cosine", adam_beta2=0.99
+    )
+    groups = [{"params": [a], "lr_scale": 1.0}, {"params": [b], "lr_scale": 0.5}]
+    trainer = Trainer(
+        "toy",
+        groups,
+        lambda step, generator: (a**2).sum() + (b**2).sum(),
+        save,
+        load,
+        tmp_path / "ckpt",
+        config,
+        on_step=lambda step: lrs.append([g["lr"] for g in trainer.optimizer.param_groups]),
+    )
+    return trainer
+
+
+def test_cosine_schedule_groups_on_step_and_an_early_stop_that_resumes(tmp_path):
+    whole: list = []
+    _grouped_trainer(tmp_path / "whole", whole).train(progress=False)
+    # the lr of the next step, after each update: diffusers' warm-up (step 1 at 0, step 2 at half), the full lr,
+    # then cosine decay to 0 at the last step; the second group at half
+    assert [round(x[0], 6) for x in whole[:2]] == [0.05, 0.1] and whole[-1][0] == pytest.approx(0.0)
+    assert all(x[0] > y[0] for x, y in zip(whole[1:], whole[2:], strict=False))
+    assert all(abs(lb - la / 2) < 1e-12 for la, lb in whole)
+    stopped: list = []
+    first = _grouped_trainer(tmp_path / "split", stopped)
+    first.train(progress=False, stop=lambda: first.step >= 3)
+    assert first.step == 3 and not first.done and (tmp_path / "split/ckpt/step-000003").is_dir()
+    second = _grouped_trainer(tmp_path / "split", stopped)
+    assert second.resume() and second.step == 3
+    assert second.optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    second.train(progress=False)
+    assert second.done and sum(stopped, []) == pytest.approx(sum(whole, []))  # the schedule continues

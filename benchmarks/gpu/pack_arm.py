@@ -21,7 +21,8 @@ def read(path: str | Path):
 def main(argv: list[str]) -> int:
     arm, out = argv[0], Path(argv[1])
     run = Path(f"/tmp/arm_{arm}")
-    model, state = run / "model", read(run / "checkpoints/unet/state.json")
+    newest = sorted((run / "checkpoints/unet").glob("step-*"))[-1]  # the Trainer's newest checkpoint
+    model, state = run / "model", read(newest / "trainer.json")
     log = read(run / "train_log.json") or {}
     report = {
         "arm": arm,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers.optimization import get_constant_schedule_with_warmup
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -66,7 +66,9 @@ class StageConfig:
         mixed_precision: ``"auto"`` (the authors': fp16 on GPUs, none on CPUs), ``"no"``, ``"bf16"`` or ``"fp16"``
             autocast of the forward pass; trainables stay fp32, and fp16 uses a gradient scaler.
         gradient_checkpointing: recompute UNet activations in the backward pass to save memory.
-        warmup_steps: linear learning-rate warm-up, then constant (the authors': 10).
+        warmup_steps: linear learning-rate warm-up (the authors': 10).
+        lr_schedule: after the warm-up, ``"constant"`` (the authors') or ``"cosine"`` decay to 0 at ``steps``.
+        adam_beta2: AdamW's second-moment decay.
         base_train_mode: keep the frozen base in train mode while training, so its dropout is active (the authors').
     """
 
@@ -82,6 +84,8 @@ class StageConfig:
     gradient_checkpointing: bool = False
     warmup_steps: int = 10
     base_train_mode: bool = True
+    lr_schedule: str = "constant"
+    adam_beta2: float = 0.999
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +222,8 @@ class Trainer:
 
     Args:
         name: stage name (progress bar and messages).
-        params: the trainable tensors; nothing else is given to the optimiser.
+        params: the trainable tensors; nothing else is given to the optimiser. Or optimiser groups
+            ``{"params": [...], "lr_scale": s}``, each trained at ``s`` times ``config.lr``.
         loss_fn: ``loss_fn(step, generator) -> loss`` draws its own batch from ``generator``.
         save_weights: ``save_weights(folder)`` writes the stage's result files (same format as the final output).
         load_weights: ``load_weights(folder)`` restores them from a checkpoint.
@@ -228,6 +233,7 @@ class Trainer:
         preview_every: call ``on_preview(step)`` every this many steps (0: never), on the main process only.
         on_preview: e.g. render a preview video; its time is not counted in :attr:`seconds`.
         run_id: recorded in every checkpoint; resuming refuses a checkpoint of another run.
+        on_step: optional ``callback(step)`` after each optimiser update (e.g. an EMA of the weights).
     """
 
     def __init__(
@@ -245,17 +251,27 @@ class Trainer:
         on_preview: Callable[[int], None] | None = None,
         run_id: str | None = None,
         train_mode: tuple[nn.Module, ...] = (),
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
+        groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr_scale": 1.0}]
+        params = [p for g in groups for p in g["params"]]
         if not params:
             raise ValueError(f"{name}: nothing to train")
         self.name, self.params, self.loss_fn, self.config = name, params, loss_fn, config
+        self.on_step = on_step
+        self.group_lrs = [config.lr * g.get("lr_scale", 1.0) for g in groups]
         self.save_weights, self.load_weights, self.on_checkpoint = save_weights, load_weights, on_checkpoint
         self.checkpoint_dir = Path(checkpoint_dir)
         self.preview_every, self.on_preview = preview_every, on_preview
         self.run_id = run_id
         self.device = torch.device(device)
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.lr_schedule = get_constant_schedule_with_warmup(self.optimizer, config.warmup_steps)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": g["params"], "lr": lr} for g, lr in zip(groups, self.group_lrs, strict=True)],
+            lr=config.lr,
+            betas=(0.9, config.adam_beta2),
+            weight_decay=config.weight_decay,
+        )
+        self.lr_schedule = self._schedule()
         self.precision = resolve_precision(config.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.train_mode = train_mode if config.base_train_mode else ()
@@ -267,6 +283,17 @@ class Trainer:
         self.losses: list[float] = []
         self.step = 0
         self.seconds = 0.0
+
+    def _schedule(self, last_step: int = -1) -> torch.optim.lr_scheduler.LambdaLR:
+        """diffusers' warm-up schedule of ``config.lr_schedule``, positioned after ``last_step``."""
+        c = self.config
+        if c.lr_schedule == "cosine":
+            return get_cosine_schedule_with_warmup(
+                self.optimizer, c.warmup_steps, c.steps, last_epoch=last_step
+            )
+        if c.lr_schedule == "constant":
+            return get_constant_schedule_with_warmup(self.optimizer, c.warmup_steps, last_step)
+        raise ValueError(f"{self.name}: unknown lr_schedule {c.lr_schedule!r} (choose constant or cosine)")
 
     def _autocast(self):
         if self.precision == "no":
@@ -301,9 +328,9 @@ class Trainer:
         rng = tensors.pop("generator_state")
         ranks = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith("generator_state.")]}
         self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
-        for group in self.optimizer.param_groups:  # the saved groups carry the old lr: --lr of this run wins
-            group["lr"] = group["initial_lr"] = self.config.lr
-            group["weight_decay"] = self.config.weight_decay
+        for group, lr in zip(self.optimizer.param_groups, self.group_lrs, strict=True):
+            group["lr"] = group["initial_lr"] = lr  # the saved groups carry the old lr: --lr of this run wins
+            group["weight_decay"], group["betas"] = self.config.weight_decay, (0.9, self.config.adam_beta2)
         if self.rank == 0:
             self.generator.set_state(rng)
         elif f"generator_state.rank{self.rank}" in ranks:
@@ -311,9 +338,7 @@ class Trainer:
         else:  # saved by fewer processes: a fresh stream for this one
             self.generator.manual_seed(self.config.seed + self.rank + 7919 * info["step"])
         self.step, self.losses, self.seconds = info["step"], info["losses"], info.get("seconds", 0.0)
-        self.lr_schedule = get_constant_schedule_with_warmup(
-            self.optimizer, self.config.warmup_steps, self.step - 1
-        )
+        self.lr_schedule = self._schedule(self.step - 1)
         return True
 
     def checkpoint(self) -> Path:
@@ -350,8 +375,18 @@ class Trainer:
         distributed.wait_for_everyone()
         return folder
 
-    def train(self, progress: bool = True) -> list[float]:
-        """Run the remaining steps; raise :class:`TrainingDiverged` (keeping earlier checkpoints) on a NaN loss."""
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.steps
+
+    def train(self, progress: bool = True, stop: Callable[[], bool] | None = None) -> list[float]:
+        """Run the remaining steps; raise :class:`TrainingDiverged` (keeping earlier checkpoints) on a NaN loss.
+
+        Args:
+            progress: show a progress bar.
+            stop: checked after every step; when it says so, a checkpoint is written and training returns early
+                (``done`` stays false; ``resume`` continues).
+        """
         bar = tqdm(
             total=self.config.steps,
             initial=self.step,
@@ -371,7 +406,8 @@ class Trainer:
                 recent = sum(self.losses[-20:]) / len(self.losses[-20:])
                 bar.update(1)
                 bar.set_postfix(loss=f"{recent:.4f}")
-                if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
+                halt = stop is not None and stop() and not self.done
+                if self.step % self.config.checkpoint_every == 0 or self.done or halt:
                     self._check_after_update()
                     self.checkpoint()
                 if (
@@ -383,6 +419,8 @@ class Trainer:
                     self._preview()
                 if report is not None:
                     report(self.name, self.step, self.config.steps, recent)
+                if halt:
+                    break
         finally:
             for module, mode in zip(self.train_mode, modes, strict=True):
                 module.train(mode)
@@ -402,6 +440,8 @@ class Trainer:
         self.lr_schedule.step()
         if not tensors_finite(self.params):
             self._diverged(f"weights are not finite after the update of step {self.step + 1}")
+        if self.on_step is not None:
+            self.on_step(self.step)
         self.step += 1
         self.seconds += time.perf_counter() - start
 

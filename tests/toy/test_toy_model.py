@@ -33,6 +33,7 @@ from dreamvideo.toy.model import (
 )
 from dreamvideo.toy.pretrain import generate
 from dreamvideo.toy.pretrain import main as pretrain_main
+from dreamvideo.training import latest_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,11 @@ def warm_start_args(out, init="toy", steps=1, batch=1, extra=""):
     return ["--out", str(out), "--init-from", str(init), *flags.split()]
 
 
+def phase_state(out, phase):
+    """``trainer.json`` of a pretraining phase's newest checkpoint."""
+    return read_json(latest_checkpoint(out / "checkpoints" / phase) / "trainer.json")
+
+
 def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
     out = tmp_path / "run"
     flags = (
@@ -134,10 +140,10 @@ def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
     assert pretrain_main([*tiny, "--max-steps", "3"]) == 0
     assert "continue with --resume" in capsys.readouterr().out
     assert not (out / "model").exists()
-    clip_state = read_json(out / "checkpoints/clip/state.json")
-    unet_state = read_json(out / "checkpoints/unet/state.json")
-    assert clip_state["done"] and (unet_state["step"], unet_state["done"]) == (1, False)
-    assert read_json(out / "checkpoints/vae/state.json")["extra"]["scaling_factor"] > 0
+    clip_state, unet_state = phase_state(out, "clip"), phase_state(out, "unet")
+    assert clip_state["step"] == clip_state["config"]["steps"] == 1  # done
+    assert (unet_state["step"], unet_state["config"]["steps"]) == (1, 3)  # not done
+    assert read_json(out / "checkpoints/vae_stats.json")["scaling_factor"] > 0
     # the same folder without --resume is refused
     assert pretrain_main(tiny) == 2
     # resume: finished phases are skipped, the UNet continues at step 1
@@ -161,9 +167,10 @@ def test_pretrain_smoke_resume_and_saved_layout(tmp_path, capsys):
     assert vae.config.scaling_factor == log["phases"]["vae"]["scaling_factor"]
     assert DDIMScheduler.from_pretrained(d, subfolder="scheduler").config.steps_offset == 1
     # the saved UNet is the EMA of the training weights
-    ckpt, _ = load_safetensors(out / "checkpoints/unet/weights.safetensors")
-    for key, value in unet.state_dict().items():
-        torch.testing.assert_close(value, ckpt[f"ema.{key}"], atol=0, rtol=0)
+    ckpt, _ = load_safetensors(latest_checkpoint(out / "checkpoints/unet") / "weights.safetensors")
+    for i, (key, value) in enumerate(unet.named_parameters()):  # EMAModel's shadow parameters, in order
+        torch.testing.assert_close(value, ckpt[f"ema.{i}"], atol=0, rtol=0)
+        assert key in unet.state_dict()
     # text_encoder/ and image_encoder/ are exactly the towers of clip/
     clip = CLIPModel.from_pretrained(d / "clip").eval()
     text = CLIPTextModel.from_pretrained(d, subfolder="text_encoder").eval()
@@ -186,10 +193,11 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
 
     out = tmp_path / "more"
     # with frame-shared noise, so that this training path runs too
-    assert pretrain_main(warm_start_args(out, extra="--shared-noise 0.5")) == 0
+    # two steps: diffusers' warm-up gives the first one a learning rate of 0
+    assert pretrain_main(warm_start_args(out, steps=2, extra="--shared-noise 0.5")) == 0
     log = read_json(out / "train_log.json")
     assert log["args"]["shared_noise"] == 0.5
-    assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 1
+    assert list(log["phases"]) == ["unet"] and len(log["phases"]["unet"]["losses"]) == 2
     for part in ("clip/model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         shipped, new = load_safetensors(TOY_MODEL_DIR / part)[0], load_safetensors(out / "model" / part)[0]
         assert shipped.keys() == new.keys() and all(torch.equal(shipped[k], new[k]) for k in shipped)
@@ -200,7 +208,7 @@ def test_pretrain_warm_start_keeps_clip_and_vae_and_continues_the_unet(tmp_path)
     shipped = load_safetensors(TOY_MODEL_DIR / "unet/diffusion_pytorch_model.safetensors")[0]
     new = load_safetensors(out / "model/unet/diffusion_pytorch_model.safetensors")[0]
     changed = [k for k in shipped if not torch.equal(shipped[k], new[k])]
-    assert changed and all((shipped[k] - new[k]).abs().max() < 0.05 for k in shipped)  # one small step on
+    assert changed and all((shipped[k] - new[k]).abs().max() < 0.05 for k in shipped)  # a small step on
     assert (
         pretrain_main(["--out", str(tmp_path / "bad"), "--device", "cpu", "--init-from", str(tmp_path)]) == 2
     )
@@ -270,13 +278,19 @@ def test_pretrain_trains_the_text_encoder_apart_from_clip_and_exports_a_stopped_
     assert torch.equal(
         clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key]
     )  # ... not CLIP's
-    checkpoint = load_safetensors(out / "checkpoints/unet/weights.safetensors")[0]
-    assert read_json(out / "checkpoints/unet/state.json")["step"] == 2  # exporting did not train
-    assert torch.equal(exported, checkpoint[f"ema_text.{key.removeprefix('text_model.')}"])
+    newest = latest_checkpoint(out / "checkpoints/unet")
+    checkpoint = load_safetensors(newest / "weights.safetensors")[0]
+    assert phase_state(out, "unet")["step"] == 2  # exporting did not train
+    # the exported UNet and text encoder are the EMA weights (diffusers' EMAModel: UNet parameters, then text's)
+    unet_keys = [k for k, _ in toy_unet().named_parameters()]
     unet = load_safetensors(out / "model/unet/diffusion_pytorch_model.safetensors")[0]
-    assert all(torch.equal(v, checkpoint[f"ema.{k}"]) for k, v in unet.items())  # the EMA weights
+    ema = [checkpoint[f"ema.{i}"] for i in range(sum(k.startswith("ema.") for k in checkpoint))]
+    assert all(torch.equal(unet[k], e) for k, e in zip(unet_keys, ema, strict=False))
+    assert not torch.equal(unet[unet_keys[0]], checkpoint[f"unet.{unet_keys[0]}"])  # not the raw weights
+    text_keys = [k for k, _ in CLIPTextModel.from_pretrained(out / "model/text_encoder").named_parameters()]
+    assert torch.equal(exported, ema[len(unet_keys) + text_keys.index(key.removeprefix("text_model."))])
     assert pretrain_main([*flags, "--resume"]) == 0  # and the run continues to its end
-    assert read_json(out / "checkpoints/unet/state.json")["step"] == 4
+    assert phase_state(out, "unet")["step"] == 4
 
 
 def test_foreground_weighted_mse_counts_sprite_cells_weight_times():

@@ -9,14 +9,14 @@
 are and only the UNet trains further (its EMA restarts from the loaded weights).
 
 Writes ``OUT/model`` (the diffusers-layout base model, see :func:`dreamvideo.toy.model.save_base_model`),
-``OUT/checkpoints/<phase>/`` (safetensors + JSON, no pickle), ``OUT/train_log.json``, ``OUT/loss_curve.png``,
+``OUT/checkpoints/<phase>/step-N/`` (the shared :class:`~dreamvideo.training.Trainer`'s checkpoints: safetensors +
+JSON, no pickle; the two newest are kept), ``OUT/train_log.json``, ``OUT/loss_curve.png``,
 ``OUT/vae_reconstruction.png`` and ``OUT/samples.png`` (generated videos, one row of frames per prompt).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -31,15 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from dreamvideo.fileio import (
     DreamVideoError,
     load_safetensors,
     read_json,
-    replace_dir,
     save_safetensors,
     write_json,
 )
@@ -56,7 +55,7 @@ from dreamvideo.toy.model import (
     toy_vae,
     vae_pixels,
 )
-from dreamvideo.training import flatten_optimizer_state, prediction_target, unflatten_optimizer_state
+from dreamvideo.training import StageConfig, Trainer, latest_checkpoint, prediction_target
 
 PHASES = ("clip", "vae", "unet")
 
@@ -111,152 +110,129 @@ def make_loader(
 # ----------------------------------------------------------------------------- one resumable phase
 
 
-class Phase:
-    """The optimisation loop of one phase with checkpoints in ``OUT/checkpoints/<name>/``.
+def phase_trainer(
+    name: str,
+    args: argparse.Namespace,
+    modules: dict[str, nn.Module],
+    groups: list[dict[str, Any]],
+    steps: int,
+    lr: float,
+    loss_fn: Callable[[int, torch.Generator], torch.Tensor],
+    budget: Budget,
+    on_step: Callable[[int], None] | None = None,
+    ema: EMAModel | None = None,
+) -> Trainer:
+    """The shared :class:`~dreamvideo.training.Trainer` for one phase, checkpointing in ``OUT/checkpoints/<name>/``.
+
+    AdamW (betas 0.9 / 0.99, weight decay 0.01), gradients clipped at 1, a linear warm-up then diffusers' cosine
+    schedule; bf16 autocast on GPUs. The two newest ``step-N/`` checkpoints are kept.
 
     Args:
         name: phase name.
-        out: output folder of the run.
-        modules: everything whose state is checkpointed, by name (e.g. ``{"unet": ..., "ema": ...}``).
-        params: the trained parameters, or optimizer groups ``{"params": [...], "lr_scale": s}`` (lr times s).
-        steps, lr, warmup: schedule (linear warmup, then cosine decay to 10 % of ``lr``).
-        args: the command-line arguments (checkpoint interval, device, limits).
+        args: the command line (checkpoint interval, warm-up, device, seed).
+        modules: everything whose state is checkpointed, by name (e.g. ``{"unet": ...}``).
+        groups: optimiser groups ``{"params": [...], "lr_scale": s}`` (lr times s).
+        steps, lr: schedule length and peak learning rate.
+        loss_fn: ``loss_fn(step, generator) -> loss`` of one batch.
+        budget: counts the steps towards ``--max-steps``.
+        on_step: e.g. clamp a parameter, after each update.
+        ema: diffusers' ``EMAModel`` of the trained weights, checkpointed with them.
     """
 
-    def __init__(
-        self,
-        name: str,
-        out: Path,
-        modules: dict[str, nn.Module],
-        params: list[nn.Parameter],
-        steps: int,
-        lr: float,
-        warmup: int,
-        args: argparse.Namespace,
-    ) -> None:
-        groups = params if params and isinstance(params[0], dict) else [{"params": params, "lr_scale": 1.0}]
-        params = [p for g in groups for p in g["params"]]
-        self.name, self.modules, self.params, self.args = name, modules, params, args
-        self.steps, self.lr, self.warmup = steps, lr, min(warmup, max(1, steps // 10))
-        self.folder = out / "checkpoints" / name
-        fused = {"fused": True} if torch.device(args.device).type == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), weight_decay=0.01, **fused)
-        self.step, self.seconds, self.losses, self.done = 0, 0.0, [], False
-        self.extra: dict[str, Any] = {}
+    def save_weights(folder: Path) -> None:
+        weights = {f"{m}.{k}": v for m, module in modules.items() for k, v in module.state_dict().items()}
+        meta = {}
+        if ema is not None:
+            state = ema.state_dict()
+            weights |= {f"ema.{i}": p for i, p in enumerate(state.pop("shadow_params"))}
+            meta["ema"] = json.dumps(state)
+        save_safetensors(weights, folder / "weights.safetensors", meta)
 
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-    def save(self) -> None:
-        staging = self.folder.with_name(f".{self.name}.partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-        weights = {
-            f"{m}.{k}": v for m, module in self.modules.items() for k, v in module.state_dict().items()
-        }
-        save_safetensors(weights, staging / "weights.safetensors")
-        tensors, meta = flatten_optimizer_state(self.optimizer)
-        save_safetensors(tensors, staging / "optimizer.safetensors", {"optimizer": json.dumps(meta)})
-        state = {
-            "phase": self.name,
-            "step": self.step,
-            "steps": self.steps,
-            "done": self.done,
-            "seconds": self.seconds,
-            "extra": self.extra,
-            "losses": self.losses,
-        }
-        write_json(state, staging / "state.json")
-        replace_dir(staging, self.folder)
-
-    def load(self) -> bool:
-        """Restore the checkpoint if there is one; return whether one was found."""
-        old = self.folder.with_name(f".{self.folder.name}.old")
-        if not self.folder.exists() and old.is_dir():  # interrupted inside replace_dir: the previous one
-            os.replace(old, self.folder)
-        if not (self.folder / "state.json").is_file():
-            return False
-        state = read_json(self.folder / "state.json")
-        weights, _ = load_safetensors(self.folder / "weights.safetensors")
-        for m, module in self.modules.items():
+    def load_weights(folder: Path) -> None:
+        weights, meta = load_safetensors(folder / "weights.safetensors")
+        for m, module in modules.items():
             part = {k[len(m) + 1 :]: v for k, v in weights.items() if k.startswith(f"{m}.")}
             try:
                 module.load_state_dict(part)
             except RuntimeError as err:
-                raise PretrainError(f"{self.folder}: checkpoint does not fit the model ({err})") from err
-        tensors, meta = load_safetensors(self.folder / "optimizer.safetensors")
-        self.optimizer.load_state_dict(unflatten_optimizer_state(tensors, json.loads(meta["optimizer"])))
-        self.step, self.seconds, self.losses = state["step"], state["seconds"], state["losses"]
-        self.done, self.extra = state["done"], state["extra"]
-        if state["steps"] != self.steps and not self.done:
-            print(
-                f"{self.name}: resuming at step {self.step} with {self.steps} steps instead of {state['steps']}"
-            )
-        return True
+                raise PretrainError(f"{folder}: checkpoint does not fit the model ({err})") from err
+        if ema is not None:
+            state = json.loads(meta["ema"])
+            state["shadow_params"] = [weights[f"ema.{i}"] for i in range(len(ema.shadow_params))]
+            ema.load_state_dict(state)
+            ema.to(args.device)
 
-    def run(
-        self,
-        batches: Iterator,
-        step_fn: Callable[[Any], torch.Tensor],
-        after_step: Callable[[int], None],
-        budget: Budget,
-    ) -> None:
-        """Train the remaining steps; ``step_fn(batch) -> loss`` (autocast is on), ``after_step(step)`` e.g. EMA."""
-        device = torch.device(self.args.device)
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if device.type == "cuda"
-            else contextlib.nullcontext()
-        )
-        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True, mininterval=1.0)
-        pending: list[torch.Tensor] = []  # losses still on the device (read in groups: fewer syncs)
-        start = time.perf_counter()
-        try:
-            while self.step < self.steps:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
-                batch = next(batches)
-                with autocast:
-                    loss = step_fn(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-                self.optimizer.step()
-                after_step(self.step)
-                self.step += 1
-                budget.steps += 1
-                pending.append(loss.detach().float())
-                bar.update(1)
-                end = self.step == self.steps
-                if len(pending) == 25 or end or self.step % self.args.checkpoint_every == 0 or budget.over():
-                    values = torch.stack(pending).tolist()
-                    pending.clear()
-                    if not all(math.isfinite(v) for v in values):
-                        raise PretrainError(
-                            f"{self.name}: loss became {values[-1]} near step {self.step}; "
-                            f"lower the learning rate and --resume from the last checkpoint"
-                        )
-                    self.losses += [round(v, 6) for v in values]
-                    bar.set_postfix(loss=f"{np.mean(self.losses[-100:]):.4f}")
-                if end or self.step % self.args.checkpoint_every == 0 or budget.over():
-                    self.seconds += time.perf_counter() - start
-                    start = time.perf_counter()
-                    self.done = end
-                    self.save()
-                    if not end and budget.over():
-                        raise StopRun(f"{self.name} step {self.step}")
-        except KeyboardInterrupt:
-            if pending:  # losses of finished steps
-                self.losses += [round(v, 6) for v in torch.stack(pending).tolist()]
-            self.seconds += time.perf_counter() - start
-            self.save()
-            raise
-        finally:
-            bar.close()
+    def after_step(step: int) -> None:
+        budget.steps += 1
+        if on_step is not None:
+            on_step(step)
+        if ema is not None:
+            ema.step([p for g in groups for p in g["params"]])
+
+    config = StageConfig(
+        steps=steps,
+        lr=lr,
+        weight_decay=0.01,
+        checkpoint_every=args.checkpoint_every,
+        max_grad_norm=1.0,
+        seed=args.seed,
+        mixed_precision="bf16" if torch.device(args.device).type == "cuda" else "no",
+        warmup_steps=min(args.warmup, max(1, steps // 10)),
+        base_train_mode=False,
+        lr_schedule="cosine",
+        adam_beta2=0.99,
+    )
+    return Trainer(
+        name,
+        groups,
+        loss_fn,
+        save_weights,
+        load_weights,
+        args.out / "checkpoints" / name,
+        config,
+        on_checkpoint=_keep_newest_two,
+        device=args.device,
+        on_step=after_step,
+    )
+
+
+def _keep_newest_two(step: int, folder: Path) -> None:
+    for old in sorted(folder.parent.glob("step-*"))[:-2]:
+        shutil.rmtree(old)
+
+
+def run_phase(
+    trainer: Trainer, batches: list, make_batches: Callable[[int], Iterator], budget: Budget
+) -> Trainer:
+    """Resume ``trainer`` and train its remaining steps on ``make_batches(step)``; ``StopRun`` when the budget ends.
+
+    ``batches`` is the one-element list the trainer's ``loss_fn`` draws from (filled here, after resuming).
+    """
+    if trainer.resume() and trainer.done:
+        return trainer
+    batches[:] = [make_batches(trainer.step)]
+    trainer.train(stop=budget.over)
+    if not trainer.done:
+        raise StopRun(f"{trainer.name} step {trainer.step}")
+    return trainer
+
+
+def checkpoint_ema_unet(run: Path) -> nn.Module:
+    """The EMA UNet of the newest UNet checkpoint of the run in ``run`` (e.g. to measure a run still training).
+
+    Args:
+        run: a pretraining ``--out`` folder.
+    """
+    newest = latest_checkpoint(run / "checkpoints" / "unet")
+    if newest is None:
+        raise PretrainError(f"{run / 'checkpoints' / 'unet'}: no UNet checkpoint")
+    weights, _ = load_safetensors(newest / "weights.safetensors")
+    unet = toy_unet()
+    unet.load_state_dict({k.removeprefix("unet."): v for k, v in weights.items() if k.startswith("unet.")})
+    with torch.no_grad():  # EMAModel's shadow parameters, in the order of ``parameters()``
+        for i, param in enumerate(unet.parameters()):
+            param.copy_(weights[f"ema.{i}"])
+    return unet
 
 
 class Budget:
@@ -293,21 +269,9 @@ def _tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
     ).input_ids.to(device)
 
 
-def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Phase:
+def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Trainer:
     """Symmetric InfoNCE on (random frame, caption) pairs; identical captions in a batch count as matches."""
     device = torch.device(args.device)
-    phase = Phase(
-        "clip",
-        args.out,
-        {"clip": clip},
-        list(clip.parameters()),
-        _steps(args.clip_steps, args),
-        args.clip_lr,
-        args.warmup,
-        args,
-    )
-    if phase.load() and phase.done:
-        return phase
     clip.train()
 
     def step_fn(batch) -> torch.Tensor:
@@ -324,51 +288,73 @@ def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Bud
         target = same / same.sum(1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
-    def after_step(step: int) -> None:
+    def clamp_scale(step: int) -> None:
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
 
-    batches = make_loader(
-        _seed(args, "clip", phase.step), args.clip_batch, args.workers, True, device.type == "cuda"
-    )
-    phase.run(batches, step_fn, after_step, budget)
-    return phase
-
-
-def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Phase:
-    """L1 + MSE reconstruction of frames plus a small KL; then ``scaling_factor`` = 1 / std of the latents."""
-    device = torch.device(args.device)
-    phase = Phase(
-        "vae",
-        args.out,
-        {"vae": vae},
-        list(vae.parameters()),
-        _steps(args.vae_steps, args),
-        args.vae_lr,
-        args.warmup,
+    batches: list[Iterator] = []
+    params = [{"params": list(clip.parameters()), "lr_scale": 1.0}]
+    steps, pin = _steps(args.clip_steps, args), device.type == "cuda"
+    trainer = phase_trainer(
+        "clip",
         args,
+        {"clip": clip},
+        params,
+        steps,
+        args.clip_lr,
+        lambda step, generator: step_fn(next(batches[0])),
+        budget,
+        on_step=clamp_scale,
     )
-    phase.load()
-    if not phase.done:
-        vae.train()
+    return run_phase(
+        trainer,
+        batches,
+        lambda step: make_loader(_seed(args, "clip", step), args.clip_batch, args.workers, True, pin),
+        budget,
+    )
 
-        def step_fn(batch) -> torch.Tensor:
-            x = vae_pixels(batch[0].to(device))
-            posterior = vae.encode(x).latent_dist
-            rec = vae.decode(posterior.sample()).sample.float()
-            mean, logvar = posterior.mean.float(), posterior.logvar.float()
-            kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
-            return (rec - x).abs().mean() + (rec - x).square().mean() + args.kl_weight * kl
 
-        pin = device.type == "cuda"
-        batches = make_loader(_seed(args, "vae", phase.step), args.vae_batch, args.workers, True, pin)
-        phase.run(batches, step_fn, lambda step: None, budget)
+def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Trainer:
+    """L1 + MSE reconstruction of frames plus a small KL; then ``scaling_factor`` = 1 / std of the latents.
+
+    The latent statistics are measured once, after the last step, and kept in ``OUT/checkpoints/vae_stats.json``.
+    """
+    device = torch.device(args.device)
+    vae.train()
+
+    def step_fn(batch) -> torch.Tensor:
+        x = vae_pixels(batch[0].to(device))
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample()).sample.float()
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+        kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
+        return (rec - x).abs().mean() + (rec - x).square().mean() + args.kl_weight * kl
+
+    batches: list[Iterator] = []
+    params = [{"params": list(vae.parameters()), "lr_scale": 1.0}]
+    steps, pin = _steps(args.vae_steps, args), device.type == "cuda"
+    trainer = phase_trainer(
+        "vae",
+        args,
+        {"vae": vae},
+        params,
+        steps,
+        args.vae_lr,
+        lambda step, generator: step_fn(next(batches[0])),
+        budget,
+    )
+    run_phase(
+        trainer,
+        batches,
+        lambda step: make_loader(_seed(args, "vae", step), args.vae_batch, args.workers, True, pin),
+        budget,
+    )
     vae.eval()
-    if "scaling_factor" not in phase.extra:
-        phase.extra = measure_vae(vae, args)
-        phase.save()
-    vae.register_to_config(scaling_factor=phase.extra["scaling_factor"])
-    return phase
+    stats_file = args.out / "checkpoints" / "vae_stats.json"
+    if not stats_file.is_file():
+        write_json(measure_vae(vae, args), stats_file)
+    vae.register_to_config(scaling_factor=read_json(stats_file)["scaling_factor"])
+    return trainer
 
 
 @torch.no_grad()
@@ -412,59 +398,50 @@ def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch
 
 def train_unet(
     unet: nn.Module,
-    ema: nn.Module,
     vae: nn.Module,
     text_encoder: nn.Module,
-    ema_text: nn.Module,
     tokenizer,
     scheduler,
     args: argparse.Namespace,
     budget: Budget,
-) -> Phase:
-    """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; EMA of the weights.
+) -> tuple[Trainer, EMAModel]:
+    """Text-to-video epsilon- or v-MSE (the scheduler's prediction type) with offset noise, caption dropout and some 1-frame videos; an EMA of the weights (diffusers' ``EMAModel``).
 
     ``text_encoder`` (a ``CLIPTextTransformer``) is trained too when ``--text-encoder-lr`` > 0: the toy CLIP learnt
-    its words from single frames, so its motion words carry little (see ``docs/toy_model/recipe.md``).
+    its words from single frames, so its motion words carry little (see ``docs/toy_model/recipe.md``). The EMA
+    covers the UNet's parameters, then the text encoder's when it trains.
     """
     device = torch.device(args.device)
     train_text = args.text_encoder_lr > 0
-    modules = {"unet": unet, "ema": ema} | (
-        {"text": text_encoder, "ema_text": ema_text} if train_text else {}
-    )
+    modules = {"unet": unet} | ({"text": text_encoder} if train_text else {})
     groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
     if train_text:
+        text_encoder.train().requires_grad_(True)
         groups.append(
             {"params": list(text_encoder.parameters()), "lr_scale": args.text_encoder_lr / args.unet_lr}
         )
-    phase = Phase(
-        "unet", args.out, modules, groups, _steps(args.unet_steps, args), args.unet_lr, args.warmup, args
-    )
-    if (phase.load() and phase.done) or args.export_only:
-        return phase
+    ema = EMAModel([p for g in groups for p in g["params"]], decay=args.ema_decay, foreach=True)
     unet.train()
-    rng = np.random.default_rng(_seed(args, "unet", phase.step))
-    torch.manual_seed(args.seed * 1_000_003 + phase.step)
     scaling = vae.config.scaling_factor
-    ema_params, params = list(ema.parameters()), list(unet.parameters())
-    if train_text:
-        text_encoder.train().requires_grad_(True)
-        ema_params += list(ema_text.parameters())
-        params += list(text_encoder.parameters())
-
     weighted = args.foreground_weight != 1.0
+    rng: list[
+        np.random.Generator
+    ] = []  # caption dropout and 1-frame batches, seeded at the step resumed from
 
     def step_fn(batch) -> torch.Tensor:
         frames, masks, captions = batch if weighted else (batch[0], None, batch[1])
         b, f = frames.shape[:2]
-        if rng.random() < args.image_prob:  # a batch of images as 1-frame videos, as the subject stage uses
-            pick = torch.arange(b), torch.from_numpy(rng.integers(f, size=b))
+        if (
+            rng[0].random() < args.image_prob
+        ):  # a batch of images as 1-frame videos, as the subject stage uses
+            pick = torch.arange(b), torch.from_numpy(rng[0].integers(f, size=b))
             frames, masks, f = frames[pick][:, None], None if masks is None else masks[pick][:, None], 1
-        captions = ["" if rng.random() < args.caption_dropout else c for c in captions]
+        captions = ["" if rng[0].random() < args.caption_dropout else c for c in captions]
         with torch.no_grad():
             x = vae_pixels(frames.to(device, non_blocking=True).flatten(0, 1))
             latents = vae.encode(x).latent_dist.sample().float() * scaling
             latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (b, 4, f, h, w)
-        with torch.set_grad_enabled(train_text):
+        with torch.set_grad_enabled(train_text and torch.is_grad_enabled()):
             text = text_encoder(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
         offset = torch.randn(b, latents.shape[1], 1, 1, 1, device=device)  # ModelScope's offset noise
         noise = video_noise(latents.shape, args.shared_noise, device) + args.offset_noise * offset
@@ -476,16 +453,28 @@ def train_unet(
             return F.mse_loss(pred.float(), target)
         return foreground_weighted_mse(pred.float(), target, masks.to(device), args.foreground_weight)
 
-    def after_step(step: int) -> None:
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-
-    batches = make_loader(
-        _seed(args, "unet", phase.step), args.unet_batch, args.workers, False, device.type == "cuda", weighted
+    batches: list[Iterator] = []
+    trainer = phase_trainer(
+        "unet",
+        args,
+        modules,
+        groups,
+        _steps(args.unet_steps, args),
+        args.unet_lr,
+        lambda step, generator: step_fn(next(batches[0])),
+        budget,
+        ema=ema,
     )
-    phase.run(batches, step_fn, after_step, budget)
-    return phase
+    if args.export_only:
+        trainer.resume()
+        return trainer, ema
+
+    def loader(step: int) -> Iterator:
+        rng[:] = [np.random.default_rng(_seed(args, "unet", step))]
+        pin = device.type == "cuda"
+        return make_loader(_seed(args, "unet", step), args.unet_batch, args.workers, False, pin, weighted)
+
+    return run_phase(trainer, batches, loader, budget), ema
 
 
 def foreground_weighted_mse(
@@ -573,7 +562,7 @@ def save_samples(
     return prompts
 
 
-def save_loss_curve(phases: dict[str, Phase], path: Path) -> None:
+def save_loss_curve(phases: dict[str, Trainer], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -635,7 +624,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         args: the parsed command line (see :func:`build_parser`).
     """
     out: Path = args.out
-    if args.export_only and not (out / "checkpoints" / "unet" / "state.json").is_file():
+    if args.export_only and latest_checkpoint(out / "checkpoints" / "unet") is None:
         raise PretrainError(f"{out / 'checkpoints' / 'unet'}: no UNet checkpoint to export")
     if (out / "checkpoints").exists() and not (args.resume or args.export_only):
         raise PretrainError(
@@ -657,10 +646,9 @@ def pretrain(args: argparse.Namespace) -> Path | None:
     text_encoder = copy.deepcopy(clip.text_model)  # the UNet's; trained with it when --text-encoder-lr > 0
     if args.init_from is not None:
         warm_start(args.init_from, clip, vae, unet, text_encoder)
-    ema = copy.deepcopy(unet).requires_grad_(False)
     out.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.max_steps, args.time_limit)
-    phases: dict[str, Phase] = {}
+    phases: dict[str, Trainer] = {}
     try:
         if args.init_from is None:  # finished phases only load their checkpoints
             phases["clip"] = train_clip(clip, tokenizer, args, budget)
@@ -670,10 +658,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         if "clip" in phases:
             text_encoder.load_state_dict(clip.text_model.state_dict())
         text_encoder.eval().requires_grad_(False)
-        ema_text = copy.deepcopy(text_encoder)
-        phases["unet"] = train_unet(
-            unet, ema, vae, text_encoder, ema_text, tokenizer, scheduler, args, budget
-        )
+        phases["unet"], ema = train_unet(unet, vae, text_encoder, tokenizer, scheduler, args, budget)
     except StopRun as stop:
         print(f"stopped after {stop} (limit reached); continue with --resume")
         return None
@@ -681,15 +666,23 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         print(
             f"{name}: {phase.step} steps in {phase.seconds:.1f} s ({1000 * phase.seconds / max(1, phase.step):.1f} ms/step)"
         )
-    ema.eval(), ema_text.eval()
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    trained_text = list(ema_text.parameters()) if args.text_encoder_lr > 0 else []
+    ema.copy_to(list(ema_unet.parameters()) + trained_text)
     model_dir = save_base_model(
-        out / "model", ema.cpu(), vae.cpu(), clip.cpu(), tokenizer, scheduler, text_encoder=ema_text.cpu()
+        out / "model",
+        ema_unet.cpu(),
+        vae.cpu(),
+        clip.cpu(),
+        tokenizer,
+        scheduler,
+        text_encoder=ema_text.cpu(),
     )
-    ema.to(device), vae.to(device), clip.to(device), ema_text.to(device)
+    ema_unet.to(device), vae.to(device), clip.to(device), ema_text.to(device)
     prompts = []
     if args.preview_steps > 0:
         prompts = save_samples(
-            ema, vae, ema_text, tokenizer, scheduler, out / "samples.png", args.preview_steps, args.seed
+            ema_unet, vae, ema_text, tokenizer, scheduler, out / "samples.png", args.preview_steps, args.seed
         )
     save_loss_curve(phases, out / "loss_curve.png")
     log = {
@@ -701,7 +694,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
                 "steps": p.step,
                 "seconds": round(p.seconds, 2),
                 "final_loss": float(np.mean(p.losses[-100:])),
-                **p.extra,
+                **(read_json(out / "checkpoints" / "vae_stats.json") if name == "vae" else {}),
                 "losses": p.losses,
             }
             for name, p in phases.items()
