@@ -7,8 +7,7 @@ no shipped model uses them):
   ``BasicTransformerBlock.pos_embed``, as AnimateDiff's motion modules have). ``UNet3DConditionModel`` has none: a
   frame's place in the clip reaches it only through the zero padding of the temporal convolutions.
 - ``--motions``: pretraining clips restricted to some motions (e.g. ``"moves left,moves right"``).
-- ``--anchor-jitter PX``: the sprite's path centred in the frame up to +-PX pixels (default: anywhere it fits), so
-  that a motion word says where the sprite is in each frame, not only how it moves.
+- ``--anchor-jitter PX`` (probe only): the word use on clips drawn as ``pretrain --anchor-jitter PX`` draws them.
 
 Train (every other flag goes to ``dreamvideo.toy.pretrain``), then measure the word use of the result::
 
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 
 import dreamvideo.toy.model as toy_model
@@ -54,29 +52,12 @@ def restrict_motions(motions: list[str]) -> None:
         raise SystemExit(f"unknown motions {sorted(unknown)}; choose from {world.MOTIONS}")
     draw = world.sample_pretraining_spec
 
-    def restricted(rng):
-        while (spec := draw(rng)).motion not in motions:
+    def restricted(rng, anchor_jitter=None):
+        while (spec := draw(rng, anchor_jitter)).motion not in motions:
             pass
         return spec
 
     world.sample_pretraining_spec = restricted
-
-
-def centre_anchors(jitter: float) -> None:
-    """Make ``world.fit_anchor`` centre the sprite's whole path in the frame, up to +-``jitter`` pixels on each axis."""
-
-    def fit(rng, motion, size, amplitude, phase=0.0):
-        while True:
-            offsets, scale = world.trajectory(motion, world.NUM_FRAMES, amplitude, phase)
-            reach = size * scale[:, None]
-            low = np.max(reach - offsets, axis=0) + 1.0
-            high = np.min(world.IMAGE_SIZE - reach - offsets, axis=0) - 1.0
-            if np.all(low <= high):
-                anchor = np.clip((low + high) / 2 + rng.uniform(-jitter, jitter, 2), low, high)
-                return (float(anchor[0]), float(anchor[1])), amplitude
-            amplitude *= 0.85
-
-    world.fit_anchor = fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("train", "probe"))
     p.add_argument("--temporal-positions", action="store_true")
     p.add_argument("--motions", help="comma-separated vocabulary motions (default: all)")
-    p.add_argument("--anchor-jitter", type=float, help="centre every path in the frame up to +-PX pixels")
+    p.add_argument(
+        "--anchor-jitter", type=float, help="probe: clips as `pretrain --anchor-jitter PX` draws them"
+    )
     p.add_argument(
         "rest", nargs=argparse.REMAINDER, help="train: pretrain flags after --; probe: model folders"
     )
@@ -92,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     if args.temporal_positions:
         toy_model.toy_unet = toy_pretrain.toy_unet = with_temporal_positions(toy_model.toy_unet)
-    if args.anchor_jitter is not None:
-        centre_anchors(args.anchor_jitter)
     if args.motions:
         restrict_motions([m.strip() for m in args.motions.split(",")])
     if args.action == "train":
@@ -106,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = pipe.unet.state_dict()
             pipe.unet = toy_model.toy_unet()
             pipe.unet.load_state_dict(weights)
-        for t, row in word_use(pipe).items():
+        for t, row in word_use(pipe, anchor_jitter=args.anchor_jitter).items():
             print(folder, f"t={t} loss rise when swapped:", {k: f"{v:+.1%}" for k, v in row.items()})
     return 0
 

@@ -90,10 +90,10 @@ def probe(unet, latents: torch.Tensor, text: torch.Tensor, scheduler, seed: int 
     return rows
 
 
-def probe_specs(clips: int = 16) -> list[world.ClipSpec]:
-    """A fixed draw (seed 1) of ``clips`` training clips."""
+def probe_specs(clips: int = 16, anchor_jitter: float | None = None) -> list[world.ClipSpec]:
+    """A fixed draw (seed 1) of ``clips`` training clips (``anchor_jitter``: as the model was trained)."""
     rng = np.random.default_rng(1)
-    return [world.sample_pretraining_spec(rng) for _ in range(clips)]
+    return [world.sample_pretraining_spec(rng, anchor_jitter) for _ in range(clips)]
 
 
 @torch.no_grad()
@@ -127,14 +127,15 @@ def swapped(spec: world.ClipSpec, word: str, rng: np.random.Generator) -> world.
 
 
 @torch.no_grad()
-def word_use(pipe, clips: int = 32, seed: int = 0) -> dict:
+def word_use(pipe, clips: int = 32, seed: int = 0, anchor_jitter: float | None = None) -> dict:
     """Relative rise of the model's own loss when one kind of caption word is swapped, at each of ``WORD_TIMESTEPS``.
 
     Args:
         pipe: a pipeline holding the model's UNet, text encoder and scheduler.
         clips: training clips (the same fixed draw for every model); each keeps its noise across the captions.
+        anchor_jitter: the clips' sprite paths, as the model was trained (``pretrain --anchor-jitter``).
     """
-    specs = probe_specs(clips)
+    specs = probe_specs(clips, anchor_jitter)
     latents = probe_latents(pipe, specs)
     captions = {"true": [world.caption(s) for s in specs]}
     for i, word in enumerate(("motion", "color", "background")):
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--words", action="store_true", help="also measure the use of motion/colour/background words"
     )
+    p.add_argument(
+        "--anchor-jitter",
+        type=float,
+        help="word use on clips drawn as `pretrain --anchor-jitter PX` draws them",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     results = {}
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         for t, row in results[source]["temporal"].items():
             print(source, f"t={t}", {k: round(v, 4) for k, v in row.items()})
         if args.words:
-            results[source]["word_use"] = word_use(pipe, 2 * args.clips)
+            results[source]["word_use"] = word_use(pipe, 2 * args.clips, anchor_jitter=args.anchor_jitter)
             for t, row in results[source]["word_use"].items():
                 print(source, f"t={t} loss rise when swapped:", {k: f"{v:+.1%}" for k, v in row.items()})
     write_json(

@@ -304,9 +304,13 @@ def test_foreground_weighted_mse_counts_sprite_cells_weight_times():
     assert foreground_weighted_mse(pred, target, masks, 3.0) == pytest.approx((3 * 1 + 4) / 8 / (10 / 8))
 
 
-def test_pretrain_with_foreground_weight_trains(tmp_path):
+def test_pretrain_with_foreground_weight_and_centred_paths_trains(tmp_path, monkeypatch):
     out = tmp_path / "fg"
-    extra = "--image-prob 0.5 --foreground-weight 4"
+    extra = "--image-prob 0.5 --foreground-weight 4 --anchor-jitter 2"
+    seen = []
+    draw = world.sample_pretraining_spec
+    monkeypatch.setattr(world, "sample_pretraining_spec", lambda rng, j=None: seen.append(j) or draw(rng, j))
     assert pretrain_main(warm_start_args(out, steps=2, batch=2, extra=extra)) == 0
     log = read_json(out / "train_log.json")
     assert log["args"]["foreground_weight"] == 4 and len(log["phases"]["unet"]["losses"]) == 2
+    assert seen and set(seen) == {2.0}  # the clips were drawn with the centred paths asked for

@@ -114,6 +114,22 @@ def test_pretraining_never_samples_held_out_combinations_but_uses_every_word():
     assert _pretraining_specs(5, seed=1) == _pretraining_specs(5, seed=1)
 
 
+def test_anchor_jitter_centres_each_path_in_the_frame():
+    def path_centres(jitter, n=200):
+        rng = np.random.default_rng(3)
+        out = []
+        for _ in range(n):
+            spec = w.sample_pretraining_spec(rng, anchor_jitter=jitter)
+            offsets, _ = w.trajectory(spec.motion, w.NUM_FRAMES, spec.amplitude, spec.phase)
+            centre = np.asarray(spec.anchor) + (offsets.min(0) + offsets.max(0)) / 2
+            out.append(centre - w.IMAGE_SIZE / 2)
+        return np.abs(np.array(out))
+
+    assert path_centres(0.0).max() < 0.5  # centred (asymmetric sizes move it by well under a pixel)
+    assert path_centres(3.0).max() <= 3.5 and path_centres(3.0).max() > 2.0
+    assert path_centres(None).max() > 10  # the default: anywhere the path fits
+
+
 def test_held_out_specs():
     specs = w.held_out_specs(40, seed=2)
     assert len(specs) == 40 and all(w.is_held_out(s) for s in specs)

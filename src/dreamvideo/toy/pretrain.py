@@ -78,16 +78,24 @@ class WorldClips(IterableDataset):
         seed: list of ints seeding the generator; the worker id is appended so workers differ.
         single_frame: yield one random frame of each clip instead of the clip.
         with_masks: yield ``(frames, sprite masks (F,H,W) bool, caption)`` (clips only); the same clips either way.
+        anchor_jitter: where the sprite's path lies (:func:`dreamvideo.toy.world.fit_anchor`).
     """
 
-    def __init__(self, seed: list[int], single_frame: bool = False, with_masks: bool = False) -> None:
+    def __init__(
+        self,
+        seed: list[int],
+        single_frame: bool = False,
+        with_masks: bool = False,
+        anchor_jitter: float | None = None,
+    ) -> None:
         self.seed, self.single_frame, self.with_masks = seed, single_frame, with_masks
+        self.anchor_jitter = anchor_jitter
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
         info = get_worker_info()
         rng = np.random.default_rng([*self.seed, 0 if info is None else info.id])
         while True:
-            spec = world.sample_pretraining_spec(rng)
+            spec = world.sample_pretraining_spec(rng, self.anchor_jitter)
             clip = world.render_clip(spec)
             frames = clip.frames
             if self.single_frame:
@@ -99,10 +107,16 @@ class WorldClips(IterableDataset):
 
 
 def make_loader(
-    seed: list[int], batch_size: int, workers: int, single_frame: bool, pin: bool, with_masks: bool = False
+    seed: list[int],
+    batch_size: int,
+    workers: int,
+    single_frame: bool,
+    pin: bool,
+    with_masks: bool = False,
+    anchor_jitter: float | None = None,
 ) -> Iterator:
     extra = {"prefetch_factor": 4} if workers > 0 else {}
-    clips = WorldClips(seed, single_frame, with_masks)
+    clips = WorldClips(seed, single_frame, with_masks, anchor_jitter)
     loader = DataLoader(clips, batch_size=batch_size, num_workers=workers, pin_memory=pin, **extra)
     return iter(loader)
 
@@ -472,7 +486,8 @@ def train_unet(
     def loader(step: int) -> Iterator:
         rng[:] = [np.random.default_rng(_seed(args, "unet", step))]
         pin = device.type == "cuda"
-        return make_loader(_seed(args, "unet", step), args.unet_batch, args.workers, False, pin, weighted)
+        seed = _seed(args, "unet", step)
+        return make_loader(seed, args.unet_batch, args.workers, False, pin, weighted, args.anchor_jitter)
 
     return run_phase(trainer, batches, loader, budget), ema
 
@@ -781,6 +796,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         type=float,
         default=1.0,
         help="weight of the loss on latent cells the sprite covers (1: plain MSE; the world renders the masks)",
+    )
+    p.add_argument(
+        "--anchor-jitter",
+        type=float,
+        help="UNet clips: the sprite's path centred in the frame up to +-PX pixels (default: anywhere it fits)",
     )
     p.add_argument("--ema-decay", type=float, default=0.995, help="EMA of the UNet weights (saved)")
     p.add_argument(

@@ -207,12 +207,21 @@ def trajectory(motion: str, num_frames: int = NUM_FRAMES, amplitude: float = 12.
     return np.stack([x, y], axis=1).astype(np.float64), np.asarray(scale, dtype=np.float64)
 
 
-def fit_anchor(rng: np.random.Generator, motion: str, size: float, amplitude: float, phase: float = 0.0):
+def fit_anchor(
+    rng: np.random.Generator,
+    motion: str,
+    size: float,
+    amplitude: float,
+    phase: float = 0.0,
+    jitter: float | None = None,
+):
     """Pick an anchor (and if needed a smaller amplitude) keeping the sprite inside the frame at all times.
 
     Args:
         rng: random generator.
         motion, size, amplitude, phase: as in :class:`ClipSpec`.
+        jitter: ``None``: anywhere the whole path fits; else the path centred in the frame, up to +-``jitter``
+            pixels on each axis (so that a motion word also says where the sprite is in each frame).
 
     Returns:
         ``(anchor (x, y), amplitude)``.
@@ -224,7 +233,10 @@ def fit_anchor(rng: np.random.Generator, motion: str, size: float, amplitude: fl
         low = np.max(reach - offsets, axis=0) + margin
         high = np.min(IMAGE_SIZE - reach - offsets, axis=0) - margin
         if np.all(low <= high):
-            return (float(rng.uniform(low[0], high[0])), float(rng.uniform(low[1], high[1]))), amplitude
+            if jitter is None:
+                return (float(rng.uniform(low[0], high[0])), float(rng.uniform(low[1], high[1]))), amplitude
+            anchor = np.clip((low + high) / 2 + rng.uniform(-jitter, jitter, 2), low, high)
+            return (float(anchor[0]), float(anchor[1])), amplitude
         amplitude *= 0.85
 
 
@@ -408,11 +420,13 @@ def _random_spec(
     size_range: tuple[float, float] = (8.0, 12.0),
     amplitude_range: tuple[float, float] = (10.0, 16.0),
     phase: float | None = None,
+    anchor_jitter: float | None = None,
 ) -> ClipSpec:
     """A clip with random size, amplitude, phase (unless given), texture and an anchor that fits the frame."""
     size = float(rng.uniform(*size_range))
     phase = float(rng.uniform(0, 1)) if phase is None else phase
-    anchor, amplitude = fit_anchor(rng, motion, size, float(rng.uniform(*amplitude_range)), phase)
+    amplitude = float(rng.uniform(*amplitude_range))
+    anchor, amplitude = fit_anchor(rng, motion, size, amplitude, phase, anchor_jitter)
     seed = int(rng.integers(2**31))
     return ClipSpec(sprite, background, motion, anchor, size, amplitude, phase, seed)
 
@@ -421,11 +435,12 @@ def _random_pattern(rng: np.random.Generator) -> str:
     return str(rng.choice(PATTERNS, p=[0.5, 0.25, 0.25]))
 
 
-def sample_pretraining_spec(rng: np.random.Generator) -> ClipSpec:
+def sample_pretraining_spec(rng: np.random.Generator, anchor_jitter: float | None = None) -> ClipSpec:
     """A random vocabulary clip with random nuisances, never a held-out combination.
 
     Args:
         rng: random generator (the only source of randomness).
+        anchor_jitter: see :func:`fit_anchor` (``None``: the sprite's path anywhere it fits).
     """
     while True:
         color, shape, motion = (
@@ -436,7 +451,7 @@ def sample_pretraining_spec(rng: np.random.Generator) -> ClipSpec:
         sprite = Sprite(shape, color, _random_pattern(rng))
         spec = ClipSpec(sprite, str(rng.choice(BACKGROUNDS)), motion)
         if not is_held_out(spec):
-            return _random_spec(rng, sprite, spec.background, motion)
+            return _random_spec(rng, sprite, spec.background, motion, anchor_jitter=anchor_jitter)
 
 
 def held_out_triples() -> list[tuple[str, str, str]]:
