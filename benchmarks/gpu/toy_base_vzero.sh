@@ -9,9 +9,11 @@
 #   bash benchmarks/gpu/toy_base_vzero.sh 420
 # Two arms train side by side from the CPU candidate (docs/toy_model/recipe/vzero_shift_800: v-prediction, zero
 # terminal SNR, trailing steps, log-SNR shift -1; docs/toy_model/recipe.md), each at batch 64 with 8 rendering
-# workers: `recipe` (the same recipe, continued) and `fg_text` (+ the loss weighted 5x on the sprite, + the UNet's
-# text encoder trained). Each is measured there with the quality bar (64 held-out prompts) and the word-use probe.
-# Back in $OUT (at most 8 files come back): ARM_unet.safetensors, ARM_text_encoder.safetensors (fg_text),
+# workers: `fg_text` (the recipe + the loss weighted 5x on the sprite + the UNet's text encoder trained) and
+# `jit_fg_text` (the same with the sprite's path centred in the frame, --anchor-jitter 2, so that a motion word says
+# where the sprite is in each frame). Each is measured there with the quality bar (64 held-out prompts) and the
+# word-use probe (on clips drawn as the arm was trained).
+# Back in $OUT (at most 8 files come back): ARM_unet.safetensors, ARM_text_encoder.safetensors,
 # ARM_report.json (training, quality, word use), ARM_samples.png. Rebuild a model folder here with
 #   python benchmarks/gpu/unpack_arm.py FILES_AT ARM docs/toy_model/recipe/ARM
 set -euo pipefail
@@ -21,7 +23,9 @@ DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-7} BATCH=${BATCH:-64} N=${N:-64}  # a 
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-declare -A ARMS=([recipe]="" [fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4")
+declare -A ARMS=([fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4"
+  [jit_fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4 --anchor-jitter 2")
+declare -A PROBE=([fg_text]="" [jit_fg_text]="--anchor-jitter 2")
 flags() {
   echo "--out /tmp/arm_$1 --init-from $INIT --device $DEVICE --workers $WORKERS --unet-steps 6000 --unet-batch $BATCH
     --unet-lr 2e-4 --warmup 50 --checkpoint-every 500 --prediction-type v_prediction --zero-snr
@@ -35,6 +39,6 @@ for arm in "${!ARMS[@]}"; do
   tail -c 300 /tmp/arm_$arm.log
   [ -d /tmp/arm_$arm/model/unet ] || python3 -m dreamvideo.toy.pretrain $(flags $arm) --resume --export-only > /dev/null
   python3 -m dreamvideo.toy.quality --base /tmp/arm_$arm/model --device $DEVICE --n $N --out /tmp/q_$arm > /dev/null 2>&1 || true
-  python3 benchmarks/toy_temporal_probe.py --unet /tmp/arm_$arm/model --words --out /tmp/w_$arm.json > /dev/null 2>&1 || true
+  python3 benchmarks/toy_temporal_probe.py --unet /tmp/arm_$arm/model --words ${PROBE[$arm]} --out /tmp/w_$arm.json > /dev/null 2>&1 || true
   python3 benchmarks/gpu/pack_arm.py "$arm" "$OUT"
 done
