@@ -21,11 +21,17 @@ class DreamVideoError(Exception):
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
+
+    Args:
+        path: the file to write.
+        keep_suffix: give the temporary file ``path``'s ending (for writers that choose the format by it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
