@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random text-to-video base model in the diffusers layout, built from configs."""
+"""Shared fixtures: a tiny random text-to-video base model in the diffusers layout, built from configs; and the
+command lines the tests run on it."""
 
 from __future__ import annotations
 
@@ -249,6 +250,55 @@ def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- command lines
+
+
+def subject_steps(steps: int = 2) -> list[str]:
+    """``learn-subject``'s flags for ``steps`` steps of each stage at batch size 1."""
+    n = str(steps)
+    return ["--ti-steps", n, "--adapter-steps", n, "--ti-batch-size", "1", "--adapter-batch-size", "1"]
+
+
+def learn_subject_args(base, images, out, *extra: str, init_word: str = "dog") -> list[str]:
+    """``learn-subject`` of the photos ``images`` on ``base`` into ``out``, then ``extra``."""
+    return [
+        "learn-subject",
+        "--base",
+        str(base),
+        "--images",
+        str(images),
+        "--init-word",
+        init_word,
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def learn_motion_args(base, videos, out, *extra: str) -> list[str]:
+    """``learn-motion`` of ``videos`` on ``base`` into ``out``, then ``extra``."""
+    return ["learn-motion", "--base", str(base), "--videos", str(videos), "--out", str(out), *extra]
+
+
+def generate_args(base, out, *extra: str) -> list[str]:
+    """``generate`` of "a <sks> dog" on ``base`` into ``out``: one DDIM step, two frames, quiet; then ``extra``."""
+    return [
+        "generate",
+        "--base",
+        str(base),
+        "--prompt",
+        "a <sks> dog",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--frames",
+        "2",
+        "--quiet",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
     """A finished subject (token ``<sks>``) and motion folder on the tiny base, two steps each."""
@@ -256,48 +306,10 @@ def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("learned")
     fast = ["--checkpoint-every", "1", "--quiet"]
-    assert (
-        main(
-            [
-                "learn-subject",
-                "--base",
-                str(tiny_base),
-                "--images",
-                str(tiny_data["subject"]),
-                "--init-word",
-                "dog",
-                "--out",
-                str(root / "dog"),
-                "--ti-steps",
-                "2",
-                "--adapter-steps",
-                "2",
-                "--ti-batch-size",
-                "1",
-                "--adapter-batch-size",
-                "1",
-                *fast,
-            ]
-        )
-        == 0
+    subject = learn_subject_args(tiny_base, tiny_data["subject"], root / "dog", *subject_steps(2), *fast)
+    assert main(subject) == 0
+    motion = learn_motion_args(
+        tiny_base, tiny_data["motion"], root / "move", "--steps", "2", "--num-frames", "2"
     )
-    assert (
-        main(
-            [
-                "learn-motion",
-                "--base",
-                str(tiny_base),
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(root / "move"),
-                "--steps",
-                "2",
-                "--num-frames",
-                "2",
-                *fast,
-            ]
-        )
-        == 0
-    )
+    assert main([*motion, *fast]) == 0
     return {"subject": root / "dog", "motion": root / "move"}
