@@ -35,6 +35,33 @@ WORDS = [
 ]
 
 
+def tiny_layers(width: int) -> dict[str, int]:
+    """One transformer layer with two heads, ``width`` wide (its MLP twice that): every tiny encoder's size."""
+    return {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+
+
+def tiny_text(vocab_size: int, width: int) -> dict[str, int]:
+    """A tiny CLIP text tower reading :func:`write_word_tokenizer`'s 12-token prompts."""
+    return {
+        "vocab_size": vocab_size,
+        **tiny_layers(width),
+        "max_position_embeddings": 12,
+        "eos_token_id": 1,
+        "bos_token_id": 0,
+        "pad_token_id": 1,
+    }
+
+
+def tiny_vision(width: int) -> dict[str, int]:
+    """A tiny vision tower of 16-pixel images in 8-pixel patches."""
+    return {"image_size": 16, "patch_size": 8, **tiny_layers(width)}
+
+
 def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int = 12) -> CLIPTokenizer:
     """A real BPE CLIPTokenizer in which each of ``words`` is one token (merges built letter by letter)."""
     letters = sorted(set("abcdefghijklmnopqrstuvwxyz"))
@@ -86,19 +113,7 @@ def build_tiny_base(
     trailing-timestep scheduler (Lin et al., 2024) instead of ModelScope's epsilon one."""
     torch.manual_seed(seed)
     tok = write_word_tokenizer(root / "tokenizer")
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=12,
-            eos_token_id=1,
-            bos_token_id=0,
-            pad_token_id=1,
-        )
-    )
+    text = CLIPTextModel(CLIPTextConfig(**tiny_text(len(tok), 32)))
     text.save_pretrained(root / "text_encoder")
     build_tiny_unet(seed=None, width=width).save_pretrained(root / "unet")
     AutoencoderKL(
@@ -124,17 +139,9 @@ def build_tiny_base(
         **(zero_snr if v_prediction else {"steps_offset": 1}),
     ).save_pretrained(root / "scheduler")
     if image_encoder:
-        CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                image_size=16,
-                patch_size=8,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                projection_dim=24,
-            )
-        ).save_pretrained(root / "image_encoder")
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_vision(32), projection_dim=24)).save_pretrained(
+            root / "image_encoder"
+        )
         CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
             root / "feature_extractor"
         )
@@ -190,30 +197,8 @@ def tiny_clip(tiny_base, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clip")
     vocab = len(json.loads((tiny_base / "tokenizer" / "vocab.json").read_text()))
-    CLIPModel(
-        CLIPConfig(
-            text_config={
-                "vocab_size": vocab,
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 12,
-                "eos_token_id": 1,
-                "bos_token_id": 0,
-                "pad_token_id": 1,
-            },
-            vision_config={
-                "image_size": 16,
-                "patch_size": 8,
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
-            projection_dim=8,
-        )
-    ).save_pretrained(folder)
+    config = CLIPConfig(text_config=tiny_text(vocab, 16), vision_config=tiny_vision(16), projection_dim=8)
+    CLIPModel(config).save_pretrained(folder)
     return folder
 
 
@@ -280,20 +265,31 @@ def learn_motion_args(base, videos, out, *extra: str) -> list[str]:
     return ["learn-motion", "--base", str(base), "--videos", str(videos), "--out", str(out), *extra]
 
 
-def generate_args(base, out, *extra: str) -> list[str]:
-    """``generate`` of "a <sks> dog" on ``base`` into ``out``: one DDIM step, two frames, quiet; then ``extra``."""
+def generate_args(
+    base, out, *extra: str, prompt: str = "a <sks> dog", frames: int = 2, steps: int = 1
+) -> list[str]:
+    """``generate`` of ``prompt`` on ``base`` (None: the default, the toy model) into ``out``, quiet; then ``extra``.
+
+    Args:
+        base: the base model folder.
+        out: the video file.
+        extra: more flags (``--subject``, ``--motion``, ``--device``, ...).
+        prompt: the prompt.
+        frames: frames to generate.
+        steps: DDIM steps.
+    """
+    base_flags = [] if base is None else ["--base", str(base)]
     return [
         "generate",
-        "--base",
-        str(base),
+        *base_flags,
         "--prompt",
-        "a <sks> dog",
+        prompt,
         "--out",
         str(out),
         "--steps",
-        "1",
+        str(steps),
         "--frames",
-        "2",
+        str(frames),
         "--quiet",
         *extra,
     ]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import learn_motion_args, learn_subject_args
+from conftest import generate_args, learn_motion_args, learn_subject_args
 from learning_helpers import baseline_motion_settings as motion_settings
 from learning_helpers import baseline_subject_settings as subject_settings
 from learning_helpers import fresh, snapshot, stage, stored_files
@@ -132,29 +132,8 @@ def test_cli_method_flag_learns_and_generate_loads_baselines(tiny_base, tiny_dat
     assert main(learn_motion_args(tiny_base, tiny_data["motion"], tmp_path / "m", *motion)) == 0
     assert read_json(tmp_path / "s" / "subject.json")["training"]["steps_done"] == 2
     assert read_json(tmp_path / "m" / "motion.json")["method"] == "tune-a-video"
-    assert (
-        main(
-            [
-                "generate",
-                "--subject",
-                str(tmp_path / "s"),
-                "--motion",
-                str(tmp_path / "m"),
-                "--prompt",
-                "a <sks> dog",
-                "--frames",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                str(tmp_path / "v.gif"),
-                "--base",
-                str(tiny_base),
-                *quiet_cpu,
-            ]
-        )
-        == 0
-    )
+    learned = ["--subject", str(tmp_path / "s"), "--motion", str(tmp_path / "m"), "--device", "cpu"]
+    assert main(generate_args(tiny_base, tmp_path / "v.gif", *learned, steps=2)) == 0
     assert (tmp_path / "v.gif").is_file()
     with pytest.raises(SystemExit):  # argparse: dreamix is not a motion method
         main(
