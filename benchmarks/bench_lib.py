@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dreamvideo import adapters as ad
+from dreamvideo.base import MODELSCOPE_UNET_CONFIG
 from dreamvideo.memory import CHECKPOINTED_TYPES
 
 GiB = 2**30
@@ -37,21 +38,11 @@ except OSError:  # not glibc: RSS deltas are rougher
 
 # A ModelScope-shaped UNet (same block types, 4 levels, 2 layers per block) about 1/25 of its width squared.
 MID_UNET: dict[str, Any] = {
+    **copy.deepcopy(MODELSCOPE_UNET_CONFIG),
     "sample_size": 16,
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": [
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "CrossAttnDownBlock3D",
-        "DownBlock3D",
-    ],
-    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
     "block_out_channels": [64, 128, 256, 256],
-    "layers_per_block": 2,
     "cross_attention_dim": 256,
     "attention_head_dim": 8,  # diffusers' UNet3D reads this as the number of heads
-    "norm_num_groups": 32,
 }
 
 

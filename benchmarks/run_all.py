@@ -96,22 +96,31 @@ def _precision(m: lib.Model):
     )
 
 
-def _trainer(m: lib.Model, unet: torch.nn.Module, params: list, batch: tuple, condition: bool):
-    """A closure running one training step (loss, backward, AdamW) of ``params`` on a fixed-shape batch."""
+def _adamw(params: list) -> tuple[torch.optim.Optimizer, torch.Generator]:
+    """AdamW over ``params`` (made trainable) and the noise generator of the training steps."""
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    generator = torch.Generator().manual_seed(0)
+    return torch.optim.AdamW(params, lr=1e-5), torch.Generator().manual_seed(0)
+
+
+def _train_step(m: lib.Model, unet, opt, generator, x, text, e: torch.Tensor | None) -> None:
+    """One training step: the loss (the motion adapter conditioned on ``e`` unless None), backward, AdamW."""
+    if e is not None:
+        ad.set_adapter_condition(unet, "motion", e, 1.0)
+    with _precision(m):
+        loss = diffusion_loss(unet, m.scheduler, x, text, generator, 0.1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _trainer(m: lib.Model, unet: torch.nn.Module, params: list, batch: tuple, condition: bool):
+    """A closure running one training step (loss, backward, AdamW) of ``params`` on a fixed-shape batch."""
+    opt, generator = _adamw(params)
     x, text, e = batch
 
     def step() -> None:
-        if condition:
-            ad.set_adapter_condition(unet, "motion", e, 1.0)
-        with _precision(m):
-            loss = diffusion_loss(unet, m.scheduler, x, text, generator, 0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(m, unet, opt, generator, x, text, e if condition else None)
 
     return step, opt
 
@@ -282,23 +291,14 @@ def bench_caching(m: lib.Model, frames: int, repeats: int) -> list[dict[str, Any
     video = torch.rand(frames + 8, 3, side, side) * 2 - 1
     caption = "a red circle moves left"
     unet = lib.with_adapters(m.unet, m.cond_dim, identity=False)
-    params = ad.adapter_parameters(unet, "motion")
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    generator = torch.Generator().manual_seed(0)
+    opt, generator = _adamw(ad.adapter_parameters(unet, "motion"))
     cache = LatentCache.encode(pipe, video)
     embeds = frame_embeddings(pipe, video)
     with torch.no_grad():
         text_cached = pipe.encode_text([caption])
 
     def train(x: torch.Tensor, text: torch.Tensor, e: torch.Tensor) -> None:
-        ad.set_adapter_condition(unet, "motion", e, 1.0)
-        with _precision(m):
-            loss = diffusion_loss(unet, m.scheduler, x, text, generator, 0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _train_step(m, unet, opt, generator, x, text, e)
 
     def cached() -> None:
         index = torch.arange(4, 4 + frames)

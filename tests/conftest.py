@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random text-to-video base model in the diffusers layout, built from configs."""
+"""Shared fixtures: a tiny random text-to-video base model in the diffusers layout, built from configs; and the
+command lines the tests run on it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,33 @@ WORDS = [
     "playing",
     "guitar",
 ]
+
+
+def tiny_layers(width: int) -> dict[str, int]:
+    """One transformer layer with two heads, ``width`` wide (its MLP twice that): every tiny encoder's size."""
+    return {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+    }
+
+
+def tiny_text(vocab_size: int, width: int) -> dict[str, int]:
+    """A tiny CLIP text tower reading :func:`write_word_tokenizer`'s 12-token prompts."""
+    return {
+        "vocab_size": vocab_size,
+        **tiny_layers(width),
+        "max_position_embeddings": 12,
+        "eos_token_id": 1,
+        "bos_token_id": 0,
+        "pad_token_id": 1,
+    }
+
+
+def tiny_vision(width: int) -> dict[str, int]:
+    """A tiny vision tower of 16-pixel images in 8-pixel patches."""
+    return {"image_size": 16, "patch_size": 8, **tiny_layers(width)}
 
 
 def write_word_tokenizer(folder: Path, words: list[str] = WORDS, max_length: int = 12) -> CLIPTokenizer:
@@ -85,19 +113,7 @@ def build_tiny_base(
     trailing-timestep scheduler (Lin et al., 2024) instead of ModelScope's epsilon one."""
     torch.manual_seed(seed)
     tok = write_word_tokenizer(root / "tokenizer")
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=12,
-            eos_token_id=1,
-            bos_token_id=0,
-            pad_token_id=1,
-        )
-    )
+    text = CLIPTextModel(CLIPTextConfig(**tiny_text(len(tok), 32)))
     text.save_pretrained(root / "text_encoder")
     build_tiny_unet(seed=None, width=width).save_pretrained(root / "unet")
     AutoencoderKL(
@@ -123,17 +139,9 @@ def build_tiny_base(
         **(zero_snr if v_prediction else {"steps_offset": 1}),
     ).save_pretrained(root / "scheduler")
     if image_encoder:
-        CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                image_size=16,
-                patch_size=8,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                projection_dim=24,
-            )
-        ).save_pretrained(root / "image_encoder")
+        CLIPVisionModelWithProjection(CLIPVisionConfig(**tiny_vision(32), projection_dim=24)).save_pretrained(
+            root / "image_encoder"
+        )
         CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
             root / "feature_extractor"
         )
@@ -189,30 +197,8 @@ def tiny_clip(tiny_base, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("clip")
     vocab = len(json.loads((tiny_base / "tokenizer" / "vocab.json").read_text()))
-    CLIPModel(
-        CLIPConfig(
-            text_config={
-                "vocab_size": vocab,
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "max_position_embeddings": 12,
-                "eos_token_id": 1,
-                "bos_token_id": 0,
-                "pad_token_id": 1,
-            },
-            vision_config={
-                "image_size": 16,
-                "patch_size": 8,
-                "hidden_size": 16,
-                "intermediate_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-            },
-            projection_dim=8,
-        )
-    ).save_pretrained(folder)
+    config = CLIPConfig(text_config=tiny_text(vocab, 16), vision_config=tiny_vision(16), projection_dim=8)
+    CLIPModel(config).save_pretrained(folder)
     return folder
 
 
@@ -249,6 +235,66 @@ def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- command lines
+
+
+def subject_steps(steps: int = 2) -> list[str]:
+    """``learn-subject``'s flags for ``steps`` steps of each stage at batch size 1."""
+    n = str(steps)
+    return ["--ti-steps", n, "--adapter-steps", n, "--ti-batch-size", "1", "--adapter-batch-size", "1"]
+
+
+def learn_subject_args(base, images, out, *extra: str, init_word: str = "dog") -> list[str]:
+    """``learn-subject`` of the photos ``images`` on ``base`` into ``out``, then ``extra``."""
+    return [
+        "learn-subject",
+        "--base",
+        str(base),
+        "--images",
+        str(images),
+        "--init-word",
+        init_word,
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def learn_motion_args(base, videos, out, *extra: str) -> list[str]:
+    """``learn-motion`` of ``videos`` on ``base`` into ``out``, then ``extra``."""
+    return ["learn-motion", "--base", str(base), "--videos", str(videos), "--out", str(out), *extra]
+
+
+def generate_args(
+    base, out, *extra: str, prompt: str = "a <sks> dog", frames: int = 2, steps: int = 1
+) -> list[str]:
+    """``generate`` of ``prompt`` on ``base`` (None: the default, the toy model) into ``out``, quiet; then ``extra``.
+
+    Args:
+        base: the base model folder.
+        out: the video file.
+        extra: more flags (``--subject``, ``--motion``, ``--device``, ...).
+        prompt: the prompt.
+        frames: frames to generate.
+        steps: DDIM steps.
+    """
+    base_flags = [] if base is None else ["--base", str(base)]
+    return [
+        "generate",
+        *base_flags,
+        "--prompt",
+        prompt,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--frames",
+        str(frames),
+        "--quiet",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
     """A finished subject (token ``<sks>``) and motion folder on the tiny base, two steps each."""
@@ -256,48 +302,10 @@ def tiny_learned(tiny_base, tiny_data, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("learned")
     fast = ["--checkpoint-every", "1", "--quiet"]
-    assert (
-        main(
-            [
-                "learn-subject",
-                "--base",
-                str(tiny_base),
-                "--images",
-                str(tiny_data["subject"]),
-                "--init-word",
-                "dog",
-                "--out",
-                str(root / "dog"),
-                "--ti-steps",
-                "2",
-                "--adapter-steps",
-                "2",
-                "--ti-batch-size",
-                "1",
-                "--adapter-batch-size",
-                "1",
-                *fast,
-            ]
-        )
-        == 0
+    subject = learn_subject_args(tiny_base, tiny_data["subject"], root / "dog", *subject_steps(2), *fast)
+    assert main(subject) == 0
+    motion = learn_motion_args(
+        tiny_base, tiny_data["motion"], root / "move", "--steps", "2", "--num-frames", "2"
     )
-    assert (
-        main(
-            [
-                "learn-motion",
-                "--base",
-                str(tiny_base),
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(root / "move"),
-                "--steps",
-                "2",
-                "--num-frames",
-                "2",
-                *fast,
-            ]
-        )
-        == 0
-    )
+    assert main([*motion, *fast]) == 0
     return {"subject": root / "dog", "motion": root / "move"}

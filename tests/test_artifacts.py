@@ -9,40 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import generate_args, learn_subject_args, subject_steps
 
 from dreamvideo import artifacts
 from dreamvideo.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-FAST = [
-    "--ti-steps",
-    "2",
-    "--adapter-steps",
-    "2",
-    "--ti-batch-size",
-    "1",
-    "--adapter-batch-size",
-    "1",
-    "--checkpoint-every",
-    "1",
-    "--quiet",
-]
+FAST = [*subject_steps(2), "--checkpoint-every", "1", "--quiet"]
 
 
 def _subject(base, data, out, *extra):
-    return [
-        "learn-subject",
-        "--base",
-        str(base),
-        "--images",
-        str(data["subject"]),
-        "--init-word",
-        "dog",
-        "--out",
-        str(out),
-        *FAST,
-        *extra,
-    ]
+    return learn_subject_args(base, data["subject"], out, *FAST, *extra)
 
 
 def _env():
@@ -150,26 +127,7 @@ def test_checkpoint_of_another_run_is_refused(tiny_base, tiny_data, tmp_path, ca
     trainer_json = out / "checkpoints" / "identity_adapter" / "step-000001" / "trainer.json"
     saved = json.loads(trainer_json.read_text())
     trainer_json.write_text(json.dumps(saved | {"run_id": "another-run"}))
-    code = main(
-        [
-            "generate",
-            "--base",
-            str(tiny_base),
-            "--subject",
-            str(out),
-            "--subject-step",
-            "1",
-            "--prompt",
-            "a <sks> dog",
-            "--out",
-            str(tmp_path / "v.gif"),
-            "--steps",
-            "1",
-            "--frames",
-            "2",
-            "--quiet",
-        ]
-    )
+    code = main(generate_args(tiny_base, tmp_path / "v.gif", "--subject", str(out), "--subject-step", "1"))
     err = capsys.readouterr().err
     assert code == 2 and "another-run" in err and "cannot be combined" in err
     assert not (tmp_path / "v.gif").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import learn_motion_args, learn_subject_args, subject_steps
+
 from dreamvideo.cli import main
 
 FAST = ["--checkpoint-every", "2", "--quiet"]
@@ -11,43 +13,12 @@ FAST = ["--checkpoint-every", "2", "--quiet"]
 
 def test_learn_subject_motion_generate(tiny_base, tiny_data, tmp_path, capsys):
     base = str(tiny_base)
+    subject = learn_subject_args(base, tiny_data["subject"], tmp_path / "dog", "--token", "<sks>")
+    assert main([*subject, *subject_steps(2), *FAST]) == 0
     assert (
         main(
             [
-                "learn-subject",
-                "--base",
-                base,
-                "--images",
-                str(tiny_data["subject"]),
-                "--token",
-                "<sks>",
-                "--init-word",
-                "dog",
-                "--out",
-                str(tmp_path / "dog"),
-                "--ti-steps",
-                "2",
-                "--adapter-steps",
-                "2",
-                "--ti-batch-size",
-                "1",
-                "--adapter-batch-size",
-                "1",
-                *FAST,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "learn-motion",
-                "--base",
-                base,
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(tmp_path / "move"),
+                *learn_motion_args(base, tiny_data["motion"], tmp_path / "move"),
                 "--steps",
                 "2",
                 "--num-frames",
@@ -128,33 +99,9 @@ def test_learn_subject_motion_generate(tiny_base, tiny_data, tmp_path, capsys):
 
 
 def test_errors_name_the_problem(tiny_base, tiny_data, tmp_path, capsys):
-    code = main(
-        [
-            "learn-subject",
-            "--base",
-            str(tiny_base),
-            "--images",
-            str(tmp_path / "nope"),
-            "--init-word",
-            "dog",
-            "--out",
-            str(tmp_path / "s"),
-            "--quiet",
-        ]
-    )
+    code = main(learn_subject_args(tiny_base, tmp_path / "nope", tmp_path / "s", "--quiet"))
     assert code == 2 and str(tmp_path / "nope") in capsys.readouterr().err
-    code = main(
-        [
-            "learn-motion",
-            "--base",
-            str(tmp_path / "missing_base"),
-            "--videos",
-            str(tiny_data["motion"]),
-            "--out",
-            str(tmp_path / "m"),
-            "--quiet",
-        ]
-    )
+    code = main(learn_motion_args(tmp_path / "missing_base", tiny_data["motion"], tmp_path / "m", "--quiet"))
     assert code == 2 and "missing_base" in capsys.readouterr().err
     code = main(["generate", "--base", str(tiny_base), "--prompt", "x", "--out", str(tmp_path / "x.avi")])
     assert code == 2 and "x.avi" in capsys.readouterr().err

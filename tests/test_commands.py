@@ -10,42 +10,13 @@ import stat
 import numpy as np
 import pytest
 import torch
+from conftest import generate_args, learn_motion_args, learn_subject_args, subject_steps
 from PIL import Image
 
 from dreamvideo.cli import main
 from dreamvideo.fileio import load_safetensors, save_safetensors
 
-TRAIN = [
-    "--ti-steps",
-    "2",
-    "--adapter-steps",
-    "2",
-    "--ti-batch-size",
-    "1",
-    "--adapter-batch-size",
-    "1",
-    "--checkpoint-every",
-    "1",
-    "--quiet",
-]
-
-
-def _generate(base, out, *extra):
-    return [
-        "generate",
-        "--base",
-        str(base),
-        "--prompt",
-        "a <sks> dog",
-        "--out",
-        str(out),
-        "--steps",
-        "1",
-        "--frames",
-        "2",
-        "--quiet",
-        *extra,
-    ]
+TRAIN = [*subject_steps(2), "--checkpoint-every", "1", "--quiet"]
 
 
 def _err(capsys) -> str:
@@ -85,7 +56,7 @@ def _no_model(monkeypatch):
 )
 def test_generate_numeric_flags_checked_at_parse_time(tiny_base, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
-        main(_generate(tiny_base, tmp_path / "v.gif", flag, value))
+        main(generate_args(tiny_base, tmp_path / "v.gif", flag, value))
     assert info.value.code == 2 and flag in capsys.readouterr().err
     assert not (tmp_path / "v.gif").exists()
 
@@ -105,40 +76,14 @@ def test_generate_numeric_flags_checked_at_parse_time(tiny_base, tmp_path, capsy
 )
 def test_training_numeric_flags_checked_at_parse_time(tiny_base, tiny_data, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as info:
-        main(
-            [
-                "learn-subject",
-                "--base",
-                str(tiny_base),
-                "--images",
-                str(tiny_data["subject"]),
-                "--init-word",
-                "dog",
-                "--out",
-                str(tmp_path / "s"),
-                flag,
-                value,
-            ]
-        )
+        main(learn_subject_args(tiny_base, tiny_data["subject"], tmp_path / "s", flag, value))
     assert info.value.code == 2 and flag in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
 def test_motion_batch_size_zero(tiny_base, tiny_data, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(
-            [
-                "learn-motion",
-                "--base",
-                str(tiny_base),
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(tmp_path / "m"),
-                "--batch-size",
-                "0",
-            ]
-        )
+        main(learn_motion_args(tiny_base, tiny_data["motion"], tmp_path / "m", "--batch-size", "0"))
     assert "--batch-size" in capsys.readouterr().err
 
 
@@ -146,10 +91,10 @@ def test_motion_batch_size_zero(tiny_base, tiny_data, tmp_path, capsys):
 
 
 def test_generate_refuses_a_video_too_big_for_memory(tiny_base, tmp_path, capsys):
-    code = main(_generate(tiny_base, tmp_path / "v.gif", "--frames", "10000", "--max-memory-gb", "0.05"))
+    code = main(generate_args(tiny_base, tmp_path / "v.gif", "--frames", "10000", "--max-memory-gb", "0.05"))
     err = _err(capsys)
     assert code == 2 and "GiB" in err and "0.1 GiB" in err and "--max-memory-gb" in err
-    code = main(_generate(tiny_base, tmp_path / "v.gif", "--height", "4096", "--width", "4096"))
+    code = main(generate_args(tiny_base, tmp_path / "v.gif", "--height", "4096", "--width", "4096"))
     err = _err(capsys)
     assert code == 2 and "4096x4096" in err and "free memory" in err
     assert not (tmp_path / "v.gif").exists()
@@ -170,7 +115,7 @@ def test_generate_refuses_nan_or_non_float_adapter_weights(tiny_base, tiny_learn
         poison
     ]
     save_safetensors(tensors, file, meta)
-    code = main(_generate(tiny_base, tmp_path / "v.gif", "--motion", str(motion)))
+    code = main(generate_args(tiny_base, tmp_path / "v.gif", "--motion", str(motion)))
     err = _err(capsys)
     assert code == 2 and "motion_adapter.safetensors" in err and name in err
     assert not (tmp_path / "v.gif").exists()
@@ -182,10 +127,10 @@ def test_generate_refuses_nan_or_non_float_adapter_weights(tiny_base, tiny_learn
 def test_generate_checks_the_destination_before_loading_the_model(tiny_base, tmp_path, capsys, monkeypatch):
     _no_model(monkeypatch)
     (tmp_path / "file").write_text("x")
-    assert main(_generate(tiny_base, tmp_path / "file" / "v.mp4")) == 2
+    assert main(generate_args(tiny_base, tmp_path / "file" / "v.mp4")) == 2
     assert "not a folder" in _err(capsys)
     (tmp_path / "v.gif").write_bytes(b"old")  # the sibling of v.mp4
-    assert main(_generate(tiny_base, tmp_path / "v.mp4")) == 2
+    assert main(generate_args(tiny_base, tmp_path / "v.mp4")) == 2
     err = _err(capsys)
     assert "v.gif" in err and "--overwrite" in err
     assert (tmp_path / "v.gif").read_bytes() == b"old"
@@ -195,7 +140,7 @@ def test_generate_overwrite_and_file_mode(tiny_base, tmp_path):
     (tmp_path / "v.gif").write_bytes(b"old")
     old = os.umask(0o022)
     try:
-        assert main(_generate(tiny_base, tmp_path / "v.mp4", "--overwrite")) == 0
+        assert main(generate_args(tiny_base, tmp_path / "v.mp4", "--overwrite")) == 0
     finally:
         os.umask(old)
     for name in ("v.mp4", "v.gif"):
@@ -232,18 +177,7 @@ def test_all_black_masks_refused(tiny_base, tiny_data, tmp_path, capsys):
     shutil.copytree(tiny_data["subject"], root)
     for mask in (root / "masks").iterdir():
         Image.fromarray(np.zeros((24, 24), np.uint8)).save(mask)
-    args = [
-        "learn-subject",
-        "--base",
-        str(tiny_base),
-        "--images",
-        str(root),
-        "--init-word",
-        "dog",
-        "--out",
-        str(tmp_path / "s"),
-        *TRAIN,
-    ]
+    args = learn_subject_args(tiny_base, root, tmp_path / "s", *TRAIN)
     assert main(args) == 2
     assert "all black" in _err(capsys) and not (tmp_path / "s").exists()
     assert main([*args, "--no-masks"]) == 0  # the way out the message names
@@ -263,20 +197,7 @@ def test_bad_caption_refused_before_loading_the_model(
 ):
     _no_model(monkeypatch)
     code = main(
-        [
-            "learn-subject",
-            "--base",
-            str(tiny_base),
-            "--images",
-            str(tiny_data["subject"]),
-            "--init-word",
-            "dog",
-            "--caption",
-            caption,
-            "--out",
-            str(tmp_path / "s"),
-            *TRAIN,
-        ]
+        learn_subject_args(tiny_base, tiny_data["subject"], tmp_path / "s", "--caption", caption, *TRAIN)
     )
     err = _err(capsys)
     assert code == 2 and "--caption" in err and words in err
@@ -287,18 +208,7 @@ def test_still_image_as_motion_refused(tiny_base, tmp_path, capsys):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "still.png")
     os.rename(tmp_path / "still.png", tmp_path / "still.mp4")
     code = main(
-        [
-            "learn-motion",
-            "--base",
-            str(tiny_base),
-            "--videos",
-            str(tmp_path / "still.mp4"),
-            "--out",
-            str(tmp_path / "m"),
-            "--steps",
-            "1",
-            "--quiet",
-        ]
+        learn_motion_args(tiny_base, tmp_path / "still.mp4", tmp_path / "m", "--steps", "1", "--quiet")
     )
     err = _err(capsys)
     assert code == 2 and "still.mp4" in err and not (tmp_path / "m").exists()
@@ -327,7 +237,7 @@ def test_hand_edited_subject_json(tiny_base, tiny_learned, tmp_path, capsys, mon
     shutil.copytree(tiny_learned["subject"], subject)
     info = json.loads((subject / "subject.json").read_text())
     (subject / "subject.json").write_text(json.dumps(edit(info)))
-    assert main(_generate(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
+    assert main(generate_args(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
     err = _err(capsys)
     assert "subject.json" in err and words in err
 
@@ -337,7 +247,7 @@ def test_base_whose_config_does_not_match_its_weights(tiny_base, tmp_path, capsy
     shutil.copytree(tiny_base, base)
     config = json.loads((base / "unet" / "config.json").read_text())
     (base / "unet" / "config.json").write_text(json.dumps(config | {"block_out_channels": [16, 32]}))
-    assert main(_generate(base, tmp_path / "v.gif")) == 2
+    assert main(generate_args(base, tmp_path / "v.gif")) == 2
     err = _err(capsys)
     assert str(base) in err and "cannot load this base model" in err and len(err.strip().splitlines()) == 1
 
@@ -347,7 +257,8 @@ def test_decompression_bomb_appearance_image(tiny_base, tmp_path, capsys, monkey
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     assert (
-        main(_generate(tiny_base, tmp_path / "v.gif", "--appearance-image", str(tmp_path / "bomb.png"))) == 2
+        main(generate_args(tiny_base, tmp_path / "v.gif", "--appearance-image", str(tmp_path / "bomb.png")))
+        == 2
     )
     assert "bomb.png" in _err(capsys)
 
@@ -358,7 +269,7 @@ def test_subject_token_that_is_an_existing_word_refused(tiny_base, tiny_learned,
     subject = tmp_path / "dog"
     shutil.copytree(tiny_learned["subject"], subject)
     save_learned_embeds(subject / "learned_embeds.safetensors", "cat", torch.zeros(32))
-    assert main(_generate(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
+    assert main(generate_args(tiny_base, tmp_path / "v.gif", "--subject", str(subject))) == 2
     err = _err(capsys)
     assert "'cat'" in err and "existing word" in err
 
@@ -369,19 +280,7 @@ def test_subject_token_that_is_an_existing_word_refused(tiny_base, tiny_learned,
 def test_path_like_base_is_not_tried_as_a_hub_id(tiny_data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "o").mkdir()
-    code = main(
-        [
-            "learn-subject",
-            "--base",
-            "o/nope",
-            "--images",
-            str(tiny_data["subject"]),
-            "--init-word",
-            "dog",
-            "--out",
-            str(tmp_path / "s"),
-        ]
-    )
+    code = main(learn_subject_args("o/nope", tiny_data["subject"], tmp_path / "s"))
     err = _err(capsys)
     assert code == 2 and "o/nope: no such folder, and not a hub id" in err
 
@@ -390,19 +289,7 @@ def test_init_word_error_comes_first_lists_words_and_leaves_no_out(
     tiny_base, tiny_data, tmp_path, capsys, monkeypatch
 ):
     _no_model(monkeypatch)
-    code = main(
-        [
-            "learn-subject",
-            "--base",
-            str(tiny_base),
-            "--images",
-            str(tiny_data["subject"]),
-            "--init-word",
-            "zebra",
-            "--out",
-            str(tmp_path / "s"),
-        ]
-    )
+    code = main(learn_subject_args(tiny_base, tiny_data["subject"], tmp_path / "s", init_word="zebra"))
     err = _err(capsys)
     assert code == 2 and "--init-word 'zebra'" in err
     assert "dog" in err and "guitar" in err  # the tiny vocabulary is listed in full
@@ -412,15 +299,5 @@ def test_init_word_error_comes_first_lists_words_and_leaves_no_out(
 def test_bad_videos_refused_before_loading_the_model(tiny_base, tmp_path, capsys, monkeypatch):
     _no_model(monkeypatch)
     (tmp_path / "v.mp4").write_bytes(b"not a video")
-    code = main(
-        [
-            "learn-motion",
-            "--base",
-            str(tiny_base),
-            "--videos",
-            str(tmp_path / "v.mp4"),
-            "--out",
-            str(tmp_path / "m"),
-        ]
-    )
+    code = main(learn_motion_args(tiny_base, tmp_path / "v.mp4", tmp_path / "m"))
     assert code == 2 and "v.mp4" in _err(capsys) and not (tmp_path / "m").exists()

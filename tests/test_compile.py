@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import learn_motion_args
 from PIL import Image
 
 from dreamvideo.cli import main
@@ -20,29 +21,9 @@ def test_compiled_unet_trains_and_generates_like_the_eager_one(tiny_base, tiny_d
     try:
         for flag in ([], ["--compile"]):
             name = "compiled" if flag else "eager"
+            train = ["--num-frames", "4", "--steps", "2", "--lr", "1e-2", "--device", "cpu", "--quiet"]
             assert (
-                main(
-                    [
-                        "learn-motion",
-                        "--base",
-                        str(tiny_base),
-                        "--videos",
-                        str(tiny_data["motion"]),
-                        "--num-frames",
-                        "4",
-                        "--steps",
-                        "2",
-                        "--lr",
-                        "1e-2",
-                        "--out",
-                        str(tmp_path / name),
-                        "--device",
-                        "cpu",
-                        "--quiet",
-                        *flag,
-                    ]
-                )
-                == 0
+                main(learn_motion_args(tiny_base, tiny_data["motion"], tmp_path / name, *train, *flag)) == 0
             )
             assert (
                 main(

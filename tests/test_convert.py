@@ -255,6 +255,11 @@ def test_convert_motion_adapter_end_to_end(tiny_base: Path, tmp_path: Path):
     assert not (tmp_path / "wrong").exists()
 
 
+def _convert_identity(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    """``convert vgen-adapter`` of a VGen identity adapter checkpoint into the subject folder ``out``."""
+    return ["convert", "vgen-adapter", "--ckpt", str(ckpt), "--kind", "identity", *extra, "--out", str(out)]
+
+
 def test_identity_adapter_cli_and_adapter_errors(tiny_base: Path, tmp_path: Path, capsys):
     unet = meta_modelscope()
     ad.attach_identity_adapter(unet, blocks=["down_blocks.1", "mid_block"])
@@ -264,21 +269,7 @@ def test_identity_adapter_cli_and_adapter_errors(tiny_base: Path, tmp_path: Path
     assert len(vgen) == 3 * 4  # 2 down_blocks.1 blocks + the mid block, 4 tensors each
     ckpt = tmp_path / "adapter_00000500.pth"
     torch.save({"state_dict": vgen, "step": 500}, ckpt)
-    assert (
-        cli.main(
-            [
-                "convert",
-                "vgen-adapter",
-                "--ckpt",
-                str(ckpt),
-                "--kind",
-                "identity",
-                "--out",
-                str(tmp_path / "subject"),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(_convert_identity(ckpt, tmp_path / "subject")) == 0
     info = read_json(tmp_path / "subject" / "subject.json")
     assert info["identity_adapter"]["blocks"] == [
         "down_blocks.1.attentions.0.transformer_blocks.0",
@@ -345,18 +336,7 @@ def test_converted_identity_adapter_loads_and_generates(
     ad.detach_adapter(pipe.unet, "identity")
     ckpt = tmp_path / "adapter_00000500.pth"
     torch.save({"state_dict": dreamvideo_adapters_to_vgen(state, dict(pipe.unet.config))}, ckpt)
-    args = [
-        "convert",
-        "vgen-adapter",
-        "--ckpt",
-        str(ckpt),
-        "--kind",
-        "identity",
-        "--base",
-        str(tiny_base),
-        "--out",
-        str(tmp_path / "subject"),
-    ]
+    args = _convert_identity(ckpt, tmp_path / "subject", "--base", str(tiny_base))
     if with_embedding:
         save_file({"emb": torch.randn(32)}, tmp_path / "emb.safetensors")
         args += ["--embedding", str(tmp_path / "emb.safetensors"), "--token", "<tok>"]

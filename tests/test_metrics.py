@@ -11,6 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_layers, tiny_vision
 from PIL import Image
 from transformers import (
     CLIPConfig,
@@ -50,23 +51,13 @@ def clip_dir(tmp_path_factory):
     config = CLIPConfig(
         text_config=dict(
             vocab_size=n,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            **tiny_layers(32),
             max_position_embeddings=32,
             bos_token_id=n - 2,
             eos_token_id=n - 1,
             pad_token_id=n - 1,
         ),
-        vision_config=dict(
-            image_size=16,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        ),
+        vision_config=tiny_vision(32),
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(root)
@@ -85,16 +76,7 @@ def clip(clip_dir) -> ClipScorer:
 @pytest.fixture(scope="module")
 def dino() -> DinoScorer:
     torch.manual_seed(1)
-    model = ViTModel(
-        ViTConfig(
-            image_size=16,
-            patch_size=8,
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-        )
-    )
+    model = ViTModel(ViTConfig(**tiny_vision(24)))
     return DinoScorer(model, ViTImageProcessor(size={"height": 16, "width": 16}), device="cpu", batch_size=2)
 
 
@@ -397,40 +379,22 @@ def test_from_pretrained_errors(tmp_path):
         DinoScorer.from_pretrained(tmp_path)
 
 
+def _evaluate(folder, clip, *flags) -> int:
+    """``dreamvideo evaluate`` of ``folder``'s videos and manifest with the CLIP ``clip``."""
+    videos, manifest = str(folder / "videos"), str(folder / "manifest.json")
+    return main(["evaluate", "--videos", videos, "--manifest", manifest, "--clip", str(clip), *flags])
+
+
 def test_cli_evaluate(folder, clip_dir, capsys):
     out = folder / "report"
-    code = main(
-        [
-            "evaluate",
-            "--videos",
-            str(folder / "videos"),
-            "--manifest",
-            str(folder / "manifest.json"),
-            "--clip",
-            str(clip_dir),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    code = _evaluate(folder, clip_dir, "--out", str(out), "--device", "cpu")
     assert code == 0
     rows = json.loads((out / "metrics.json").read_text())["rows"]
     assert len(rows) == 4 and all(-1 <= r["clip_t"] <= 1 for r in rows)
     assert "## Per method" in capsys.readouterr().out
 
     shutil.rmtree(folder / "videos" / "lora_cat")
-    code = main(
-        [
-            "evaluate",
-            "--videos",
-            str(folder / "videos"),
-            "--manifest",
-            str(folder / "manifest.json"),
-            "--clip",
-            str(folder / "missing-clip"),
-        ]
-    )
+    code = _evaluate(folder, folder / "missing-clip")
     err = capsys.readouterr().err
     assert code == 2 and "lora_cat" in err and "not found" in err  # the manifest is checked before the model
 

@@ -406,24 +406,17 @@ def toy_folder(tmp_path):
     return tmp_path
 
 
+def _evaluate(folder, *flags) -> int:
+    """``dreamvideo evaluate`` of ``folder``'s manifest with the toy CLIP on the CPU."""
+    return main(
+        ["evaluate", "--manifest", str(folder / "m.json"), "--clip", "toy", "--device", "cpu", *flags]
+    )
+
+
 def test_evaluate_skips_unavailable_tracker_with_a_message(toy_folder, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "cotracker", None)
     (toy_folder / "ck.pth").write_bytes(b"")
-    code = main(
-        [
-            "evaluate",
-            "--manifest",
-            str(toy_folder / "m.json"),
-            "--clip",
-            "toy",
-            "--device",
-            "cpu",
-            "--tracker",
-            "cotracker",
-            "--tracker-weights",
-            str(toy_folder / "ck.pth"),
-        ]
-    )
+    code = _evaluate(toy_folder, "--tracker", "cotracker", "--tracker-weights", str(toy_folder / "ck.pth"))
     assert code == 0
     out = capsys.readouterr().out
     assert "track_motion_fidelity skipped: CoTracker needs the 'cotracker' package" in out
@@ -434,23 +427,7 @@ def test_evaluate_skips_unavailable_tracker_with_a_message(toy_folder, capsys, m
 
 @needs_cv2
 def test_evaluate_with_the_opencv_fallbacks(toy_folder, capsys):
-    code = main(
-        [
-            "evaluate",
-            "--manifest",
-            str(toy_folder / "m.json"),
-            "--clip",
-            "toy",
-            "--device",
-            "cpu",
-            "--tracker",
-            "lk",
-            "--flow",
-            "farneback",
-            "--out",
-            str(toy_folder / "out"),
-        ]
-    )
+    code = _evaluate(toy_folder, "--tracker", "lk", "--flow", "farneback", "--out", str(toy_folder / "out"))
     assert code == 0
     result = json.loads((toy_folder / "out" / "metrics.json").read_text())
     rows = {r["video"]: r for r in result["rows"]}

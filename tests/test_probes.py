@@ -20,25 +20,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import generate_args, learn_motion_args, learn_subject_args, subject_steps
 from PIL import Image
 
 from dreamvideo.cli import main
 from dreamvideo.fileio import load_safetensors, save_safetensors
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TRAIN = [
-    "--ti-steps",
-    "1",
-    "--adapter-steps",
-    "1",
-    "--ti-batch-size",
-    "1",
-    "--adapter-batch-size",
-    "1",
-    "--checkpoint-every",
-    "1",
-    "--quiet",
-]
+TRAIN = [*subject_steps(1), "--checkpoint-every", "1", "--quiet"]
 
 
 @dataclass
@@ -53,57 +42,21 @@ class Ctx:
 
 
 def subject(ctx, *extra, images=None, out=None):
-    return [
-        "learn-subject",
-        "--base",
-        str(ctx.base),
-        "--images",
-        str(images or ctx.data["subject"]),
-        "--init-word",
-        "dog",
-        "--out",
-        str(out or ctx.tmp / "s"),
-        *TRAIN,
-        *extra,
-    ]
+    return learn_subject_args(ctx.base, images or ctx.data["subject"], out or ctx.tmp / "s", *TRAIN, *extra)
 
 
 def motion(ctx, *extra, videos=None, out=None):
-    return [
-        "learn-motion",
-        "--base",
-        str(ctx.base),
-        "--videos",
-        str(videos or ctx.data["motion"]),
-        "--out",
-        str(out or ctx.tmp / "m"),
-        "--steps",
-        "1",
-        "--num-frames",
-        "2",
-        "--checkpoint-every",
-        "1",
-        "--quiet",
-        *extra,
-    ]
+    fast = ["--steps", "1", "--num-frames", "2", "--checkpoint-every", "1", "--quiet"]
+    return learn_motion_args(ctx.base, videos or ctx.data["motion"], out or ctx.tmp / "m", *fast, *extra)
 
 
 def generate(ctx, *extra, out=None):
-    return [
-        "generate",
-        "--base",
-        str(ctx.base),
-        "--prompt",
-        "a <sks> dog",
-        "--out",
-        str(out or ctx.tmp / "v.gif"),
-        "--steps",
-        "1",
-        "--frames",
-        "2",
-        "--quiet",
-        *extra,
-    ]
+    return generate_args(ctx.base, out or ctx.tmp / "v.gif", *extra)
+
+
+def evaluate(ctx, entry, *extra):
+    """``evaluate`` of a one-video manifest (``entry`` added to its row) with a CLIP that does not exist."""
+    return ["evaluate", "--manifest", str(manifest(ctx, entry)), "--clip", str(ctx.tmp / "no-clip"), *extra]
 
 
 # ----------------------------------------------------------------------------- input builders
@@ -343,15 +296,7 @@ PROBES = [
     ("6-overwrite-given", lambda c: [*generate(c, "--overwrite"), *(existing(c, "v.gif") and [])], None),
     (
         "6-evaluate-out-under-a-file",
-        lambda c: [
-            "evaluate",
-            "--manifest",
-            str(manifest(c, {})),
-            "--clip",
-            str(c.tmp / "no-clip"),
-            "--out",
-            str(file_parent(c) / "r"),
-        ],
+        lambda c: evaluate(c, {}, "--out", str(file_parent(c) / "r")),
         "--out",
     ),
     # 7. training that learns nothing
@@ -458,24 +403,12 @@ PROBES = [
     # 11. manifests stay inside their folder
     (
         "11-manifest-dotdot",
-        lambda c: [
-            "evaluate",
-            "--manifest",
-            str(manifest(c, {"subject_refs": ["../../etc/shadow"]})),
-            "--clip",
-            str(c.tmp / "no-clip"),
-        ],
+        lambda c: evaluate(c, {"subject_refs": ["../../etc/shadow"]}),
         "outside the manifest's folder",
     ),
     (
         "11-manifest-absolute",
-        lambda c: [
-            "evaluate",
-            "--manifest",
-            str(manifest(c, {"motion_refs": ["/etc/passwd"]})),
-            "--clip",
-            str(c.tmp / "no-clip"),
-        ],
+        lambda c: evaluate(c, {"motion_refs": ["/etc/passwd"]}),
         "outside the manifest's folder",
     ),
     # 12. checks first, no empty --out, helpful init-word error

@@ -516,6 +516,43 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     _add_info(subparsers)
 
 
+def _stage_arguments(
+    p: argparse.ArgumentParser, name: str, alias: str, steps: int, lr: float, help: str
+) -> None:
+    """``--NAME-steps``, ``--NAME-lr`` and ``--NAME-batch-size`` (also ``--ALIAS-...``): what :func:`_stage` reads.
+
+    Args:
+        p: the command's parser.
+        name: the stage's flag prefix, e.g. ``identity``.
+        alias: the older prefix still accepted, e.g. ``adapter``.
+        steps: default steps.
+        lr: default learning rate.
+        help: the help of the steps flag.
+    """
+    p.add_argument(f"--{name}-steps", f"--{alias}-steps", type=v.NON_NEGATIVE, default=steps, help=help)
+    p.add_argument(f"--{name}-lr", f"--{alias}-lr", type=v.LEARNING_RATE, default=lr)
+    p.add_argument(f"--{name}-batch-size", f"--{alias}-batch-size", type=v.POSITIVE, default=4)
+
+
+def _sites_argument(p: argparse.ArgumentParser, name: str, default: list[str], help: str) -> None:
+    """``--NAME-sites`` (also ``--adapter-sites``): the sub-layers of each block that get the adapter."""
+    p.add_argument(
+        f"--{name}-sites",
+        "--adapter-sites",
+        nargs="+",
+        default=default,
+        choices=["attn1", "attn2", "ff"],
+        help=help,
+    )
+
+
+def _learner_arguments(p: argparse.ArgumentParser, kind: str, func) -> None:
+    """What ``learn-subject`` and ``learn-motion`` end with: ``--method``, the common training flags, the command."""
+    _method_argument(p, kind)
+    _common_training(p)
+    p.set_defaults(func=func)
+
+
 def _add_learn_subject(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "learn-subject", help="learn a subject (token + identity adapter) from a few photos"
@@ -531,31 +568,20 @@ def _add_learn_subject(subparsers: argparse._SubParsersAction) -> None:
         help="caption template (default 'a {token}', the authors'; 'a {token} {word}' adds the class word)",
     )
     p.add_argument("--resolution", type=v.SIZE, help="training image size (default: the base's native size)")
-    p.add_argument(
-        "--textual-inversion-steps",
-        "--ti-steps",
-        type=v.NON_NEGATIVE,
-        default=3000,
-        help="textual inversion steps (authors: 1500-3000)",
+    _stage_arguments(p, "textual-inversion", "ti", 3000, 1e-4, "textual inversion steps (authors: 1500-3000)")
+    _stage_arguments(
+        p,
+        "identity",
+        "adapter",
+        1000,
+        1e-5,
+        "identity adapter steps (authors: 500-1000); the one stage of the other methods",
     )
-    p.add_argument("--textual-inversion-lr", "--ti-lr", type=v.LEARNING_RATE, default=1e-4)
-    p.add_argument("--textual-inversion-batch-size", "--ti-batch-size", type=v.POSITIVE, default=4)
-    p.add_argument(
-        "--identity-steps",
-        "--adapter-steps",
-        type=v.NON_NEGATIVE,
-        default=1000,
-        help="identity adapter steps (authors: 500-1000); the one stage of the other methods",
-    )
-    p.add_argument("--identity-lr", "--adapter-lr", type=v.LEARNING_RATE, default=1e-5)
-    p.add_argument("--identity-batch-size", "--adapter-batch-size", type=v.POSITIVE, default=4)
-    p.add_argument(
-        "--identity-sites",
-        "--adapter-sites",
-        nargs="+",
-        default=["attn2"],
-        choices=["attn1", "attn2", "ff"],
-        help="spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)",
+    _sites_argument(
+        p,
+        "identity",
+        ["attn2"],
+        "spatial sub-layers that get the identity adapter (paper: attn2, the cross-attention)",
     )
     p.add_argument(
         "--no-train-token",
@@ -570,9 +596,7 @@ def _add_learn_subject(subparsers: argparse._SubParsersAction) -> None:
         action="store_false",
         help="ablation: the token only",
     )
-    _method_argument(p, "subject")
-    _common_training(p)
-    p.set_defaults(func=cmd_learn_subject)
+    _learner_arguments(p, "subject", cmd_learn_subject)
 
 
 def _add_learn_motion(subparsers: argparse._SubParsersAction) -> None:
@@ -619,17 +643,8 @@ def _add_learn_motion(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=v.POSITIVE, default=1)
     p.add_argument("--caption-dropout", type=v.FRACTION, default=0.5)
     p.add_argument("--appearance-dropout", type=v.FRACTION, default=0.5)
-    p.add_argument(
-        "--motion-sites",
-        "--adapter-sites",
-        nargs="+",
-        default=["attn1", "attn2", "ff"],
-        choices=["attn1", "attn2", "ff"],
-        help="temporal sub-layers that get the motion adapter",
-    )
-    _method_argument(p, "motion")
-    _common_training(p)
-    p.set_defaults(func=cmd_learn_motion)
+    _sites_argument(p, "motion", ["attn1", "attn2", "ff"], "temporal sub-layers that get the motion adapter")
+    _learner_arguments(p, "motion", cmd_learn_motion)
 
 
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,17 @@ class DreamVideoError(Exception):
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
+
+    Args:
+        path: the file to write.
+        keep_suffix: give the temporary file ``path``'s ending (for writers that choose the format by it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    stem, suffix = (path.stem, path.suffix) if keep_suffix else (path.name, ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -60,6 +66,30 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     except Exception as err:  # safetensors raises several exception types for damaged files
         raise DreamVideoError(f"{path}: not a readable safetensors file ({err})") from err
     return tensors, metadata
+
+
+def copy_exactly(
+    own: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor],
+    keys_error: Callable[[list[str], list[str]], Exception],
+    shape_error: Callable[[str, tuple[int, ...], tuple[int, ...]], Exception],
+) -> None:
+    """Copy saved ``tensors`` into the parameters ``own`` of the same names; every name and shape must match.
+
+    Args:
+        own: the parameters to fill, by name.
+        tensors: the saved tensors, by name.
+        keys_error: the error for the ``(missing, unexpected)`` names (each sorted), raised before any copy.
+        shape_error: the error for ``(name, saved shape, expected shape)``.
+    """
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise keys_error(missing, unexpected)
+    with torch.no_grad():
+        for name, p in own.items():
+            if p.shape != tensors[name].shape:
+                raise shape_error(name, tuple(tensors[name].shape), tuple(p.shape))
+            p.copy_(tensors[name])
 
 
 def write_json(data: Any, path: str | os.PathLike) -> None:

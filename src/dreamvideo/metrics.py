@@ -140,6 +140,14 @@ def _load_error(what: str, path: str | os.PathLike, err: Exception) -> MetricsEr
     return MetricsError(f"{path}: cannot load {what} ({where})")
 
 
+def _load(what: str, cls, path: str | os.PathLike):
+    """``cls.from_pretrained(path)``, its failure a :class:`MetricsError` that says what could not be loaded."""
+    try:
+        return cls.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise _load_error(what, path, err) from err
+
+
 def toy_clip_dirs() -> tuple[Path, Path, Path]:
     """(model, tokenizer, image processor) folders of the toy CLIP shipped with the toy text-to-video model."""
     try:
@@ -159,7 +167,48 @@ def toy_clip_dirs() -> tuple[Path, Path, Path]:
 # ----------------------------------------------------------------------------- scorers
 
 
-class ClipScorer:
+class _ImageScorer:
+    """What the scorers share: the model on its device in eval mode and batched image embeddings.
+
+    Args:
+        model: the vision model.
+        image_processor: its image processor.
+        device: where to run (default cuda if available).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self, model, image_processor, device: str | torch.device | None = None, batch_size: int = 32
+    ):
+        self.device = _default_device(device)
+        self.model = model.to(self.device).eval()
+        self.image_processor = image_processor
+        self.batch_size = batch_size
+        self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+
+    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The model's ``(N, D)`` features of a batch of pixel values."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def image_embeds(self, frames: Frames) -> torch.Tensor:
+        """L2-normalised image embeddings ``(N, D)`` (float32, CPU).
+
+        Args:
+            frames: uint8 array ``(N,H,W,3)`` (or one ``(H,W,3)``), or a list of PIL images / uint8 arrays.
+        """
+        images = _to_pil(frames)
+        dtype = next(self.model.parameters()).dtype
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")[
+                "pixel_values"
+            ]
+            out.append(_normalize(self._image_features(pixels.to(self.device, dtype))).cpu())
+        return torch.cat(out)
+
+
+class ClipScorer(_ImageScorer):
     """CLIP-T, CLIP-I and T.Cons with any transformers ``CLIPModel``.
 
     Args:
@@ -178,12 +227,8 @@ class ClipScorer:
         device: str | torch.device | None = None,
         batch_size: int = 32,
     ):
-        self.device = _default_device(device)
-        self.model = model.to(self.device).eval()
+        super().__init__(model, image_processor, device, batch_size)
         self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.batch_size = batch_size
-        self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
 
     @classmethod
     def from_pretrained(
@@ -209,18 +254,9 @@ class ClipScorer:
             path, tok_dir, proc_dir = toy_clip_dirs()
             tokenizer, image_processor = tokenizer or tok_dir, image_processor or proc_dir
         tokenizer, image_processor = tokenizer or path, image_processor or path
-        try:
-            model = CLIPModel.from_pretrained(str(path))
-        except (OSError, ValueError) as err:
-            raise _load_error("a CLIPModel", path, err) from err
-        try:
-            tok = AutoTokenizer.from_pretrained(str(tokenizer))
-        except (OSError, ValueError) as err:
-            raise _load_error("a CLIP tokenizer", tokenizer, err) from err
-        try:
-            proc = AutoImageProcessor.from_pretrained(str(image_processor))
-        except (OSError, ValueError) as err:
-            raise _load_error("a CLIP image processor", image_processor, err) from err
+        model = _load("a CLIPModel", CLIPModel, path)
+        tok = _load("a CLIP tokenizer", AutoTokenizer, tokenizer)
+        proc = _load("a CLIP image processor", AutoImageProcessor, image_processor)
         scorer = cls(model, tok, proc, device=device, batch_size=batch_size)
         scorer.name = str(path)
         return scorer
@@ -247,23 +283,9 @@ class ClipScorer:
             out.append(_normalize(_features(self.model.get_text_features(**batch))).cpu())
         return torch.cat(out)
 
-    @torch.no_grad()
-    def image_embeds(self, frames: Frames) -> torch.Tensor:
-        """L2-normalised projected image embeddings ``(N, D)`` (float32, CPU).
-
-        Args:
-            frames: uint8 array ``(N,H,W,3)`` (or one ``(H,W,3)``), or a list of PIL images / uint8 arrays.
-        """
-        images = _to_pil(frames)
-        dtype = next(self.model.parameters()).dtype
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")[
-                "pixel_values"
-            ]
-            feats = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype))
-            out.append(_normalize(_features(feats)).cpu())
-        return torch.cat(out)
+    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projected image embeddings (``get_image_features``)."""
+        return _features(self.model.get_image_features(pixel_values=pixel_values))
 
     def clip_t(
         self, frames: Frames, prompt: str, placeholder: str | None = None, class_word: str | None = None
@@ -297,7 +319,7 @@ class ClipScorer:
         return consecutive_score(self.image_embeds(frames))
 
 
-class DinoScorer:
+class DinoScorer(_ImageScorer):
     """DINO-I with a transformers ViT (``ViTModel``, e.g. ``facebook/dino-vits16``, or ``Dinov2Model``).
 
     Args:
@@ -306,15 +328,6 @@ class DinoScorer:
         device: where to run (default cuda if available).
         batch_size: images per forward pass.
     """
-
-    def __init__(
-        self, model, image_processor, device: str | torch.device | None = None, batch_size: int = 32
-    ):
-        self.device = _default_device(device)
-        self.model = model.to(self.device).eval()
-        self.image_processor = image_processor
-        self.batch_size = batch_size
-        self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
 
     @classmethod
     def from_pretrained(
@@ -335,35 +348,15 @@ class DinoScorer:
         from transformers import AutoImageProcessor, AutoModel
 
         image_processor = image_processor or path
-        try:
-            model = AutoModel.from_pretrained(str(path))
-        except (OSError, ValueError) as err:
-            raise _load_error("a DINO model", path, err) from err
-        try:
-            proc = AutoImageProcessor.from_pretrained(str(image_processor))
-        except (OSError, ValueError) as err:
-            raise _load_error("a DINO image processor", image_processor, err) from err
+        model = _load("a DINO model", AutoModel, path)
+        proc = _load("a DINO image processor", AutoImageProcessor, image_processor)
         scorer = cls(model, proc, device=device, batch_size=batch_size)
         scorer.name = str(path)
         return scorer
 
-    @torch.no_grad()
-    def image_embeds(self, frames: Frames) -> torch.Tensor:
-        """L2-normalised CLS features ``(N, D)`` (float32, CPU).
-
-        Args:
-            frames: uint8 array ``(N,H,W,3)`` (or one ``(H,W,3)``), or a list of PIL images / uint8 arrays.
-        """
-        images = _to_pil(frames)
-        dtype = next(self.model.parameters()).dtype
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            pixels = self.image_processor(images=images[i : i + self.batch_size], return_tensors="pt")[
-                "pixel_values"
-            ]
-            hidden = self.model(pixel_values=pixels.to(self.device, dtype)).last_hidden_state
-            out.append(_normalize(hidden[:, 0]).cpu())
-        return torch.cat(out)
+    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The CLS token of ``last_hidden_state``."""
+        return self.model(pixel_values=pixel_values).last_hidden_state[:, 0]
 
     def dino_i(self, frames: Frames, ref_images: Frames) -> float:
         """DINO-I of a video against reference subject images.

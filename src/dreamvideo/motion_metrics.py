@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -588,6 +589,15 @@ class RaftFlow:
         return flow.permute(0, 2, 3, 1).double().cpu().numpy()
 
 
+def _build(what: str, name: str, choices: tuple[str, ...], builders: dict[str, Callable[[], Any]]) -> Any:
+    """``builders[name]()``, None for ``none``; an unknown name is a ValueError that lists ``choices``."""
+    if name == "none":
+        return None
+    if name in builders:
+        return builders[name]()
+    raise ValueError(f"unknown {what} {name!r}; choose from {choices}")
+
+
 def make_tracker(
     name: str, weights: str | os.PathLike | None = None, device: str | None = None
 ) -> PointTracker | None:
@@ -601,13 +611,8 @@ def make_tracker(
     Raises:
         MotionUnavailable: it cannot be used here.
     """
-    if name == "none":
-        return None
-    if name == "lk":
-        return LucasKanadeTracker()
-    if name == "cotracker":
-        return CoTrackerTracker(weights, device)
-    raise ValueError(f"unknown tracker {name!r}; choose from {TRACKERS}")
+    builders = {"lk": LucasKanadeTracker, "cotracker": lambda: CoTrackerTracker(weights, device)}
+    return _build("tracker", name, TRACKERS, builders)
 
 
 def make_flow(
@@ -623,13 +628,8 @@ def make_flow(
     Raises:
         MotionUnavailable: it cannot be used here.
     """
-    if name == "none":
-        return None
-    if name == "farneback":
-        return FarnebackFlow()
-    if name == "raft":
-        return RaftFlow(weights, device)
-    raise ValueError(f"unknown flow estimator {name!r}; choose from {FLOWS}")
+    builders = {"farneback": FarnebackFlow, "raft": lambda: RaftFlow(weights, device)}
+    return _build("flow estimator", name, FLOWS, builders)
 
 
 # ----------------------------------------------------------------------------- scoring videos

@@ -7,18 +7,15 @@ no partial file and keeps any older file at the target path.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .fileio import DreamVideoError
+from .fileio import DreamVideoError, atomic_path
 
 VIDEO_WRITE_EXTENSIONS = (".mp4", ".gif")
 MIN_MP4_SIDE = 64  # smaller frames are upscaled (nearest) by an integer factor for player compatibility
@@ -55,23 +52,6 @@ def to_uint8_frames(frames: Frames, value_range: tuple[float, float] = (-1.0, 1.
     low, high = value_range
     scaled = (frames.astype(np.float32) - low) / (high - low) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Temporary path in ``path``'s folder with the same extension; replaces ``path`` on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give videos the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _mp4_ready(frames: np.ndarray) -> np.ndarray:
@@ -149,7 +129,7 @@ def write_video(
     arr = to_uint8_frames(frames, value_range)
     if len(arr) == 0:
         raise ValueError(f"{path}: no frames to write")
-    with _atomic_target(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         (_write_mp4 if ext == ".mp4" else _write_gif)(arr, tmp, fps)
     return path
 
@@ -170,7 +150,7 @@ def write_frames_png(
     paths = []
     for i, frame in enumerate(arr):
         path = folder / f"{i:0{digits}d}.png"
-        with _atomic_target(path) as tmp:
+        with atomic_path(path, keep_suffix=True) as tmp:
             Image.fromarray(frame).save(tmp, format="PNG")
         paths.append(path)
     return paths
@@ -236,5 +216,5 @@ def contact_sheet(
             sheet.paste(image, (label_w + col * cell_w, y))
         y += row_h
     path = Path(path)
-    with _atomic_target(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         sheet.save(tmp, format="PNG")

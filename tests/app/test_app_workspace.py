@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import generate_args, learn_motion_args
 
 from dreamvideo.app import tasks
 from dreamvideo.app.workspace import Workspace, WorkspaceError
@@ -18,23 +19,24 @@ def ctx(tmp_path, tiny_base):
     ctx.jobs.stop(5)
 
 
-def _subject(ctx, tiny_data, name="dog", **kw):
-    images = sorted((tiny_data["subject"] / "images").glob("*.png"))
-    masks = sorted((tiny_data["subject"] / "masks").glob("*.png"))
-    req = tasks.SubjectRequest(
+def _subject_request(folder, name: str, class_word: str, **settings) -> tasks.SubjectRequest:
+    """The Subjects form with the photos and masks of a subject folder (``images/``, ``masks/``)."""
+    images = sorted((folder / "images").glob("*.png"))
+    masks = sorted((folder / "masks").glob("*.png"))
+    return tasks.SubjectRequest(
         name=name,
         images=[str(p) for p in images],
         masks=[str(p) for p in masks],
-        class_word="dog",
+        class_word=class_word,
         ti_steps=2,
-        ti_lr=1e-2,
         adapter_steps=2,
-        adapter_lr=1e-2,
-        batch_size=1,
-        checkpoint_every=1,
-        **kw,
+        **settings,
     )
-    return tasks.submit_subject(ctx, req)
+
+
+def _subject(ctx, tiny_data, name="dog", **kw):
+    settings = {"ti_lr": 1e-2, "adapter_lr": 1e-2, "batch_size": 1, "checkpoint_every": 1}
+    return tasks.submit_subject(ctx, _subject_request(tiny_data["subject"], name, "dog", **settings, **kw))
 
 
 def _empty(ws: Workspace) -> bool:
@@ -60,57 +62,15 @@ def test_a_subject_learned_in_the_app_is_a_cli_subject(ctx, tiny_data, tmp_path)
     assert not any(ctx.workspace.work_dir(job.id).parent.iterdir())  # no work folder left behind
     assert ctx.workspace.checkpoint_steps("subject", "dog") == [1, 2]
     out = tmp_path / "cli.mp4"
-    assert (
-        main(
-            [
-                "generate",
-                "--base",
-                ctx.base,
-                "--subject",
-                str(folder),
-                "--subject-step",
-                "1",
-                "--prompt",
-                "a <sks> dog",
-                "--frames",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    subject = ["--subject", str(folder), "--subject-step", "1", "--device", "cpu"]
+    assert main(generate_args(ctx.base, out, *subject, steps=2)) == 0
     assert out.is_file()
 
 
 def test_a_motion_learned_by_the_cli_appears_in_the_library_and_generates_in_the_app(ctx, tiny_data):
     out = ctx.workspace.folder("motion", "slide")
-    assert (
-        main(
-            [
-                "learn-motion",
-                "--base",
-                ctx.base,
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(out),
-                "--steps",
-                "2",
-                "--num-frames",
-                "2",
-                "--quiet",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    fast = ["--steps", "2", "--num-frames", "2", "--quiet", "--device", "cpu"]
+    assert main(learn_motion_args(ctx.base, tiny_data["motion"], out, *fast)) == 0
     assert ctx.workspace.library("motion") == ["slide"]
     result = tasks.generate(
         ctx, tasks.GenerateRequest(prompt="a red star moves", motion="slide", frames=3, steps=2)
@@ -196,17 +156,7 @@ def test_compare_and_toy_metrics(tmp_path):
 
     ctx = tasks.AppContext(Workspace(tmp_path / "ws"), base="toy", device="cpu")
     folder = world.write_subject_folder("totem", tmp_path / "totem", n=3)
-    req = tasks.SubjectRequest(
-        name="totem",
-        images=[str(p) for p in sorted((folder / "images").glob("*.png"))],
-        masks=[str(p) for p in sorted((folder / "masks").glob("*.png"))],
-        class_word="square",
-        ti_steps=2,
-        ti_lr=5e-3,
-        adapter_steps=2,
-        adapter_lr=1e-3,
-        batch_size=2,
-    )
+    req = _subject_request(folder, "totem", "square", ti_lr=5e-3, adapter_lr=1e-3, batch_size=2)
     assert ctx.jobs.wait(tasks.submit_subject(ctx, req).id, 120).state == "done"
     base, custom, rows = tasks.compare(
         ctx,

@@ -34,6 +34,7 @@ if CHROMIUM is None or DRIVER is None:
 pytest.importorskip("gradio", reason="the app needs gradio (pip install -e '.[app]')")
 pytest.importorskip("selenium", reason="the browser tests need selenium (pip install -e '.[test]')")
 
+from conftest import generate_args  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -202,6 +203,15 @@ def choose(driver, elem_id: str, option: str) -> None:
     )
 
 
+def sample_the_learned(driver, prefix: str) -> None:
+    """Run the Generate (``gen``) or Compare (``cmp``) tab with the learned totem and pendulum."""
+    choose(driver, f"{prefix}-subject", "totem")
+    choose(driver, f"{prefix}-motion", "pendulum")
+    fill(driver, f"{prefix}-frames", FRAMES)
+    fill(driver, f"{prefix}-steps", 10)
+    driver.find_element(By.ID, f"{prefix}-run").click()
+
+
 def screenshot(driver, tmp_path: Path, name: str) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.3)
@@ -325,11 +335,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
 
     # Generate: subject + motion, a checkpoint-free final result
     open_tab(browser, "Generate")
-    choose(browser, "gen-subject", "totem")
-    choose(browser, "gen-motion", "pendulum")
-    fill(browser, "gen-frames", FRAMES)
-    fill(browser, "gen-steps", 10)
-    browser.find_element(By.ID, "gen-run").click()
+    sample_the_learned(browser, "gen")
     state = playable_video(browser, "gen-video", 180)
     assert frame_count(state["src"], tmp_path) == FRAMES
     assert f"{FRAMES} frames" in text(browser, "gen-status")
@@ -340,11 +346,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
 
     # Compare: base model vs subject + motion, with the toy oracle's metrics
     open_tab(browser, "Compare")
-    choose(browser, "cmp-subject", "totem")
-    choose(browser, "cmp-motion", "pendulum")
-    fill(browser, "cmp-frames", FRAMES)
-    fill(browser, "cmp-steps", 10)
-    browser.find_element(By.ID, "cmp-run").click()
+    sample_the_learned(browser, "cmp")
     for elem in ("cmp-base", "cmp-custom"):
         assert frame_count(playable_video(browser, elem, 180)["src"], tmp_path) == FRAMES
     table = wait_for(
@@ -358,27 +360,7 @@ def test_learn_subject_and_motion_generate_and_compare_in_the_browser(server, br
 
     ws = server["workspace"]
     out = tmp_path / "cli.mp4"
-    assert (
-        main(
-            [
-                "generate",
-                "--subject",
-                str(ws / "subjects" / "totem"),
-                "--motion",
-                str(ws / "motions" / "pendulum"),
-                "--prompt",
-                "a <sks> square moves on blue sky",
-                "--frames",
-                "4",
-                "--steps",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    learned = ["--subject", str(ws / "subjects" / "totem"), "--motion", str(ws / "motions" / "pendulum")]
+    prompt = "a <sks> square moves on blue sky"
+    assert main(generate_args(None, out, *learned, "--device", "cpu", prompt=prompt, frames=4, steps=2)) == 0
     assert out.is_file()

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from conftest import generate_args, learn_motion_args, learn_subject_args
 from learning_helpers import baseline_motion_settings as motion_settings
 from learning_helpers import baseline_subject_settings as subject_settings
 from learning_helpers import fresh, snapshot, stage, stored_files
@@ -124,83 +125,21 @@ def test_resumed_baseline_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp
 def test_cli_method_flag_learns_and_generate_loads_baselines(tiny_base, tiny_data, tmp_path):
     from dreamvideo.cli import main
 
-    common_args = ["--base", str(tiny_base), "--quiet", "--device", "cpu"]
-    assert (
-        main(
-            [
-                "learn-subject",
-                "--method",
-                "dreamix",
-                "--images",
-                str(tiny_data["subject"]),
-                "--init-word",
-                "dog",
-                "--out",
-                str(tmp_path / "s"),
-                "--adapter-steps",
-                "2",
-                "--adapter-batch-size",
-                "1",
-                *common_args,
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "learn-motion",
-                "--method",
-                "tune-a-video",
-                "--videos",
-                str(tiny_data["motion"]),
-                "--num-frames",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                str(tmp_path / "m"),
-                *common_args,
-            ]
-        )
-        == 0
-    )
+    quiet_cpu = ["--quiet", "--device", "cpu"]
+    subject = ["--method", "dreamix", "--adapter-steps", "2", "--adapter-batch-size", "1", *quiet_cpu]
+    assert main(learn_subject_args(tiny_base, tiny_data["subject"], tmp_path / "s", *subject)) == 0
+    motion = ["--method", "tune-a-video", "--num-frames", "2", "--steps", "2", *quiet_cpu]
+    assert main(learn_motion_args(tiny_base, tiny_data["motion"], tmp_path / "m", *motion)) == 0
     assert read_json(tmp_path / "s" / "subject.json")["training"]["steps_done"] == 2
     assert read_json(tmp_path / "m" / "motion.json")["method"] == "tune-a-video"
-    assert (
-        main(
-            [
-                "generate",
-                "--subject",
-                str(tmp_path / "s"),
-                "--motion",
-                str(tmp_path / "m"),
-                "--prompt",
-                "a <sks> dog",
-                "--frames",
-                "2",
-                "--steps",
-                "2",
-                "--out",
-                str(tmp_path / "v.gif"),
-                *common_args,
-            ]
-        )
-        == 0
-    )
+    learned = ["--subject", str(tmp_path / "s"), "--motion", str(tmp_path / "m"), "--device", "cpu"]
+    assert main(generate_args(tiny_base, tmp_path / "v.gif", *learned, steps=2)) == 0
     assert (tmp_path / "v.gif").is_file()
     with pytest.raises(SystemExit):  # argparse: dreamix is not a motion method
         main(
-            [
-                "learn-motion",
-                "--method",
-                "dreamix",
-                "--videos",
-                str(tiny_data["motion"]),
-                "--out",
-                str(tmp_path / "x"),
-                *common_args,
-            ]
+            learn_motion_args(
+                tiny_base, tiny_data["motion"], tmp_path / "x", "--method", "dreamix", *quiet_cpu
+            )
         )
 
 

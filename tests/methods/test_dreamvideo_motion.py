@@ -77,13 +77,12 @@ def test_motion_without_image_encoder_is_a_clear_error(tiny_data, tmp_path):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_base, tiny_data, tmp_path, monkeypatch):
     settings = motion_settings(stage=StageConfig(steps=4, lr=1e-2, batch_size=1, checkpoint_every=2))
-    full = learn_motion(
-        DreamVideoPipeline.from_pretrained(str(tiny_base)),
-        tiny_data["motion"],
-        tmp_path / "full",
-        settings,
-        progress=False,
-    )
+
+    def learn(out, resume=False):
+        pipe = DreamVideoPipeline.from_pretrained(str(tiny_base))
+        return learn_motion(pipe, tiny_data["motion"], out, settings, resume=resume, progress=False)
+
+    full = learn(tmp_path / "full")
 
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
@@ -96,31 +95,12 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_base, tiny_data, 
 
     monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        learn_motion(
-            DreamVideoPipeline.from_pretrained(str(tiny_base)),
-            tiny_data["motion"],
-            tmp_path / "cut",
-            settings,
-            progress=False,
-        )
+        learn(tmp_path / "cut")
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert not (tmp_path / "cut" / "motion.json").exists()
     with pytest.raises(DreamVideoError, match="--resume"):
-        learn_motion(
-            DreamVideoPipeline.from_pretrained(str(tiny_base)),
-            tiny_data["motion"],
-            tmp_path / "cut",
-            settings,
-            progress=False,
-        )
-    learn_motion(
-        DreamVideoPipeline.from_pretrained(str(tiny_base)),
-        tiny_data["motion"],
-        tmp_path / "cut",
-        settings,
-        resume=True,
-        progress=False,
-    )
+        learn(tmp_path / "cut")
+    learn(tmp_path / "cut", resume=True)
     a = load_safetensors(full / "motion_adapter.safetensors")[0]
     b = load_safetensors(tmp_path / "cut" / "motion_adapter.safetensors")[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

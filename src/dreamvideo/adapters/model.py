@@ -19,6 +19,7 @@ from dreamvideo.adapters.layer import (
     wrap_sublayer,
 )
 from dreamvideo.adapters.sites import SiteMap, site_map_for
+from dreamvideo.fileio import copy_exactly
 
 _CONDITIONS_ATTR = "_dreamvideo_adapter_conditions"
 
@@ -187,20 +188,17 @@ def adapter_state_dict(unet: nn.Module, name: str) -> dict[str, torch.Tensor]:
 
 def load_adapter_state_dict(unet: nn.Module, name: str, state_dict: dict[str, torch.Tensor]) -> None:
     """Load tensors saved by :func:`adapter_state_dict`; every key and shape must match exactly."""
-    own = _named_adapter_parameters(unet, name)
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise ValueError(
+    copy_exactly(
+        _named_adapter_parameters(unet, name),
+        state_dict,
+        lambda missing, unexpected: ValueError(
             f"adapter {name!r} does not fit this UNet: {len(missing)} missing keys (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
-        )
-    with torch.no_grad():
-        for key, p in own.items():
-            if p.shape != state_dict[key].shape:
-                shape = tuple(state_dict[key].shape)
-                raise ValueError(f"adapter {name!r}: {key} has shape {shape}, expected {tuple(p.shape)}")
-            p.copy_(state_dict[key])
+        ),
+        lambda key, shape, expected: ValueError(
+            f"adapter {name!r}: {key} has shape {shape}, expected {expected}"
+        ),
+    )
 
 
 def count_adapter_parameters(unet: nn.Module, name: str) -> int:

@@ -168,6 +168,9 @@ def build_app(ctx: tasks.AppContext):
 def _training_inputs(
     gr, prefix: str, steps: list[tuple[str, int, float]], toy: bool, batch: int = 4
 ) -> dict[str, Any]:
+    """The training settings, each component under the request field it fills (``steps`` and ``lr``,
+    ``ti_steps`` and ``ti_lr``, ..., ``batch_size``, ``checkpoint_every``, ``preview_every``,
+    ``preview_steps``, ``seed``)."""
     out = {}
     with gr.Accordion("Training settings", open=False, elem_id=f"{prefix}-settings"):
         with gr.Row():
@@ -175,23 +178,20 @@ def _training_inputs(
                 label = key.replace("_", " ").replace("ti ", "textual inversion ")
                 out[key] = gr.Number(value, label=label, precision=0, minimum=1, elem_id=f"{prefix}-{key}")
                 stage = key.replace("_steps", "").replace("steps", "").replace("ti", "textual inversion")
-                out[key + "_lr"] = gr.Number(lr, label=f"{stage} learning rate".strip())
+                out[key.replace("steps", "lr")] = gr.Number(lr, label=f"{stage} learning rate".strip())
         with gr.Row():
             out["batch_size"] = gr.Number(batch, label="batch size", precision=0, minimum=1)
-            out["checkpoint_every"] = gr.Number(
-                50 if toy else 100,
-                label="checkpoint every N steps",
-                precision=0,
-                minimum=1,
-                elem_id=f"{prefix}-checkpoint-every",
-            )
-            out["preview_every"] = gr.Number(
-                50 if toy else 0,
-                label="preview every N steps (0: none)",
-                precision=0,
-                minimum=0,
-                elem_id=f"{prefix}-preview-every",
-            )
+            for key, value, label, minimum in (
+                ("checkpoint_every", 50 if toy else 100, "checkpoint every N steps", 1),
+                ("preview_every", 50 if toy else 0, "preview every N steps (0: none)", 0),
+            ):
+                out[key] = gr.Number(
+                    value,
+                    label=label,
+                    precision=0,
+                    minimum=minimum,
+                    elem_id=f"{prefix}-{key.replace('_', '-')}",
+                )
             out["preview_steps"] = gr.Number(
                 10 if toy else 25, label="preview DDIM steps", precision=0, minimum=1
             )
@@ -207,196 +207,123 @@ def _cancel(ctx: tasks.AppContext, kind: str) -> str:
     return f"cancel requested for {kind} '{html.escape(job.name)}'"
 
 
-def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
+def _uploads(gr, label: str, types: list[str], elem_id: str):
+    """A field for several files of the given endings."""
+    return gr.File(label=label, file_count="multiple", file_types=types, elem_id=elem_id)
+
+
+def _player(gr, label: str, elem_id: str, height: int = 384):
+    """A video that plays on its own, in a loop."""
+    return gr.Video(label=label, interactive=False, elem_id=elem_id, autoplay=True, loop=True, height=height)
+
+
+def _learn_controls(gr, kind: str) -> tuple[Any, Any, Any]:
+    """The learn and cancel buttons of a training tab and its status line."""
+    with gr.Row():
+        learn = gr.Button(f"Learn {kind}", variant="primary", elem_id=f"{kind}-learn")
+        cancel = gr.Button("Cancel", elem_id=f"{kind}-cancel")
+    status = gr.HTML(elem_id=f"{kind}-status")
+    return learn, cancel, status
+
+
+def _progress_column(gr, kind: str) -> dict[str, Any]:
+    """The right column of a training tab: the jobs, the latest preview and the library."""
+    with gr.Column():
+        gr.Markdown("### Progress")
+        jobs = gr.HTML(elem_id=f"{kind}-jobs")
+        preview = _player(gr, "Latest preview", f"{kind}-preview", height=256)
+        gr.Markdown("### Library")
+        library = gr.HTML(elem_id=f"{kind}-library")
+    return {"jobs": jobs, "preview": preview, "library": library}
+
+
+def _queued(kind: str, submit) -> str:
+    """Submit a training job and say so, or show the library's error."""
+    try:
+        job = submit()
+    except DreamVideoError as err:
+        return error_text(err)
+    return f"queued {kind} '{html.escape(job.name)}' (job {job.id})"
+
+
+def _training_tab(gr, ctx: tasks.AppContext, kind: str, inputs, request) -> dict[str, Any]:
+    """A Subjects or Motions tab: the inputs and the buttons on the left, the progress on the right.
+
+    Args:
+        gr: the gradio module.
+        ctx: the app context.
+        kind: ``"subject"`` or ``"motion"``.
+        inputs: builds the input components and returns them by the request field each fills.
+        request: builds the request from the fields' values, by name.
+    """
     with gr.Row():
         with gr.Column():
-            photos = gr.File(
-                label="Photos of the subject (3-8)",
-                file_count="multiple",
-                file_types=IMAGE_TYPES,
-                elem_id="subject-photos",
-            )
-            masks = gr.File(
-                label="Masks (optional, same file names, white = subject)",
-                file_count="multiple",
-                file_types=IMAGE_TYPES,
-                elem_id="subject-masks",
-            )
-            with gr.Row():
-                name = gr.Textbox(label="Name in the library", placeholder="my-dog", elem_id="subject-name")
-                token = gr.Textbox("<sks>", label="Token", elem_id="subject-token")
-                word = gr.Textbox("square" if toy else "dog", label="Class word", elem_id="subject-word")
-            settings = _training_inputs(
-                gr,
-                "subject",
-                [
-                    ("ti_steps", 200 if toy else 3000, 5e-3 if toy else 1e-4),
-                    ("adapter_steps", 150 if toy else 1000, 1e-3 if toy else 1e-5),
-                ],
-                toy,
-            )
-            with gr.Row():
-                learn = gr.Button("Learn subject", variant="primary", elem_id="subject-learn")
-                cancel = gr.Button("Cancel", elem_id="subject-cancel")
-            status = gr.HTML(elem_id="subject-status")
-        with gr.Column():
-            gr.Markdown("### Progress")
-            jobs = gr.HTML(elem_id="subject-jobs")
-            preview = gr.Video(
-                label="Latest preview",
-                interactive=False,
-                elem_id="subject-preview",
-                autoplay=True,
-                loop=True,
-                height=256,
-            )
-            gr.Markdown("### Library")
-            library = gr.HTML(elem_id="subject-library")
+            fields = inputs()
+            learn, cancel, status = _learn_controls(gr, kind)
+        progress = _progress_column(gr, kind)
+    names = list(fields)
+    submit_job = tasks.submit_subject if kind == "subject" else tasks.submit_motion
 
-    def submit(
-        photos,
-        masks,
-        name,
-        token,
-        word,
-        ti_steps,
-        ti_lr,
-        adapter_steps,
-        adapter_lr,
-        batch,
-        every,
-        prev,
-        prev_steps,
-        seed,
-    ):
-        try:
-            job = tasks.submit_subject(
-                ctx,
-                tasks.SubjectRequest(
-                    name=name,
-                    images=_paths(photos),
-                    masks=_paths(masks),
-                    token=token,
-                    class_word=word,
-                    ti_steps=ti_steps,
-                    ti_lr=ti_lr,
-                    adapter_steps=adapter_steps,
-                    adapter_lr=adapter_lr,
-                    batch_size=batch,
-                    checkpoint_every=every,
-                    preview_every=prev,
-                    preview_steps=prev_steps,
-                    seed=seed,
-                ),
-            )
-        except DreamVideoError as err:
-            return error_text(err)
-        return f"queued subject '{html.escape(job.name)}' (job {job.id})"
+    def submit(*values):
+        return _queued(kind, lambda: submit_job(ctx, request(**dict(zip(names, values, strict=True)))))
 
-    inputs = [
-        photos,
-        masks,
-        name,
-        token,
-        word,
-        settings["ti_steps"],
-        settings["ti_steps_lr"],
-        settings["adapter_steps"],
-        settings["adapter_steps_lr"],
-        settings["batch_size"],
-        settings["checkpoint_every"],
-        settings["preview_every"],
-        settings["preview_steps"],
-        settings["seed"],
-    ]
-    learn.click(submit, inputs, status)
-    cancel.click(lambda: _cancel(ctx, "subject"), None, status)
-    return {"jobs": jobs, "preview": preview, "library": library}
+    learn.click(submit, list(fields.values()), status)
+    cancel.click(lambda: _cancel(ctx, kind), None, status)
+    return progress
+
+
+def _subject_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
+    def inputs() -> dict[str, Any]:
+        photos = _uploads(gr, "Photos of the subject (3-8)", IMAGE_TYPES, "subject-photos")
+        masks = _uploads(
+            gr, "Masks (optional, same file names, white = subject)", IMAGE_TYPES, "subject-masks"
+        )
+        with gr.Row():
+            name = gr.Textbox(label="Name in the library", placeholder="my-dog", elem_id="subject-name")
+            token = gr.Textbox("<sks>", label="Token", elem_id="subject-token")
+            word = gr.Textbox("square" if toy else "dog", label="Class word", elem_id="subject-word")
+        stages = [
+            ("ti_steps", 200 if toy else 3000, 5e-3 if toy else 1e-4),
+            ("adapter_steps", 150 if toy else 1000, 1e-3 if toy else 1e-5),
+        ]
+        settings = _training_inputs(gr, "subject", stages, toy)
+        return {
+            "images": photos,
+            "masks": masks,
+            "name": name,
+            "token": token,
+            "class_word": word,
+            **settings,
+        }
+
+    def request(images, masks, **values) -> tasks.SubjectRequest:
+        return tasks.SubjectRequest(images=_paths(images), masks=_paths(masks), **values)
+
+    return _training_tab(gr, ctx, "subject", inputs, request)
 
 
 def _motion_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
-    with gr.Row():
-        with gr.Column():
-            videos = gr.File(
-                label="Videos of the motion (1 or more)",
-                file_count="multiple",
-                file_types=VIDEO_TYPES,
-                elem_id="motion-videos",
-            )
-            with gr.Row():
-                name = gr.Textbox(label="Name in the library", placeholder="pendulum", elem_id="motion-name")
-                caption = gr.Textbox(label="Caption (empty: from the file names)", elem_id="motion-caption")
-            with gr.Row():
-                frames = gr.Number(8 if toy else 16, label="frames per clip", precision=0, minimum=1)
-                short = gr.Radio(["loop", "error"], value="loop", label="videos shorter than a clip")
-            settings = _training_inputs(
-                gr,
-                "motion",
-                [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)],
-                toy,
-                batch=2 if toy else 1,
-            )
-            with gr.Row():
-                learn = gr.Button("Learn motion", variant="primary", elem_id="motion-learn")
-                cancel = gr.Button("Cancel", elem_id="motion-cancel")
-            status = gr.HTML(elem_id="motion-status")
-        with gr.Column():
-            gr.Markdown("### Progress")
-            jobs = gr.HTML(elem_id="motion-jobs")
-            preview = gr.Video(
-                label="Latest preview",
-                interactive=False,
-                elem_id="motion-preview",
-                autoplay=True,
-                loop=True,
-                height=256,
-            )
-            gr.Markdown("### Library")
-            library = gr.HTML(elem_id="motion-library")
+    def inputs() -> dict[str, Any]:
+        videos = _uploads(gr, "Videos of the motion (1 or more)", VIDEO_TYPES, "motion-videos")
+        with gr.Row():
+            name = gr.Textbox(label="Name in the library", placeholder="pendulum", elem_id="motion-name")
+            caption = gr.Textbox(label="Caption (empty: from the file names)", elem_id="motion-caption")
+        with gr.Row():
+            frames = gr.Number(8 if toy else 16, label="frames per clip", precision=0, minimum=1)
+            short = gr.Radio(["loop", "error"], value="loop", label="videos shorter than a clip")
+        stages = [("steps", 250 if toy else 2000, 1e-3 if toy else 1e-5)]
+        settings = _training_inputs(gr, "motion", stages, toy, batch=2 if toy else 1)
+        fields = {"videos": videos, "name": name, "caption": caption}
+        return {**fields, "num_frames": frames, "short_videos": short, **settings}
 
-    def submit(videos, name, caption, frames, short, steps, lr, batch, every, prev, prev_steps, seed):
-        try:
-            job = tasks.submit_motion(
-                ctx,
-                tasks.MotionRequest(
-                    name=name,
-                    videos=_paths(videos),
-                    caption=caption or "",
-                    num_frames=frames,
-                    short_videos=short,
-                    steps=steps,
-                    lr=lr,
-                    batch_size=batch,
-                    checkpoint_every=every,
-                    preview_every=prev,
-                    preview_steps=prev_steps,
-                    seed=seed,
-                ),
-            )
-        except DreamVideoError as err:
-            return error_text(err)
-        return f"queued motion '{html.escape(job.name)}' (job {job.id})"
+    def request(videos, caption, **values) -> tasks.MotionRequest:
+        return tasks.MotionRequest(videos=_paths(videos), caption=caption or "", **values)
 
-    learn.click(
-        submit,
-        [
-            videos,
-            name,
-            caption,
-            frames,
-            short,
-            settings["steps"],
-            settings["steps_lr"],
-            settings["batch_size"],
-            settings["checkpoint_every"],
-            settings["preview_every"],
-            settings["preview_steps"],
-            settings["seed"],
-        ],
-        status,
-    )
-    cancel.click(lambda: _cancel(ctx, "motion"), None, status)
-    return {"jobs": jobs, "preview": preview, "library": library}
+    return _training_tab(gr, ctx, "motion", inputs, request)
+
+
+# what Generate and Compare both ask for, in the order of `_request`'s arguments
+SAMPLING = ("prompt", "subject", "motion", "seed", "frames", "steps", "guidance")
 
 
 def _sampling_inputs(gr, prefix: str, toy: bool) -> dict[str, Any]:
@@ -456,9 +383,7 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             run = gr.Button("Generate", variant="primary", elem_id="gen-run")
             status = gr.HTML(elem_id="gen-status")
         with gr.Column():
-            video = gr.Video(
-                label="Video", interactive=False, elem_id="gen-video", autoplay=True, loop=True, height=384
-            )
+            video = _player(gr, "Video", "gen-video")
             files = gr.File(
                 label="Download (.mp4, .gif, contact sheet)",
                 file_count="multiple",
@@ -476,33 +401,12 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     f["subject"].change(lambda n: steps_of("subject", n), f["subject"], subject_step)
     f["motion"].change(lambda n: steps_of("motion", n), f["motion"], motion_step)
 
-    def go(
-        prompt,
-        subject,
-        motion,
-        seed,
-        frames,
-        steps,
-        guidance,
-        image,
-        a_c,
-        a_u,
-        s_scale,
-        m_scale,
-        s_step,
-        m_step,
-    ):
+    def go(image, a_c, a_u, s_scale, m_scale, s_step, m_step, *sampling):
         try:
             result = tasks.generate(
                 ctx,
                 _request(
-                    prompt,
-                    subject,
-                    motion,
-                    seed,
-                    frames,
-                    steps,
-                    guidance,
+                    *sampling,
                     appearance_image=image,
                     appearance_strength=a_c,
                     appearance_strength_uncond=a_u,
@@ -525,13 +429,6 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     run.click(
         go,
         [
-            f["prompt"],
-            f["subject"],
-            f["motion"],
-            f["seed"],
-            f["frames"],
-            f["steps"],
-            f["guidance"],
             appearance,
             lam_c,
             lam_u,
@@ -539,6 +436,7 @@ def _generate_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
             motion_scale,
             subject_step,
             motion_step,
+            *(f[key] for key in SAMPLING),
         ],
         [status, video, files, sheet],
     )
@@ -550,17 +448,8 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
     status = gr.HTML(elem_id="cmp-status")
     with gr.Row():
-        plain = gr.Video(
-            label="Base model", interactive=False, elem_id="cmp-base", autoplay=True, loop=True, height=384
-        )
-        custom = gr.Video(
-            label="With the subject / motion",
-            interactive=False,
-            elem_id="cmp-custom",
-            autoplay=True,
-            loop=True,
-            height=384,
-        )
+        plain = _player(gr, "Base model", "cmp-base")
+        custom = _player(gr, "With the subject / motion", "cmp-custom")
     metrics = gr.Dataframe(
         label="Toy oracle metrics" if toy else "Metrics (toy base only)",
         interactive=False,
@@ -568,11 +457,11 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
     )
     sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, elem_id="cmp-sheet")
 
-    def go(prompt, subject, motion, seed, frames, steps, guidance):
+    def go(*sampling):
         import pandas as pd
 
         try:
-            a, b, rows = tasks.compare(ctx, _request(prompt, subject, motion, seed, frames, steps, guidance))
+            a, b, rows = tasks.compare(ctx, _request(*sampling))
         except DreamVideoError as err:
             return error_text(err), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         note = "same prompt and seed; " + (
@@ -582,7 +471,7 @@ def _compare_tab(gr, ctx: tasks.AppContext, toy: bool) -> dict[str, Any]:
 
     run.click(
         go,
-        [f["prompt"], f["subject"], f["motion"], f["seed"], f["frames"], f["steps"], f["guidance"]],
+        [f[key] for key in SAMPLING],
         [status, plain, custom, metrics, sheet],
     )
     return f

@@ -8,6 +8,7 @@ and motion as ``dreamvideo generate`` does and writes the same files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,32 @@ def _preview(every: int, steps: int, num_frames: int, seed: int):
     )
 
 
+def _staged_job(
+    ctx: AppContext, kind: str, name: str, uploads: dict[str, list[str]], check: Callable[[Path], Path]
+) -> tuple[Job, Path]:
+    """A new job with its uploads staged and checked; nothing is left behind when the check fails.
+
+    Args:
+        ctx: the app context.
+        kind: ``"subject"`` or ``"motion"``.
+        name: the checked library name.
+        uploads: the uploaded files by the sub-folder they are staged in.
+        check: reads the staged folder (raising on bad input) and returns the folder the learner reads.
+
+    Returns:
+        The job (its output folder set) and the folder the learner reads.
+    """
+    ws = ctx.workspace
+    job = Job(id=ctx.jobs.new_id(), kind=kind, name=name)
+    try:
+        folder = check(ws.stage_uploads(job.id, uploads))
+    except Exception:
+        ws.discard(job.id)
+        raise
+    job.output = str(ws.work_dir(job.id) / name)
+    return job, folder
+
+
 def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
     """Validate a subject request and its uploads, then queue its training; raise with the library's message.
 
@@ -140,14 +167,12 @@ def submit_subject(ctx: AppContext, req: SubjectRequest) -> Job:
     images = _require(req.images, "photo of the subject")
     if not (req.class_word or "").strip():
         raise WorkspaceError("give a class word (one word such as 'dog')")
-    job = Job(id=ctx.jobs.new_id(), kind="subject", name=name)
-    try:
-        folder = ws.stage_uploads(job.id, {"images": images, "masks": list(req.masks or [])})
+
+    def check(folder: Path) -> Path:
         load_subject_images(folder, VALIDATION_SIZE)  # every file decoded and masks matched before queueing
-    except Exception:
-        ws.discard(job.id)
-        raise
-    job.output = str(ws.work_dir(job.id) / name)
+        return folder
+
+    job, folder = _staged_job(ctx, "subject", name, {"images": images, "masks": list(req.masks or [])}, check)
 
     def task(job: Job) -> Path:
         from dreamvideo.methods import learn_subject
@@ -181,16 +206,15 @@ def submit_motion(ctx: AppContext, req: MotionRequest) -> Job:
     videos = _require(req.videos, "video of the motion")
     if req.short_videos not in ("loop", "error"):
         raise WorkspaceError(f"short videos: 'loop' or 'error', not {req.short_videos!r}")
-    job = Job(id=ctx.jobs.new_id(), kind="motion", name=name)
     caption = req.caption.strip() or None
-    try:
-        folder = ws.stage_uploads(job.id, {"videos": videos}) / "videos"
-        check = MotionSettings(num_frames=int(req.num_frames), short_videos=req.short_videos)
-        load_motion_data(folder, VALIDATION_SIZE, check, caption)  # unreadable or too short: refused now
-    except Exception:
-        ws.discard(job.id)
-        raise
-    job.output = str(ws.work_dir(job.id) / name)
+
+    def check(folder: Path) -> Path:
+        folder = folder / "videos"
+        settings = MotionSettings(num_frames=int(req.num_frames), short_videos=req.short_videos)
+        load_motion_data(folder, VALIDATION_SIZE, settings, caption)  # unreadable or too short: refused now
+        return folder
+
+    job, folder = _staged_job(ctx, "motion", name, {"videos": videos}, check)
 
     def task(job: Job) -> Path:
         from dreamvideo.methods import learn_motion

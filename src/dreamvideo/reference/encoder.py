@@ -24,7 +24,14 @@ from diffusers import UNet3DConditionModel
 from torch import nn
 
 from dreamvideo.base import check_same_architecture
-from dreamvideo.fileio import DreamVideoError, load_safetensors, read_json, save_safetensors, write_json
+from dreamvideo.fileio import (
+    DreamVideoError,
+    copy_exactly,
+    load_safetensors,
+    read_json,
+    save_safetensors,
+    write_json,
+)
 from dreamvideo.reference.config import ReferenceConfig
 from dreamvideo.reference.layer import CaptureStore, EncoderStop, ReferenceCaptureProcessor
 from dreamvideo.reference.model import find_reference_sites, set_reference_features
@@ -153,20 +160,17 @@ class AppearanceEncoder(nn.Module):
 
     def load_trainable(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Load tensors saved by :meth:`state_dict_trainable`; keys and shapes must match exactly."""
-        own = self.trainable_named_parameters()
-        missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-        if missing or unexpected:
-            raise DreamVideoError(
+        copy_exactly(
+            self.trainable_named_parameters(),
+            tensors,
+            lambda missing, unexpected: DreamVideoError(
                 f"{source}: does not fit this appearance encoder ({len(missing)} missing tensors, "
                 f"e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]})"
-            )
-        with torch.no_grad():
-            for name, p in own.items():
-                if p.shape != tensors[name].shape:
-                    raise DreamVideoError(
-                        f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(p.shape)}"
-                    )
-                p.copy_(tensors[name])
+            ),
+            lambda name, shape, expected: DreamVideoError(
+                f"{source}: {name} has shape {shape}, expected {expected}"
+            ),
+        )
 
 
 class ReferenceFeatureCache:

@@ -93,6 +93,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _stage(steps: int, lr: float, batch_size: int):
+    """A training stage with a checkpoint half-way and at the end."""
+    from dreamvideo.training import StageConfig
+
+    return StageConfig(steps=steps, lr=lr, batch_size=batch_size, checkpoint_every=max(1, steps // 2))
+
+
 def run_demo(
     out: str | Path,
     cfg: DemoConfig | None = None,
@@ -103,7 +110,6 @@ def run_demo(
     """Run the demo into ``out`` and return its summary (also written to ``out/metrics.json``)."""
     from dreamvideo.methods import MotionSettings, SubjectSettings, learn_motion, learn_subject
     from dreamvideo.pipeline import DreamVideoPipeline
-    from dreamvideo.training import StageConfig
     from dreamvideo.video_io import contact_sheet, write_video
 
     cfg = cfg or DemoConfig()
@@ -130,18 +136,8 @@ def run_demo(
         token=token,
         init_word=class_word,
         caption="a {token} {word} stays still",
-        textual_inversion=StageConfig(
-            steps=cfg.ti_steps,
-            lr=cfg.ti_lr,
-            batch_size=cfg.batch_size,
-            checkpoint_every=max(1, cfg.ti_steps // 2),
-        ),
-        identity=StageConfig(
-            steps=cfg.identity_steps,
-            lr=cfg.identity_lr,
-            batch_size=cfg.batch_size,
-            checkpoint_every=max(1, cfg.identity_steps // 2),
-        ),
+        textual_inversion=_stage(cfg.ti_steps, cfg.ti_lr, cfg.batch_size),
+        identity=_stage(cfg.identity_steps, cfg.identity_lr, cfg.batch_size),
     )
     learn_subject(pipe, subject_dir, out / "subject", settings, progress=progress)
     phase("learn subject", t0)
@@ -150,12 +146,7 @@ def run_demo(
     pipe = DreamVideoPipeline.from_pretrained(cfg.base, device=device)
     motion_settings = MotionSettings(
         num_frames=world.NUM_FRAMES,
-        stage=StageConfig(
-            steps=cfg.motion_steps,
-            lr=cfg.motion_lr,
-            batch_size=cfg.motion_batch_size,
-            checkpoint_every=max(1, cfg.motion_steps // 2),
-        ),
+        stage=_stage(cfg.motion_steps, cfg.motion_lr, cfg.motion_batch_size),
     )
     learn_motion(pipe, motion_dir, out / "motion", motion_settings, progress=progress)
     phase("learn motion", t0)
