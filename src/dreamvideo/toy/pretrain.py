@@ -283,6 +283,41 @@ def _tokenize(tokenizer, captions: list[str], device: torch.device) -> torch.Ten
     ).input_ids.to(device)
 
 
+def train_on_frames(
+    name: str,
+    module: nn.Module,
+    step_fn: Callable[[Any], torch.Tensor],
+    args: argparse.Namespace,
+    budget: Budget,
+    on_step: Callable[[int], None] | None = None,
+) -> Trainer:
+    """Train all of ``module`` on batches of single frames with ``--{name}-steps/-lr/-batch`` (CLIP, the VAE)."""
+    batches: list[Iterator] = []
+    params = [{"params": list(module.parameters()), "lr_scale": 1.0}]
+    steps, lr, batch = (
+        _steps(getattr(args, f"{name}_steps"), args),
+        getattr(args, f"{name}_lr"),
+        getattr(args, f"{name}_batch"),
+    )
+    pin = torch.device(args.device).type == "cuda"
+    trainer = phase_trainer(
+        name,
+        args,
+        {name: module},
+        params,
+        steps,
+        lr,
+        lambda step, generator: step_fn(next(batches[0])),
+        budget,
+        on_step=on_step,
+    )
+
+    def loader(step: int) -> Iterator:
+        return make_loader(_seed(args, name, step), batch, args.workers, True, pin)
+
+    return run_phase(trainer, batches, loader, budget)
+
+
 def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Trainer:
     """Symmetric InfoNCE on (random frame, caption) pairs; identical captions in a batch count as matches."""
     device = torch.device(args.device)
@@ -306,26 +341,7 @@ def train_clip(clip: nn.Module, tokenizer, args: argparse.Namespace, budget: Bud
         with torch.no_grad():
             clip.logit_scale.clamp_(0, math.log(100))
 
-    batches: list[Iterator] = []
-    params = [{"params": list(clip.parameters()), "lr_scale": 1.0}]
-    steps, pin = _steps(args.clip_steps, args), device.type == "cuda"
-    trainer = phase_trainer(
-        "clip",
-        args,
-        {"clip": clip},
-        params,
-        steps,
-        args.clip_lr,
-        lambda step, generator: step_fn(next(batches[0])),
-        budget,
-        on_step=clamp_scale,
-    )
-    return run_phase(
-        trainer,
-        batches,
-        lambda step: make_loader(_seed(args, "clip", step), args.clip_batch, args.workers, True, pin),
-        budget,
-    )
+    return train_on_frames("clip", clip, step_fn, args, budget, on_step=clamp_scale)
 
 
 def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Trainer:
@@ -344,25 +360,7 @@ def train_vae(vae: nn.Module, args: argparse.Namespace, budget: Budget) -> Train
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).flatten(1).sum(1).mean() / x[0].numel()
         return (rec - x).abs().mean() + (rec - x).square().mean() + args.kl_weight * kl
 
-    batches: list[Iterator] = []
-    params = [{"params": list(vae.parameters()), "lr_scale": 1.0}]
-    steps, pin = _steps(args.vae_steps, args), device.type == "cuda"
-    trainer = phase_trainer(
-        "vae",
-        args,
-        {"vae": vae},
-        params,
-        steps,
-        args.vae_lr,
-        lambda step, generator: step_fn(next(batches[0])),
-        budget,
-    )
-    run_phase(
-        trainer,
-        batches,
-        lambda step: make_loader(_seed(args, "vae", step), args.vae_batch, args.workers, True, pin),
-        budget,
-    )
+    trainer = train_on_frames("vae", vae, step_fn, args, budget)
     vae.eval()
     stats_file = args.out / "checkpoints" / "vae_stats.json"
     if not stats_file.is_file():
