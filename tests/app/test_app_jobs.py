@@ -156,3 +156,19 @@ def test_the_job_list_survives_a_restart_and_unfinished_jobs_read_as_interrupted
     damaged = tmp_path / "damaged.json"
     damaged.write_text("{not json")
     assert JobQueue(damaged).jobs() == []  # a damaged list is replaced, not fatal
+
+
+def test_wait_returns_only_once_the_finished_job_is_recorded(tmp_path, monkeypatch):
+    q = JobQueue(tmp_path / "jobs.json")
+    save = q._save
+
+    def slow_save():  # a slow disk: the record lags behind the job's state
+        time.sleep(0.3)
+        save()
+
+    monkeypatch.setattr(q, "_save", slow_save)
+    job = q.submit(Job(id=q.new_id(), kind="subject", name="s"), lambda job: tmp_path / "s")
+    assert q.wait(job.id, 30).state == DONE
+    record = read_json(tmp_path / "jobs.json")["jobs"]
+    assert record[0]["state"] == DONE and record[0]["finished"] is not None
+    assert not list(tmp_path.glob(".jobs.json*"))  # no temporary file left behind

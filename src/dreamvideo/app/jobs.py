@@ -116,6 +116,7 @@ class JobQueue:
         self._jobs: dict[str, Job] = {}
         self._pending: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
+        self._finishing = threading.Lock()  # held from a job's `finished` until its record is written
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._load()
@@ -192,7 +193,8 @@ class JobQueue:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.state} after {timeout} s")
             time.sleep(0.05)
-        return job
+        with self._finishing:  # the record of a job that just finished is written
+            return job
 
     # ------------------------------------------------------------------ worker
     def _work(self) -> None:
@@ -223,8 +225,9 @@ class JobQueue:
             if self.on_finish:
                 self.on_finish(job)
         finally:
-            job.finished = time.time()  # last: wait() returns once the clean-up is done too
-            self._save()
+            with self._finishing:  # wait() returns once the clean-up and the record are done too
+                job.finished = time.time()
+                self._save()
 
     # ------------------------------------------------------------------ record
     def _save(self) -> None:
