@@ -17,19 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from toy_motion_word_arms import restrict_motions, with_temporal_positions
-from toy_temporal_probe import model_pipe, word_use
+from toy_temporal_probe import model_pipe, probe_latents, word_use
 
 from dreamvideo.toy import world
-from dreamvideo.toy.model import toy_unet, vae_pixels
+from dreamvideo.toy.model import toy_unet
 from dreamvideo.training import prediction_target
-
-
-@torch.no_grad()
-def encode(pipe, specs: list[world.ClipSpec]) -> torch.Tensor:
-    """VAE latents (clips, 4, frames, h, w) of the rendered clips (posterior samples, as in training)."""
-    frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    z = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.sample()
-    return (z * pipe.vae.config.scaling_factor).unflatten(0, frames.shape[:2]).transpose(1, 2)
 
 
 def explained_variance(pipe, jitter: float | None, per_motion: int = 40) -> float:
@@ -48,7 +40,7 @@ def explained_variance(pipe, jitter: float | None, per_motion: int = 40) -> floa
             world._random_spec(rng, s, str(rng.choice(world.BACKGROUNDS)), motion, anchor_jitter=jitter)
             for s in sprites
         ]
-        latents.append(encode(pipe, specs))
+        latents.append(probe_latents(pipe, specs, sample=True))
     total = torch.cat(latents).var(0, unbiased=False).sum()
     within = sum(((z - z.mean(0)) ** 2).mean(0).sum() for z in latents) / len(latents)
     return float(1 - within / total)
@@ -97,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if step == args.steps:
             break
         specs = [world.sample_pretraining_spec(rng, args.anchor_jitter) for _ in range(args.batch)]
-        latents, text = encode(pipe, specs), pipe.encode_text([world.caption(s) for s in specs])
+        latents, text = (
+            probe_latents(pipe, specs, sample=True),
+            pipe.encode_text([world.caption(s) for s in specs]),
+        )
         noise = torch.randn_like(latents)
         t = torch.randint(args.t_min, scheduler.config.num_train_timesteps, (args.batch,))
         pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=text).sample

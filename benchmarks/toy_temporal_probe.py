@@ -97,12 +97,11 @@ def probe_specs(clips: int = 16, anchor_jitter: float | None = None) -> list[wor
 
 
 @torch.no_grad()
-def probe_latents(pipe, specs: list[world.ClipSpec]) -> torch.Tensor:
-    """VAE latents (clips, 4, frames, h, w) of the rendered clips."""
+def probe_latents(pipe, specs: list[world.ClipSpec], sample: bool = False) -> torch.Tensor:
+    """VAE latents (clips, 4, frames, h, w) of the rendered clips (posterior modes, or samples as in training)."""
     frames = torch.from_numpy(np.stack([world.render_clip(s).frames for s in specs]))
-    latents = (
-        pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist.mode() * pipe.vae.config.scaling_factor
-    )
+    posterior = pipe.vae.encode(vae_pixels(frames.flatten(0, 1))).latent_dist
+    latents = (posterior.sample() if sample else posterior.mode()) * pipe.vae.config.scaling_factor
     return latents.unflatten(0, frames.shape[:2]).transpose(1, 2)
 
 
