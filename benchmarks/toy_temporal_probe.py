@@ -15,7 +15,6 @@ when the caption's motion, colour or background is swapped for another (a model 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,19 +111,6 @@ def probe_inputs(pipe, clips: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     return probe_latents(pipe, specs), pipe.encode_text([world.caption(s) for s in specs])
 
 
-def swapped(spec: world.ClipSpec, word: str, rng: np.random.Generator) -> world.ClipSpec:
-    """``spec`` with its motion, colour or background replaced by another of the vocabulary."""
-    if word == "motion":
-        return dataclasses.replace(
-            spec, motion=str(rng.choice([m for m in world.MOTIONS if m != spec.motion]))
-        )
-    if word == "background":
-        others = [b for b in world.BACKGROUNDS if b != spec.background]
-        return dataclasses.replace(spec, background=str(rng.choice(others)))
-    others = [c for c in world.COLORS if c != spec.sprite.color]
-    return dataclasses.replace(spec, sprite=dataclasses.replace(spec.sprite, color=str(rng.choice(others))))
-
-
 @torch.no_grad()
 def word_use(pipe, clips: int = 32, seed: int = 0, anchor_jitter: float | None = None) -> dict:
     """Relative rise of the model's own loss when one kind of caption word is swapped, at each of ``WORD_TIMESTEPS``.
@@ -139,7 +125,7 @@ def word_use(pipe, clips: int = 32, seed: int = 0, anchor_jitter: float | None =
     captions = {"true": [world.caption(s) for s in specs]}
     for i, word in enumerate(("motion", "color", "background")):
         rng = np.random.default_rng(seed + i)
-        captions[word] = [world.caption(swapped(s, word, rng)) for s in specs]
+        captions[word] = [world.caption(world.swap_word(s, word, rng)) for s in specs]
     text = {k: pipe.encode_text(v) for k, v in captions.items()}
     rows = {}
     for t in WORD_TIMESTEPS:

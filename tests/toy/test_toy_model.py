@@ -314,3 +314,49 @@ def test_pretrain_with_foreground_weight_and_centred_paths_trains(tmp_path, monk
     log = read_json(out / "train_log.json")
     assert log["args"]["foreground_weight"] == 4 and len(log["phases"]["unet"]["losses"]) == 2
     assert seen and set(seen) == {2.0}  # the clips were drawn with the centred paths asked for
+
+
+def test_word_margin_loss_asks_each_word_to_move_the_states_after_it():
+    from dreamvideo.toy.pretrain import word_margin_loss
+
+    ids, other_ids = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 1, 5, 3]])  # token 2 swapped
+    states = torch.ones(1, 4, 2)
+    other = states.clone()
+    other[0, 2:] = torch.tensor(
+        [1.0, -1.0]
+    )  # moves the swapped token and the one after it by |(0, 2)| / |(1, 1)|
+    moved = 2 / 2**0.5
+    assert word_margin_loss(states, other, states, ids, other_ids, 2.0, 1.0) == pytest.approx(2.0 - moved)
+    assert word_margin_loss(states, other, states, ids, other_ids, 1.0, 1.0) == 0  # moved enough
+    other[0, :2] = -5.0  # tokens before the swapped word cannot see it: not counted
+    assert word_margin_loss(states, other, states, ids, other_ids, 2.0, 1.0) == pytest.approx(2.0 - moved)
+    start = states + 1.0  # the change in this phase, relative to the states it started from
+    assert word_margin_loss(states, other, start, ids, other_ids, 1.0, 3.0) == pytest.approx(3 * 1 / 4)
+
+
+def test_pretrain_text_phase_sets_motion_words_apart_before_the_unet(tmp_path):
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+
+    tokenizer = build_toy_tokenizer()
+    captions = ["a purple star moves left on blue sky", "a purple star moves right on blue sky"]
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    where = int((ids[0] != ids[1]).nonzero()[0])
+
+    def apart(folder):  # the move of the states from the motion word on, averaged over those tokens
+        with torch.no_grad():
+            states = CLIPTextModel.from_pretrained(folder / "text_encoder")(ids).last_hidden_state
+        mean = states[:, where:].mean(1)
+        return ((mean[0] - mean[1]).norm() / mean[0].norm()).item()
+
+    out = tmp_path / "words"
+    flags = warm_start_args(out, extra="--text-steps 40 --text-batch 16 --checkpoint-every 20")
+    assert pretrain_main([*flags, "--max-steps", "20"]) == 0 and not (out / "model").exists()
+    assert phase_state(out, "text")["step"] == 20
+    assert pretrain_main([*flags, "--resume"]) == 0
+    log = read_json(out / "train_log.json")
+    assert list(log["phases"]) == ["text", "unet"] and log["phases"]["text"]["steps"] == 40
+    before, after = apart(TOY_MODEL_DIR), apart(out / "model")
+    assert before < 0.15 and after > 2 * before  # "left" and "right" now clearly differ
+    key = "text_model.embeddings.token_embedding.weight"
+    clip = load_safetensors(out / "model/clip/model.safetensors")[0][key]
+    assert torch.equal(clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key])

@@ -194,3 +194,21 @@ def test_write_folders(tmp_path):
         assert read.shape == frames.shape and gif.info["duration"] in (120, 130)  # GIF stores centiseconds
         assert np.abs(read.astype(int) - frames).max() <= 10  # one shared 256-colour palette is enough
         assert captions[name] == text
+
+
+def test_swap_word_changes_exactly_the_asked_word_of_the_caption():
+    rng = np.random.default_rng(0)
+    spec = w.sample_pretraining_spec(rng)
+    phrase = {
+        "motion": lambda s: s.motion,
+        "color": lambda s: s.sprite.color,
+        "shape": lambda s: s.sprite.shape,
+        "background": lambda s: s.background,
+    }
+    for kind in w.WORD_KINDS:
+        other = w.swap_word(spec, kind, rng)
+        assert phrase[kind](other) != phrase[kind](spec)
+        assert w.caption(other) == w.caption(spec).replace(phrase[kind](spec), phrase[kind](other))
+        assert all(phrase[k](other) == phrase[k](spec) for k in w.WORD_KINDS if k != kind)
+    with pytest.raises(w.WorldError, match="unknown word kind"):
+        w.swap_word(spec, "size", rng)

@@ -1,4 +1,4 @@
-"""Pretrain the toy base model on the procedural world, in three resumable phases: CLIP, the VAE, the UNet.
+"""Pretrain the toy base model on the procedural world, in resumable phases: CLIP, the VAE, the UNet's text encoder, the UNet.
 
     python -m dreamvideo.toy.pretrain --out toy_train                 # about 8 minutes on one H100
     python -m dreamvideo.toy.pretrain --out toy_train --resume        # continue after an interruption
@@ -6,7 +6,8 @@
     python -m dreamvideo.toy.pretrain --out more --init-from toy --unet-steps 1200 --unet-batch 16  # train on
 
 ``--init-from`` warm-starts from a saved base model (``toy``: the shipped one): CLIP and the VAE are taken as they
-are and only the UNet trains further (its EMA restarts from the loaded weights).
+are; the UNet's text encoder (``--text-steps``) and the UNet train further (the UNet's EMA restarts from the loaded
+weights).
 
 Writes ``OUT/model`` (the diffusers-layout base model, see :func:`dreamvideo.toy.model.save_base_model`),
 ``OUT/checkpoints/<phase>/step-N/`` (the shared :class:`~dreamvideo.training.Trainer`'s checkpoints: safetensors +
@@ -57,7 +58,7 @@ from dreamvideo.toy.model import (
 )
 from dreamvideo.training import StageConfig, Trainer, latest_checkpoint, prediction_target
 
-PHASES = ("clip", "vae", "unet")
+PHASES = ("clip", "vae", "unet", "text")  # the index seeds each phase's data: new phases go last
 
 
 class PretrainError(DreamVideoError):
@@ -262,7 +263,7 @@ class Budget:
         return self.time_limit is not None and time.perf_counter() - self.start > self.time_limit
 
 
-# ----------------------------------------------------------------------------- the three phases
+# ----------------------------------------------------------------------------- the phases
 
 
 def _steps(n: int, args: argparse.Namespace) -> int:
@@ -393,6 +394,88 @@ def measure_vae(vae: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
         "latent_channel_means": latents.mean((0, 2, 3)).tolist(),
         "reconstruction_l1_0_255": (rec - vae_pixels(frames.to(device))).abs().mean().item() * 127.5,
     }
+
+
+def _caption_pairs(seed: list[int], batch: int) -> Iterator[tuple[list[str], list[str]]]:
+    """Endless batches of (captions, the same captions with one word each swapped), the kinds taken in turn."""
+    rng = np.random.default_rng(seed)
+    while True:
+        specs = [world.sample_pretraining_spec(rng) for _ in range(batch)]
+        kinds = [world.WORD_KINDS[i % len(world.WORD_KINDS)] for i in range(batch)]
+        other = [world.swap_word(s, k, rng) for s, k in zip(specs, kinds, strict=True)]
+        yield [world.caption(s) for s in specs], [world.caption(s) for s in other]
+
+
+def word_margin_loss(
+    states: torch.Tensor,
+    other: torch.Tensor,
+    start: torch.Tensor,
+    ids: torch.Tensor,
+    other_ids: torch.Tensor,
+    margin: float,
+    keep: float,
+) -> torch.Tensor:
+    """Hinge on how far one swapped word moves the caption's states, plus ``keep`` x their change in this phase.
+
+    The UNet's cross-attention averages the values of all tokens, so a word is easy to read only if it moves the
+    states of the tokens from it onwards (the end-of-text and padding states too; the encoder is causal), on
+    average, by a good part of their norm. Per caption, ``d`` = |mean over those tokens of the state difference| /
+    |their mean state|, and the loss is ``mean(relu(margin - d)) + keep * MSE(states, start) / mean(start^2)``.
+
+    Args:
+        states, other: (batch, tokens, dim) last hidden states of the captions and of their one-word-swapped copies.
+        start: the captions' states before this phase.
+        ids, other_ids: their (batch, tokens) token ids.
+        margin: the relative move asked of every word.
+        keep: weight of the change.
+    """
+    after = (
+        (ids != other_ids).int().cummax(1).values[..., None].float()
+    )  # the swapped word and every later token
+    count = after.sum(1).clamp(min=1)
+    moved = ((states - other) * after).sum(1) / count
+    mean = (states * after).sum(1) / count
+    hinge = F.relu(margin - moved.norm(dim=-1) / mean.norm(dim=-1).clamp(min=1e-6)).mean()
+    return hinge + keep * F.mse_loss(states, start) / start.pow(2).mean()
+
+
+def train_text(text_encoder: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Trainer:
+    """Teach the UNet's text encoder to let every caption word move its states (:func:`word_margin_loss`).
+
+    The toy CLIP learnt its words contrastively from single frames, where a motion word says nothing: swapping "moves
+    left" for "moves right" moves the states, averaged over the tokens, by 9 % of their norm, a colour word by 145 %,
+    and the UNet does not pick the motion word up (``docs/toy_model/recipe.md``). Captions only; ``text_encoder`` is
+    a ``CLIPTextTransformer``, and CLIP for the metrics (``clip/``) is not changed.
+    """
+    device = torch.device(args.device)
+    start = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+    text_encoder.train().requires_grad_(True)
+    batches: list[Iterator] = []
+
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        captions, other = next(batches[0])
+        ids, other_ids = _tokenize(tokenizer, captions, device), _tokenize(tokenizer, other, device)
+        with torch.no_grad():
+            before = start(input_ids=ids).last_hidden_state
+        states, swapped = text_encoder(input_ids=torch.cat([ids, other_ids])).last_hidden_state.chunk(2)
+        return word_margin_loss(states, swapped, before, ids, other_ids, args.text_margin, args.text_keep)
+
+    groups = [{"params": list(text_encoder.parameters()), "lr_scale": 1.0}]
+    trainer = phase_trainer(
+        "text",
+        args,
+        {"text": text_encoder, "start": start},
+        groups,
+        _steps(args.text_steps, args),
+        args.text_lr,
+        loss_fn,
+        budget,
+    )
+    trainer = run_phase(
+        trainer, batches, lambda step: _caption_pairs(_seed(args, "text", step), args.text_batch), budget
+    )
+    text_encoder.eval().requires_grad_(False)
+    return trainer
 
 
 def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch.Tensor:
@@ -670,6 +753,8 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         vae.eval().requires_grad_(False)
         if "clip" in phases:
             text_encoder.load_state_dict(clip.text_model.state_dict())
+        if args.text_steps > 0:
+            phases["text"] = train_text(text_encoder, tokenizer, args, budget)
         text_encoder.eval().requires_grad_(False)
         phases["unet"], ema = train_unet(unet, vae, text_encoder, tokenizer, scheduler, args, budget)
     except StopRun as stop:
@@ -782,6 +867,26 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     p.add_argument(
         "--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)"
+    )
+    p.add_argument(
+        "--text-steps",
+        type=int,
+        default=0,
+        help="steps teaching the UNet's text encoder to let every caption word move its states, before the UNet (0: none)",
+    )
+    p.add_argument("--text-batch", type=int, default=64, help="captions per text-encoder step")
+    p.add_argument("--text-lr", type=float, default=1e-3)
+    p.add_argument(
+        "--text-margin",
+        type=float,
+        default=1.0,
+        help="how far (relative) one swapped caption word must move the states of the tokens from it onwards",
+    )
+    p.add_argument(
+        "--text-keep",
+        type=float,
+        default=1.0,
+        help="weight of staying close to the text encoder's states before that phase (relative MSE)",
     )
     p.add_argument(
         "--text-encoder-lr",

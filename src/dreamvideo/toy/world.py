@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +452,27 @@ def sample_pretraining_spec(rng: np.random.Generator, anchor_jitter: float | Non
         spec = ClipSpec(sprite, str(rng.choice(BACKGROUNDS)), motion)
         if not is_held_out(spec):
             return _random_spec(rng, sprite, spec.background, motion, anchor_jitter=anchor_jitter)
+
+
+WORD_KINDS = ("motion", "color", "shape", "background")
+
+
+def swap_word(spec: ClipSpec, kind: str, rng: np.random.Generator) -> ClipSpec:
+    """``spec`` with its motion, colour, shape or background (``kind``) replaced by another of the vocabulary.
+
+    The result may be a held-out combination; only its caption is meant to be used.
+    """
+    if kind == "motion":
+        return replace(spec, motion=str(rng.choice([m for m in MOTIONS if m != spec.motion])))
+    if kind == "background":
+        return replace(spec, background=str(rng.choice([b for b in BACKGROUNDS if b != spec.background])))
+    if kind == "shape":
+        others = [s for s in SHAPES if s != spec.sprite.shape]
+        return replace(spec, sprite=replace(spec.sprite, shape=str(rng.choice(others))))
+    if kind == "color":
+        others = [c for c in COLORS if c != spec.sprite.color]
+        return replace(spec, sprite=replace(spec.sprite, color=str(rng.choice(others))))
+    raise WorldError(f"unknown word kind {kind!r}; expected one of {', '.join(WORD_KINDS)}")
 
 
 def held_out_triples() -> list[tuple[str, str, str]]:
