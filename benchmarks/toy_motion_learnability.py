@@ -6,7 +6,12 @@ motion-word use (``toy_temporal_probe.word_use`` on the same kind of clips) ever
 prints how much of the clips' latent variance the motion word explains, by anchor jitter.
 
     python benchmarks/toy_motion_learnability.py MODEL [--temporal-positions] [--steps 150]
+    python benchmarks/toy_motion_learnability.py MODEL --motion-vector 1.0 --steps 50
     python benchmarks/toy_motion_learnability.py toy --variance 2 4 8
+
+``--motion-vector S`` asks how strong the text signal must be: it adds +v to the text states of every "moves left"
+caption and -v to every "moves right" one, at every token, v a fixed random direction of S times the mean token
+norm (so the two captions' states differ by 2 S norms where the text encoder alone separates them by a tenth).
 """
 
 from __future__ import annotations
@@ -46,6 +51,24 @@ def explained_variance(pipe, jitter: float | None, per_motion: int = 40) -> floa
     return float(1 - within / total)
 
 
+def with_motion_vector(pipe, scale: float) -> None:
+    """Make ``pipe.encode_text`` add +v ("moves left") or -v ("moves right") to every token's state.
+
+    v: a fixed random direction (seed 0) with ``scale`` times the mean token norm of the first captions encoded.
+    """
+    encode, vector = pipe.encode_text, []
+
+    def encode_with_vector(prompts, device=None):
+        states = encode(prompts, device)
+        if not vector:
+            v = torch.randn(states.shape[-1], generator=torch.Generator().manual_seed(0))
+            vector.append(v / v.norm() * states.norm(dim=-1).mean() * scale)
+        sign = [1.0 if "moves left" in p else -1.0 if "moves right" in p else 0.0 for p in prompts]
+        return states + torch.tensor(sign).view(-1, 1, 1) * vector[0]
+
+    pipe.encode_text = encode_with_vector
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="'toy' or a base-model folder (its unet/, scheduler/, text_encoder/)")
@@ -58,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--temporal-positions", action="store_true", help="the model was trained with them")
+    p.add_argument(
+        "--motion-vector", type=float, default=0.0, help="add +-S token norms to left / right text states"
+    )
     args = p.parse_args(argv)
     pipe = model_pipe(args.model)
     if args.variance is not None:
@@ -71,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe.unet = with_temporal_positions(toy_unet)()
         pipe.unet.load_state_dict(weights)
     restrict_motions(["moves left", "moves right"])
+    if args.motion_vector:
+        with_motion_vector(pipe, args.motion_vector)
     unet, scheduler = pipe.unet.requires_grad_(True), pipe.scheduler
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     rng, losses = np.random.default_rng(5), []

@@ -7,7 +7,8 @@ at high noise, where the layout is decided. It also gives the loss with the temp
 perturbs the noise of frame 0 and reports how much the prediction for the other frames moves, relative to frame
 0's own change. ``word_use`` asks whether the UNet reads each kind of word of the caption: how much its loss rises
 when the caption's motion, colour or background is swapped for another (a model that ignores its motion words scores
-0 there, whatever its samples look like).
+0 there, whatever its samples look like), and ``text_moves`` how far such a swap moves the text encoder's states, which
+the UNet has to read it from (``pretrain.word_moves``).
 
     python benchmarks/toy_temporal_probe.py --unet toy path/to/other/unet.safetensors --out probe.json
 """
@@ -27,6 +28,7 @@ from diffusers import DDIMScheduler
 from dreamvideo.fileio import load_safetensors, write_json
 from dreamvideo.toy import world
 from dreamvideo.toy.model import vae_pixels
+from dreamvideo.toy.pretrain import word_moves
 from dreamvideo.training import prediction_target
 
 TIMESTEPS = (900, 600, 300, 100)
@@ -141,6 +143,28 @@ def word_use(pipe, clips: int = 32, seed: int = 0, anchor_jitter: float | None =
     return rows
 
 
+@torch.no_grad()
+def text_moves(pipe, captions: int = 64, seed: int = 0) -> dict[str, float]:
+    """Mean ``pretrain.word_moves`` of the pipeline's text encoder when one word of each kind is swapped."""
+    rng = np.random.default_rng(seed)
+    specs = [world.sample_pretraining_spec(rng) for _ in range(captions)]
+    moves = {}
+    for kind in world.WORD_KINDS:
+        other = [world.swap_word(s, kind, rng) for s in specs]
+        ids, other_ids = (
+            pipe.tokenizer(
+                [world.caption(s) for s in group],
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids
+            for group in (specs, other)
+        )
+        states, swapped = pipe.text_encoder(ids)[0], pipe.text_encoder(other_ids)[0]
+        moves[kind] = word_moves(states, swapped, ids, other_ids).mean().item()
+    return moves
+
+
 def model_pipe(source: str):
     """The shipped toy pipeline with the UNet, scheduler and (when there is one) text encoder of ``source``.
 
@@ -192,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         for t, row in results[source]["temporal"].items():
             print(source, f"t={t}", {k: round(v, 4) for k, v in row.items()})
         if args.words:
+            results[source]["text_moves"] = text_moves(pipe)
+            print(
+                source,
+                "text states moved by a swapped word:",
+                {k: f"{v:.0%}" for k, v in results[source]["text_moves"].items()},
+            )
             results[source]["word_use"] = word_use(pipe, 2 * args.clips, anchor_jitter=args.anchor_jitter)
             for t, row in results[source]["word_use"].items():
                 print(source, f"t={t} loss rise when swapped:", {k: f"{v:+.1%}" for k, v in row.items()})

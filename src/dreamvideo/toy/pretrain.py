@@ -406,6 +406,27 @@ def _caption_pairs(seed: list[int], batch: int) -> Iterator[tuple[list[str], lis
         yield [world.caption(s) for s in specs], [world.caption(s) for s in other]
 
 
+def word_moves(
+    states: torch.Tensor, other: torch.Tensor, ids: torch.Tensor, other_ids: torch.Tensor
+) -> torch.Tensor:
+    """How far a swapped word moves a caption's text states, relative to them: (batch,).
+
+    The UNet's cross-attention spreads over all tokens (about 1/16 each), so it reads a word through the average of
+    the states from the word on (the encoder is causal; end-of-text and padding states included):
+    ``d = |mean over those tokens of (states - other)| / |their mean state|``.
+
+    Args:
+        states, other: (batch, tokens, dim) last hidden states of the captions and of their one-word-swapped copies.
+        ids, other_ids: their (batch, tokens) token ids.
+    """
+    after = (
+        (ids != other_ids).int().cummax(1).values[..., None].float()
+    )  # the swapped word and every later token
+    count = after.sum(1).clamp(min=1)
+    moved = ((states - other) * after).sum(1) / count
+    return moved.norm(dim=-1) / ((states * after).sum(1) / count).norm(dim=-1).clamp(min=1e-6)
+
+
 def word_margin_loss(
     states: torch.Tensor,
     other: torch.Tensor,
@@ -415,27 +436,12 @@ def word_margin_loss(
     margin: float,
     keep: float,
 ) -> torch.Tensor:
-    """Hinge on how far one swapped word moves the caption's states, plus ``keep`` x their change in this phase.
+    """``mean(relu(margin - word_moves(...))) + keep * MSE(states, start) / mean(start^2)``.
 
-    The UNet's cross-attention averages the values of all tokens, so a word is easy to read only if it moves the
-    states of the tokens from it onwards (the end-of-text and padding states too; the encoder is causal), on
-    average, by a good part of their norm. Per caption, ``d`` = |mean over those tokens of the state difference| /
-    |their mean state|, and the loss is ``mean(relu(margin - d)) + keep * MSE(states, start) / mean(start^2)``.
-
-    Args:
-        states, other: (batch, tokens, dim) last hidden states of the captions and of their one-word-swapped copies.
-        start: the captions' states before this phase.
-        ids, other_ids: their (batch, tokens) token ids.
-        margin: the relative move asked of every word.
-        keep: weight of the change.
+    Every swapped word must move the states by at least ``margin`` (:func:`word_moves`), while the states change
+    little from ``start``, the captions' states before this phase.
     """
-    after = (
-        (ids != other_ids).int().cummax(1).values[..., None].float()
-    )  # the swapped word and every later token
-    count = after.sum(1).clamp(min=1)
-    moved = ((states - other) * after).sum(1) / count
-    mean = (states * after).sum(1) / count
-    hinge = F.relu(margin - moved.norm(dim=-1) / mean.norm(dim=-1).clamp(min=1e-6)).mean()
+    hinge = F.relu(margin - word_moves(states, other, ids, other_ids)).mean()
     return hinge + keep * F.mse_loss(states, start) / start.pow(2).mean()
 
 
