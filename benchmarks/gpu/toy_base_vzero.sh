@@ -7,25 +7,24 @@
 #       --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 imageio-ffmpeg==0.6.0
 # then `run` with carry [".whl"], e.g. (seconds of training; leave ~4 minutes to measure and copy back)
 #   bash benchmarks/gpu/toy_base_vzero.sh 420
-# Two arms train side by side from the CPU candidate (docs/toy_model/recipe/vzero_shift_800: v-prediction, zero
-# terminal SNR, trailing steps, log-SNR shift -1; docs/toy_model/recipe.md), each at batch 64 with 8 rendering
-# workers: `fg_text` (the recipe + the loss weighted 5x on the sprite + the UNet's text encoder trained) and
-# `jit_fg_text` (the same with the sprite's path centred in the frame, --anchor-jitter 2, so that a motion word says
-# where the sprite is in each frame). Each is measured there with the quality bar (64 held-out prompts) and the
-# word-use probe (on clips drawn as the arm was trained).
+# Two arms train side by side from a CPU candidate (INIT: v-prediction, zero terminal SNR, trailing steps, log-SNR
+# shift -1, the loss weighted 5x on the sprite, the UNet's text encoder trained, the sprite's path centred in the
+# frame, after `--text-steps 300`; docs/toy_model/recipe.md), each at batch 64 with 7 rendering workers: `jit_text`
+# (that recipe continued) and `jit_text2` (the same after a second, stronger text phase, margin 1.5, so that the
+# motion word moves the caption's states further). Each is measured there with the quality bar (64 held-out prompts)
+# and the word-use probe (on centred clips, as trained).
 # Back in $OUT (at most 8 files come back): ARM_unet.safetensors, ARM_text_encoder.safetensors,
 # ARM_report.json (training, quality, word use), ARM_samples.png. Rebuild a model folder here with
 #   python benchmarks/gpu/unpack_arm.py FILES_AT ARM docs/toy_model/recipe/ARM
 set -euo pipefail
 LIMIT=${1:-420}
-INIT=${INIT:-docs/toy_model/recipe/vzero_shift_800}
+INIT=${INIT:-docs/toy_model/recipe/sep_975}
 DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-7} BATCH=${BATCH:-64} N=${N:-64}  # a CPU dry run: DEVICE=cpu WORKERS=0 ...
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-declare -A ARMS=([fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4"
-  [jit_fg_text]="--foreground-weight 5 --text-encoder-lr 2e-4 --anchor-jitter 2")
-declare -A PROBE=([fg_text]="" [jit_fg_text]="--anchor-jitter 2")
+RECIPE="--foreground-weight 5 --text-encoder-lr 2e-4 --anchor-jitter 2"
+declare -A ARMS=([jit_text]="$RECIPE" [jit_text2]="$RECIPE --text-steps 300 --text-margin 1.5")
 flags() {
   echo "--out /tmp/arm_$1 --init-from $INIT --device $DEVICE --workers $WORKERS --unet-steps 6000 --unet-batch $BATCH
     --unet-lr 2e-4 --warmup 50 --checkpoint-every 500 --prediction-type v_prediction --zero-snr
@@ -37,8 +36,8 @@ done
 wait || true
 for arm in "${!ARMS[@]}"; do
   tail -c 300 /tmp/arm_$arm.log
-  [ -d /tmp/arm_$arm/model/unet ] || python3 -m dreamvideo.toy.pretrain $(flags $arm) --resume --export-only > /dev/null
+  [ -d /tmp/arm_$arm/model/unet ] || python3 -m dreamvideo.toy.pretrain $(flags $arm) --resume --export-only > /dev/null || continue
   python3 -m dreamvideo.toy.quality --base /tmp/arm_$arm/model --device $DEVICE --n $N --out /tmp/q_$arm > /dev/null 2>&1 || true
-  python3 benchmarks/toy_temporal_probe.py --unet /tmp/arm_$arm/model --words ${PROBE[$arm]} --out /tmp/w_$arm.json > /dev/null 2>&1 || true
+  python3 benchmarks/toy_temporal_probe.py --unet /tmp/arm_$arm/model --words --anchor-jitter 2 --out /tmp/w_$arm.json > /dev/null 2>&1 || true
   python3 benchmarks/gpu/pack_arm.py "$arm" "$OUT"
 done
