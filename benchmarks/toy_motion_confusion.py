@@ -5,6 +5,8 @@ fixed) and each of the 11 vocabulary motions:
 
 - ``text_moves``: the 11 x 11 matrix of ``pretrain.word_moves`` between the captions' text states (how far the
   UNet's input moves when only the motion words change);
+- ``x0_shares``: how much of the UNet's x0 prediction at the first sampling step (pure noise) comes from the noise
+  and how much from the motion word, over all motions and over the four slides (``moves left/right/up/down``);
 - ``confusion``: for ``--seeds`` seeds, one video per motion from the *same* starting noise, and the oracle's
   motion class of each; a model that ignores a motion word draws the same path for it as for its neighbours.
 
@@ -45,6 +47,32 @@ def text_moves(pipe, template: str) -> np.ndarray:
         moved = word_moves(states[[i] * (n - 1)], states[others], ids[[i] * (n - 1)], ids[others])
         out[i, others] = moved.numpy()
     return out
+
+
+def x0_shares(
+    pipe, template: str, motions: list[str], seeds: int = 4, t: int | None = None
+) -> dict[str, float]:
+    """Shares of the variance of the UNet's x0 prediction on pure noise due to the noise and to the motion word.
+
+    At the first sampling step (``t`` = the last training timestep, pure noise under zero terminal SNR) the input holds
+    nothing about the clip, so a well-trained model's x0 depends on the prompt alone (noise share 0); a model that
+    reads a path from the noise there draws the same path whatever the motion word says.
+    """
+    t = pipe.scheduler.config.num_train_timesteps - 1 if t is None else t
+    alpha_bar = pipe.scheduler.alphas_cumprod[t]
+    text = pipe.encode_text([template.format(motion=m) for m in motions]).repeat(seeds, 1, 1)
+    shape = (seeds, 1, pipe.unet.config.in_channels, world.NUM_FRAMES, *[pipe.unet.config.sample_size] * 2)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).expand(
+        -1, len(motions), *shape[2:]
+    )
+    sample = (1 - alpha_bar).sqrt() * noise.flatten(0, 1)  # no signal, only the noise at level t
+    with torch.no_grad():
+        out = pipe.unet(sample, torch.tensor(t), encoder_hidden_states=text).sample
+    x0 = pipe.predicted_x0_and_noise(out, sample, alpha_bar)[0].reshape(seeds, len(motions), -1)
+    total = x0.var((0, 1), unbiased=False).sum()
+    from_noise = x0.var(0, unbiased=False).mean(0).sum()  # across seeds, within a motion
+    from_text = x0.mean(0).var(0, unbiased=False).sum()  # across motions, of the mean over seeds
+    return {"t": t, "noise": float(from_noise / total), "text": float(from_text / total)}
 
 
 def confusion(pipe, template: str, seeds: int, steps: int, guidance: float) -> tuple[np.ndarray, list]:
@@ -100,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         "mean": float(off.mean()),
     }
     print(f"min {off.min():.0%}, mean {off.mean():.0%}")
+    slides = [m for m in world.MOTIONS if m.startswith("moves ")]
+    result["x0_shares"] = {"all": x0_shares(pipe, args.template, list(world.MOTIONS))}
+    result["x0_shares"]["slides"] = x0_shares(pipe, args.template, slides)
+    for group, shares in result["x0_shares"].items():
+        print(
+            f"x0 on pure noise (t={shares['t']}), {group} motions: {shares['noise']:.0%} from the noise, "
+            f"{shares['text']:.0%} from the motion word"
+        )
     if args.seeds:
         counts, tracks = confusion(pipe, args.template, args.seeds, args.steps, args.guidance)
         print_matrix(

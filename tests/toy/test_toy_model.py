@@ -231,6 +231,40 @@ def test_video_noise_shares_the_chosen_part_of_its_variance_across_frames():
     assert pretrain_main(["--out", "unused", "--shared-noise", "1.0"]) == 2
 
 
+def test_timestep_weights_bias_the_noisiest_portion():
+    from dreamvideo.toy.pretrain import timestep_weights
+
+    w = timestep_weights(1000, 0.25, 3.0)
+    assert w.sum().item() == pytest.approx(1.0)
+    assert w[750:].sum().item() == pytest.approx(0.5)  # 3 * 250 / (750 + 3 * 250)
+    assert torch.equal(w[:750], torch.full((750,), w[0].item())) and w[999].item() == pytest.approx(
+        3 * w[0].item()
+    )
+    torch.testing.assert_close(timestep_weights(1000, 0.25, 1.0), torch.full((1000,), 1e-3))
+
+
+def test_pretrain_draws_unet_timesteps_from_the_biased_weights(tmp_path, monkeypatch):
+    from diffusers import UNet3DConditionModel
+
+    from dreamvideo.toy import pretrain
+
+    seen, forward = [], UNet3DConditionModel.forward
+
+    def recording(self, sample, timestep, *args, **kwargs):
+        seen.append(timestep.tolist())
+        return forward(self, sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(UNet3DConditionModel, "forward", recording)
+    # all the probability on the last timestep: every drawn t must be 999
+    monkeypatch.setattr(pretrain, "timestep_weights", lambda n, portion, m: torch.eye(n)[n - 1])
+    extra = "--timestep-bias-multiplier 4"
+    assert pretrain_main(warm_start_args(tmp_path / "run", steps=2, batch=2, extra=extra)) == 0
+    assert seen and all(t == [999, 999] for t in seen[:2])
+    assert read_json(tmp_path / "run/train_log.json")["args"]["timestep_bias_multiplier"] == 4.0
+    for bad in ("--timestep-bias-multiplier 0", "--timestep-bias-portion 1.5"):
+        assert pretrain_main(["--out", "unused", *bad.split()]) == 2
+
+
 def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
     import shutil
 

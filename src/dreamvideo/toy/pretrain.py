@@ -496,6 +496,17 @@ def video_noise(shape: torch.Size, shared: float, device: torch.device) -> torch
     return shared**0.5 * common + (1 - shared) ** 0.5 * own
 
 
+def timestep_weights(num_timesteps: int, portion: float, multiplier: float) -> torch.Tensor:
+    """Probabilities of each training timestep: the last ``portion`` of them ``multiplier`` times as likely.
+
+    diffusers' "later" timestep bias (its SDXL training example). Sampling starts from pure noise at t = T - 1, where
+    the layout and the path are decided; a model that learnt little there reads them from the noise.
+    """
+    weights = torch.ones(num_timesteps)
+    weights[num_timesteps - round(portion * num_timesteps) :] *= multiplier
+    return weights / weights.sum()
+
+
 def train_unet(
     unet: nn.Module,
     vae: nn.Module,
@@ -524,6 +535,10 @@ def train_unet(
     unet.train()
     scaling = vae.config.scaling_factor
     weighted = args.foreground_weight != 1.0
+    biased = args.timestep_bias_multiplier != 1.0
+    weights = timestep_weights(
+        scheduler.config.num_train_timesteps, args.timestep_bias_portion, args.timestep_bias_multiplier
+    )
     rng: list[
         np.random.Generator
     ] = []  # caption dropout and 1-frame batches, seeded at the step resumed from
@@ -545,7 +560,10 @@ def train_unet(
             text = text_encoder(input_ids=_tokenize(tokenizer, captions, device)).last_hidden_state
         offset = torch.randn(b, latents.shape[1], 1, 1, 1, device=device)  # ModelScope's offset noise
         noise = video_noise(latents.shape, args.shared_noise, device) + args.offset_noise * offset
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
+        if biased:
+            t = torch.multinomial(weights, b, replacement=True).to(device)
+        else:  # exactly the plain draw (old runs reproduce)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device)
         noisy = scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text).sample
         target = prediction_target(scheduler, latents, noise, t)
@@ -874,6 +892,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--snr-shift", type=float, default=0.0, help="log-SNR shift of the schedule (< 0: noisier)"
     )
     p.add_argument(
+        "--timestep-bias-multiplier",
+        type=float,
+        default=1.0,
+        help="UNet: draw the latest --timestep-bias-portion of the timesteps this many times as often (1: uniform)",
+    )
+    p.add_argument(
+        "--timestep-bias-portion",
+        type=float,
+        default=0.25,
+        help="share of the timesteps, the noisiest, to bias",
+    )
+    p.add_argument(
         "--text-steps",
         type=int,
         default=0,
@@ -941,6 +971,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not 0.0 <= args.shared_noise < 1.0:
         print(f"pretrain: error: --shared-noise must be in [0, 1), got {args.shared_noise}", file=sys.stderr)
+        return 2
+    if args.timestep_bias_multiplier <= 0 or not 0.0 < args.timestep_bias_portion <= 1.0:
+        print(
+            "pretrain: error: --timestep-bias-multiplier must be > 0 and --timestep-bias-portion in (0, 1], got "
+            f"{args.timestep_bias_multiplier} and {args.timestep_bias_portion}",
+            file=sys.stderr,
+        )
         return 2
     if args.zero_snr and args.prediction_type != "v_prediction":
         print("pretrain: error: --zero-snr needs --prediction-type v_prediction", file=sys.stderr)
