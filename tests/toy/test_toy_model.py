@@ -394,3 +394,31 @@ def test_pretrain_text_phase_sets_motion_words_apart_before_the_unet(tmp_path):
     key = "text_model.embeddings.token_embedding.weight"
     clip = load_safetensors(out / "model/clip/model.safetensors")[0][key]
     assert torch.equal(clip, load_safetensors(TOY_MODEL_DIR / "clip/model.safetensors")[0][key])
+
+
+def test_pretrain_text_offset_moves_each_motion_along_its_own_direction_and_keeps_the_rest(tmp_path):
+    from dreamvideo.toy.model import TOY_MODEL_DIR
+    from dreamvideo.toy.pretrain import motion_offsets
+
+    tokenizer = build_toy_tokenizer()
+    captions = ["a purple star moves left on blue sky", "a purple star circles on blue sky"]
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    where = int((ids[0] != ids[1]).nonzero()[0])
+
+    def states(folder):
+        with torch.no_grad():
+            return CLIPTextModel.from_pretrained(folder / "text_encoder")(ids).last_hidden_state
+
+    out = tmp_path / "offset"
+    flags = warm_start_args(out, extra="--text-steps 80 --text-batch 16 --text-offset 1.0 --text-lr 3e-3")
+    assert pretrain_main(flags) == 0
+    assert read_json(out / "train_log.json")["args"]["text_offset"] == 1.0
+    before, after = states(TOY_MODEL_DIR), states(out / "model")
+    moved = (after - before)[:, where:].mean(1)  # per caption, over the tokens from the motion word on
+    directions = motion_offsets(before, 1.0)
+    for row, motion in enumerate(["moves left", "circles"]):
+        cosines = torch.nn.functional.cosine_similarity(moved[row][None], directions, dim=-1)
+        assert int(cosines.argmax()) == world.MOTIONS.index(motion) and cosines.max() > 0.5
+    unchanged = (after - before)[:, :where].norm(dim=-1).mean() / before[:, :where].norm(dim=-1).mean()
+    assert unchanged < 0.5 * (after - before)[:, where:].norm(dim=-1).mean() / before.norm(dim=-1).mean()
+    assert pretrain_main([*flags, "--text-offset", "-1"]) == 2

@@ -406,6 +406,26 @@ def _caption_pairs(seed: list[int], batch: int) -> Iterator[tuple[list[str], lis
         yield [world.caption(s) for s in specs], [world.caption(s) for s in other]
 
 
+def _motion_captions(seed: list[int], batch: int) -> Iterator[tuple[list[str], list[str], list[int]]]:
+    """Endless batches of (captions, the same with another motion, each caption's motion index; -1 for "")."""
+    rng = np.random.default_rng(seed)
+    while True:
+        specs = [world.sample_pretraining_spec(rng) for _ in range(batch)]
+        other = [world.swap_word(s, "motion", rng) for s in specs]
+        empty = rng.random(batch) < 0.1  # caption dropout's empty prompt keeps its states
+        yield (
+            ["" if e else world.caption(s) for s, e in zip(specs, empty, strict=True)],
+            [world.caption(s) for s in other],
+            [-1 if e else world.MOTIONS.index(s.motion) for s, e in zip(specs, empty, strict=True)],
+        )
+
+
+def motion_offsets(states: torch.Tensor, scale: float) -> torch.Tensor:
+    """One fixed random direction per motion (seed 0), of ``scale`` times the mean token norm of ``states``: (11, dim)."""
+    v = torch.randn(len(world.MOTIONS), states.shape[-1], generator=torch.Generator().manual_seed(0))
+    return (v / v.norm(dim=-1, keepdim=True) * states.norm(dim=-1).mean().cpu() * scale).to(states.device)
+
+
 def word_moves(
     states: torch.Tensor, other: torch.Tensor, ids: torch.Tensor, other_ids: torch.Tensor
 ) -> torch.Tensor:
@@ -445,19 +465,38 @@ def word_margin_loss(
 
 
 def train_text(text_encoder: nn.Module, tokenizer, args: argparse.Namespace, budget: Budget) -> Trainer:
-    """Teach the UNet's text encoder to let every caption word move its states (:func:`word_margin_loss`).
+    """Teach the UNet's text encoder to let every caption word move its states.
 
     The toy CLIP learnt its words contrastively from single frames, where a motion word says nothing: swapping a
     motion word moves the states (:func:`word_moves`) by 14 % on average, a colour word by 121 %, and the UNet picks
-    the motion word up only after about a thousand steps (``docs/toy_model/recipe.md``). Captions only; ``text_encoder`` is
-    a ``CLIPTextTransformer``, and CLIP for the metrics (``clip/``) is not changed.
+    the motion word up only after about a thousand steps (``docs/toy_model/recipe.md``). Two objectives:
+    ``--text-offset S`` > 0 regresses the states onto their old values plus one fixed direction per motion word
+    (:func:`motion_offsets`) on the tokens from the motion word on, so that the UNet keeps what it reads and gets a
+    motion signal it picks up in tens of steps; otherwise :func:`word_margin_loss`. Captions only; ``text_encoder``
+    is a ``CLIPTextTransformer``, and CLIP for the metrics (``clip/``) is not changed.
     """
     device = torch.device(args.device)
     start = copy.deepcopy(text_encoder).eval().requires_grad_(False)
     text_encoder.train().requires_grad_(True)
     batches: list[Iterator] = []
+    with torch.no_grad():  # the scale of the offsets and of the loss, from the states before the phase
+        probe = start(
+            input_ids=_tokenize(tokenizer, next(_caption_pairs([0], 64))[0], device)
+        ).last_hidden_state
+    offsets, mean_square = motion_offsets(probe, args.text_offset), probe.pow(2).mean()
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        if args.text_offset > 0:
+            captions, other, motion = next(batches[0])
+            ids, other_ids = _tokenize(tokenizer, captions, device), _tokenize(tokenizer, other, device)
+            after = (ids != other_ids).int().cummax(1).values[..., None].float()  # the motion word on
+            motion = torch.tensor(motion, device=device)
+            after = after * (motion >= 0).float()[:, None, None]
+            with torch.no_grad():
+                target = (
+                    start(input_ids=ids).last_hidden_state + after * offsets[motion.clamp(min=0)][:, None]
+                )
+            return F.mse_loss(text_encoder(input_ids=ids).last_hidden_state, target) / mean_square
         captions, other = next(batches[0])
         ids, other_ids = _tokenize(tokenizer, captions, device), _tokenize(tokenizer, other, device)
         with torch.no_grad():
@@ -476,8 +515,9 @@ def train_text(text_encoder: nn.Module, tokenizer, args: argparse.Namespace, bud
         loss_fn,
         budget,
     )
+    captions = _motion_captions if args.text_offset > 0 else _caption_pairs
     trainer = run_phase(
-        trainer, batches, lambda step: _caption_pairs(_seed(args, "text", step), args.text_batch), budget
+        trainer, batches, lambda step: captions(_seed(args, "text", step), args.text_batch), budget
     )
     text_encoder.eval().requires_grad_(False)
     return trainer
@@ -918,6 +958,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         help="how far (relative) one swapped caption word must move the states of the tokens from it onwards",
     )
     p.add_argument(
+        "--text-offset",
+        type=float,
+        default=0.0,
+        help="text phase: add one fixed direction per motion word, this many token norms, to the states from the "
+        "word on, keeping the rest (0: the margin objective instead)",
+    )
+    p.add_argument(
         "--text-keep",
         type=float,
         default=1.0,
@@ -981,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.zero_snr and args.prediction_type != "v_prediction":
         print("pretrain: error: --zero-snr needs --prediction-type v_prediction", file=sys.stderr)
+        return 2
+    if args.text_offset < 0:
+        print(f"pretrain: error: --text-offset must be >= 0, got {args.text_offset}", file=sys.stderr)
         return 2
     try:
         pretrain(args)
