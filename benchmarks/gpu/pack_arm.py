@@ -3,7 +3,7 @@
     python benchmarks/gpu/pack_arm.py ARM OUT
 
 Reads /tmp/arm_ARM (the run), /tmp/q_ARM (quality bar) and /tmp/w_ARM.json (probes); writes OUT/ARM_report.json,
-OUT/ARM_unet.safetensors, OUT/ARM_text_encoder.safetensors (when the arm trained it) and OUT/ARM_samples.png.
+OUT/ARM_unet.safetensors, OUT/ARM_text_encoder.safetensors and OUT/ARM_samples.png.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def main(argv: list[str]) -> int:
     }
     (out / f"{arm}_report.json").write_text(json.dumps(report))
     shutil.copy(model / "unet/diffusion_pytorch_model.safetensors", out / f"{arm}_unet.safetensors")
-    if float((log.get("args") or {}).get("text_encoder_lr") or 0) > 0:
-        shutil.copy(model / "text_encoder/model.safetensors", out / f"{arm}_text_encoder.safetensors")
+    # always: a text phase or the starting model may have changed it even when the UNet stage kept it frozen
+    shutil.copy(model / "text_encoder/model.safetensors", out / f"{arm}_text_encoder.safetensors")
     if Path(f"/tmp/q_{arm}/held_out_samples.png").is_file():
         shutil.copy(f"/tmp/q_{arm}/held_out_samples.png", out / f"{arm}_samples.png")
     print(arm, "step", state["step"], "quality", (report["quality"] or {}).get("accuracy"))

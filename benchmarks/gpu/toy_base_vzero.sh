@@ -8,26 +8,24 @@
 # then `run` with carry [".whl"], e.g. (seconds of training; leave ~4 minutes to measure and copy back)
 #   bash benchmarks/gpu/toy_base_vzero.sh 420
 # Two arms train side by side from a CPU candidate (INIT: v-prediction, zero terminal SNR, trailing steps, log-SNR
-# shift -1, the loss weighted 5x on the sprite, the sprite's path centred in the frame; docs/toy_model/recipe.md),
-# each at batch 64 with 7 rendering workers: `jit_text`, that recipe continued (the text encoder co-trained; on the
-# CPU it reached motion 17-22 % by steps 601-1200), and `text_offset`, after the text phase that adds one fixed
-# direction per motion word to the caption's states (`--text-offset 1`, 1000 steps) with the encoder then frozen (on
-# the CPU its same-noise motion confusion went from 4/22 to 15/22 right in 300 steps). Each is measured there with
-# the quality bar (64 held-out prompts)
-# and the word-use probe (on centred clips, as trained).
+# shift -1, the loss weighted 5x on the sprite, the sprite's path centred in the frame, and a text encoder that adds
+# one fixed direction per motion word to the caption's states, `--text-offset 1`; docs/toy_model/recipe.md), each at
+# batch 64 with 7 rendering workers and that text encoder frozen: `cont`, the recipe continued, and `cont_bias`, the
+# same with t >= 900 drawn 5x as often. Each is measured there with the quality bar (64 held-out prompts) and the
+# word-use probe (on centred clips, as trained).
 # Back in $OUT (at most 8 files come back): ARM_unet.safetensors, ARM_text_encoder.safetensors,
 # ARM_report.json (training, quality, word use), ARM_samples.png. Rebuild a model folder here with
 #   python benchmarks/gpu/unpack_arm.py FILES_AT ARM docs/toy_model/recipe/ARM
 set -euo pipefail
 LIMIT=${1:-420}
-INIT=${INIT:-docs/toy_model/recipe/sep_975}
+INIT=${INIT:-docs/toy_model/recipe/off_1200}
 DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-7} BATCH=${BATCH:-64} N=${N:-64}  # a CPU dry run: DEVICE=cpu WORKERS=0 ...
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 RECIPE="--foreground-weight 5 --anchor-jitter 2"
-OFFSET="--text-steps 1000 --text-offset 1.0 --text-encoder-lr 0"
-declare -A ARMS=([jit_text]="$RECIPE --text-encoder-lr 2e-4" [text_offset]="$RECIPE $OFFSET")
+BIAS="--timestep-bias-portion 0.1 --timestep-bias-multiplier 5"
+declare -A ARMS=([cont]="$RECIPE --text-encoder-lr 0" [cont_bias]="$RECIPE --text-encoder-lr 0 $BIAS")
 flags() {
   echo "--out /tmp/arm_$1 --init-from $INIT --device $DEVICE --workers $WORKERS --unet-steps 6000 --unet-batch $BATCH
     --unet-lr 2e-4 --warmup 50 --checkpoint-every 500 --prediction-type v_prediction --zero-snr
