@@ -34,3 +34,18 @@ def test_a_sprite_jump_is_caught():
     for video, expected in ((still, True), (jumped, False)):
         masks = oracle.segment_foreground(video)
         assert quality.smooth_track(video, masks, spec) is expected
+
+
+def test_main_samples_with_the_guidance_scale_asked_for(monkeypatch, tmp_path):
+    from dreamvideo.toy import quality
+
+    seen = {}
+
+    def fake_measure(n, steps, **kwargs):
+        seen.update(kwargs, n=n, steps=steps)
+        return {"accuracy": {}, "stderr": {}, "met": {}}
+
+    monkeypatch.setattr(quality, "measure", fake_measure)
+    assert quality.main(["--n", "2", "--guidance-scale", "5", "--out", str(tmp_path)]) == 0
+    assert seen["guidance"] == 5.0 and seen["n"] == 2
+    assert quality.main(["--n", "2", "--out", str(tmp_path)]) == 0 and seen["guidance"] == 9.0

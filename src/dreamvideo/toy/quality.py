@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance-scale", type=float, default=9.0, help="classifier-free guidance scale")
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
     p.add_argument("--device", default="cpu")
@@ -142,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(
         args.n,
         args.steps,
+        guidance=args.guidance_scale,
         base=args.base,
         sheet=args.out / "held_out_samples.png",
         device=args.device,
