@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance-scale", type=float, default=9.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw and of the noise")
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
     p.add_argument("--device", default="cpu")
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         args.n,
         args.steps,
         guidance=args.guidance_scale,
+        seed=args.seed,
         base=args.base,
         sheet=args.out / "held_out_samples.png",
         device=args.device,
