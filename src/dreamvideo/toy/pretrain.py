@@ -479,11 +479,12 @@ def train_text(text_encoder: nn.Module, tokenizer, args: argparse.Namespace, bud
     start = copy.deepcopy(text_encoder).eval().requires_grad_(False)
     text_encoder.train().requires_grad_(True)
     batches: list[Iterator] = []
-    with torch.no_grad():  # the scale of the offsets and of the loss, from the states before the phase
-        probe = start(
-            input_ids=_tokenize(tokenizer, next(_caption_pairs([0], 64))[0], device)
-        ).last_hidden_state
-    offsets, mean_square = motion_offsets(probe, args.text_offset), probe.pow(2).mean()
+    if args.text_offset > 0:  # the scale of the offsets and of the loss, from the states before the phase
+        with torch.no_grad():
+            probe = start(
+                input_ids=_tokenize(tokenizer, next(_caption_pairs([0], 64))[0], device)
+            ).last_hidden_state
+        offsets, mean_square = motion_offsets(probe, args.text_offset), probe.pow(2).mean()
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         if args.text_offset > 0:
