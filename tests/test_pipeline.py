@@ -63,6 +63,27 @@ def test_zero_snr_base_samples_from_t999_with_rescaled_guidance_by_default(vpipe
         run(vpipe, guidance_rescale=1.5)
 
 
+def test_a_call_without_guidance_scale_uses_the_default_of_the_base_folder(tiny_base, epipe, tmp_path):
+    import json
+    import shutil
+
+    assert epipe.config.default_guidance_scale == 9.0  # no model_index.json: the paper's
+    _run(epipe)
+    assert epipe.guidance_scale == 9.0
+    base = shutil.copytree(tiny_base, tmp_path / "base")
+    (base / "model_index.json").write_text(json.dumps({"default_guidance_scale": 3}))
+    pipe = DreamVideoPipeline.from_pretrained(str(base))
+    _run(pipe)
+    assert pipe.guidance_scale == 3.0
+    _run(pipe, guidance_scale=5.0)
+    assert pipe.guidance_scale == 5.0
+    pipe.save_pretrained(tmp_path / "saved")  # diffusers writes the setting back into model_index.json
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["default_guidance_scale"] == 3.0
+    (base / "model_index.json").write_text(json.dumps({"default_guidance_scale": "high"}))
+    with pytest.raises(Exception, match=r"model_index.json: default_guidance_scale must be"):
+        DreamVideoPipeline.from_pretrained(str(base))
+
+
 @pytest.mark.parametrize("base", ["epipe", "vpipe"])
 def test_ddim_inversion_round_trips(base, request):
     """Invert clean latents, sample back without guidance: close to the start, far from a random start."""

@@ -428,7 +428,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.frames,
         args.height or size,
         args.width or size,
-        args.guidance_scale > 1.0,
+        (pipe.config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale) > 1.0,
         args.max_memory_gb,
     )
     init_video = None
@@ -685,7 +685,11 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--appearance-strength-uncond", type=v.STRENGTH, default=1.0, help="lam_u, unconditional branch"
     )
-    p.add_argument("--guidance-scale", type=v.GUIDANCE, default=9.0)
+    p.add_argument(
+        "--guidance-scale",
+        type=v.GUIDANCE,
+        help="classifier-free guidance scale; default: the base's (9.0 for ModelScope, 3.0 for the toy model)",
+    )
     p.add_argument(
         "--guidance-rescale",
         type=v.FRACTION,

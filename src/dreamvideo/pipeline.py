@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -100,6 +101,8 @@ class DreamVideoPipeline(
         scheduler: any diffusers scheduler; DDIM by default (``DDIMScheduler.from_config``).
         image_encoder: optional ``CLIPVisionModelWithProjection`` for appearance guidance.
         feature_extractor: its ``CLIPImageProcessor``.
+        default_guidance_scale: the guidance scale a call uses when given none; a base folder sets it in its
+            ``model_index.json`` (the built-in toy model: 3.0), else the paper's 9.0.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
@@ -116,8 +119,10 @@ class DreamVideoPipeline(
         scheduler: SchedulerMixin,
         image_encoder: CLIPVisionModelWithProjection | None = None,
         feature_extractor: CLIPImageProcessor | None = None,
+        default_guidance_scale: float = 9.0,
     ) -> None:
         super().__init__()
+        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -161,6 +166,7 @@ class DreamVideoPipeline(
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         loaded = _load_base_components(root, kw, components)
         loaded.update(_load_image_encoder(root, image_encoder, components.get("feature_extractor"), kw))
+        loaded["default_guidance_scale"] = components.get("default_guidance_scale", _default_guidance(root))
         pipe = cls(**loaded)
         name = pretrained_model_name_or_path
         pipe._base_name = "toy" if name is None or str(name) in TOY_NAMES else str(name)
@@ -480,7 +486,7 @@ class DreamVideoPipeline(
         width: int | None = None,
         num_frames: int = 16,
         num_inference_steps: int = 50,
-        guidance_scale: float = 9.0,
+        guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         num_videos_per_prompt: int = 1,
         eta: float = 0.0,
@@ -511,7 +517,8 @@ class DreamVideoPipeline(
             height, width: video size in pixels; the UNet's native size by default.
             num_frames: frames per video.
             num_inference_steps: denoising steps (paper: 50, DDIM).
-            guidance_scale: classifier-free guidance weight (paper: 9.0); 1 disables guidance.
+            guidance_scale: classifier-free guidance weight; 1 disables guidance. Default: the base's
+                ``default_guidance_scale`` (the paper's 9.0 unless the base's ``model_index.json`` says otherwise).
             negative_prompt: the unconditional prompt(s) of guidance (default and paper: empty).
             num_videos_per_prompt: videos per prompt (their noise differs).
             eta: DDIM's eta (0: deterministic; passed to schedulers that take it).
@@ -566,6 +573,8 @@ class DreamVideoPipeline(
             num_videos_per_prompt,
             eta,
         )
+        if guidance_scale is None:
+            guidance_scale = self.config.default_guidance_scale
         self._guidance_scale, self._guidance_rescale, self._interrupt = guidance_scale, rescale, False
         device, guided = self._execution_device, self.do_classifier_free_guidance
 
@@ -730,6 +739,25 @@ def _load_base_components(root: Path, kw: dict[str, Any], given: dict[str, Any])
         "scheduler": lambda: DDIMScheduler.from_pretrained(root, subfolder="scheduler"),
     }
     return {name: given[name] if name in given else load() for name, load in loaders.items()}
+
+
+def _default_guidance(root: Path) -> float:
+    """``default_guidance_scale`` of the folder's ``model_index.json``; 9.0 (the paper's) without one."""
+    index = root / "model_index.json"
+    if not index.is_file():
+        return 9.0
+    try:
+        value = json.loads(index.read_text()).get("default_guidance_scale", 9.0)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise DreamVideoError(f"{index}: not a JSON object ({err})") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 1
+    ):
+        raise DreamVideoError(f"{index}: default_guidance_scale must be a finite number >= 1, got {value!r}")
+    return float(value)
 
 
 def _load_image_encoder(root: Path, image_encoder, feature_extractor, kw: dict[str, Any]) -> dict[str, Any]:

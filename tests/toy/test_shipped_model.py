@@ -35,6 +35,14 @@ def test_loads_with_the_real_model_code_and_generates():
     from dreamvideo.pipeline import DreamVideoPipeline
 
     pipe = DreamVideoPipeline.from_pretrained("toy")
+    # the scheduler config says how the UNet was trained, and the base its guidance (docs/toy_model/recipe.md)
+    sched = pipe.scheduler.config
+    assert (sched.prediction_type, sched.rescale_betas_zero_snr, sched.timestep_spacing) == (
+        "v_prediction",
+        True,
+        "trailing",
+    )
+    assert pipe.scheduler.alphas_cumprod[-1] == 0 and pipe.config.default_guidance_scale == 3.0
     assert pipe.image_encoder is not None and pipe.condition_dim == pipe.image_encoder.config.projection_dim
     prompt = "a red star moves left on green grass"
     assert len(pipe.tokenizer.tokenize(prompt)) == len(prompt.split())  # every vocabulary word is one token

@@ -281,9 +281,9 @@ def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):
     scheduler = DDIMScheduler.from_pretrained(out / "model", subfolder="scheduler")
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.rescale_betas_zero_snr
     assert scheduler.alphas_cumprod[-1] == 0 and scheduler.config.timestep_spacing == "trailing"
-    shipped = DDIMScheduler.from_pretrained(TOY_MODEL_DIR, subfolder="scheduler")
+    unshifted = toy_scheduler("v_prediction", zero_snr=True, timestep_spacing="trailing")
     assert (
-        scheduler.alphas_cumprod[1:-1] < shipped.alphas_cumprod[1:-1]
+        scheduler.alphas_cumprod[1:-1] < unshifted.alphas_cumprod[1:-1]
     ).all()  # shifted: noisier everywhere
     pipe = DreamVideoPipeline.from_pretrained(out / "model")
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.default_guidance_rescale == 0.7
@@ -369,6 +369,10 @@ def test_word_margin_loss_asks_each_word_to_move_the_states_after_it():
 
 
 def test_pretrain_text_phase_sets_motion_words_apart_before_the_unet(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
     from dreamvideo.toy.model import TOY_MODEL_DIR
 
     tokenizer = build_toy_tokenizer()
@@ -382,14 +386,23 @@ def test_pretrain_text_phase_sets_motion_words_apart_before_the_unet(tmp_path):
         mean = states[:, where:].mean(1)
         return ((mean[0] - mean[1]).norm() / mean[0].norm()).item()
 
+    start = tmp_path / "start"  # the shipped UNet with CLIP's own text tower, whose motion words sit close
+    shutil.copytree(TOY_MODEL_DIR / "unet", start / "unet")
+    shutil.copytree(TOY_MODEL_DIR / "text_encoder", start / "text_encoder")
+    text_tower = {
+        k: v
+        for k, v in load_file(TOY_MODEL_DIR / "clip/model.safetensors").items()
+        if k.startswith("text_model.")
+    }
+    save_file(text_tower, start / "text_encoder/model.safetensors")
     out = tmp_path / "words"
-    flags = warm_start_args(out, extra="--text-steps 40 --text-batch 16 --checkpoint-every 20")
+    flags = warm_start_args(out, start, extra="--text-steps 40 --text-batch 16 --checkpoint-every 20")
     assert pretrain_main([*flags, "--max-steps", "20"]) == 0 and not (out / "model").exists()
     assert phase_state(out, "text")["step"] == 20
     assert pretrain_main([*flags, "--resume"]) == 0
     log = read_json(out / "train_log.json")
     assert list(log["phases"]) == ["text", "unet"] and log["phases"]["text"]["steps"] == 40
-    before, after = apart(TOY_MODEL_DIR), apart(out / "model")
+    before, after = apart(start), apart(out / "model")
     assert before < 0.15 and after > 2 * before  # "left" and "right" now clearly differ
     key = "text_model.embeddings.token_embedding.weight"
     clip = load_safetensors(out / "model/clip/model.safetensors")[0][key]

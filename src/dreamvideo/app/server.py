@@ -344,7 +344,9 @@ def _sampling_inputs(gr, prefix: str, toy: bool) -> dict[str, Any]:
         out["steps"] = gr.Number(
             25 if toy else 50, label="DDIM steps", precision=0, minimum=1, elem_id=f"{prefix}-steps"
         )
-        out["guidance"] = gr.Number(9.0, label="guidance scale", elem_id=f"{prefix}-guidance")
+        out["guidance"] = gr.Number(
+            None, label="guidance scale (blank: the base's default)", elem_id=f"{prefix}-guidance"
+        )
     return out
 
 
@@ -356,7 +358,7 @@ def _request(prompt, subject, motion, seed, frames, steps, guidance, **kw) -> ta
         seed=int(seed or 0),
         frames=int(frames),
         steps=int(steps),
-        guidance_scale=float(guidance),
+        guidance_scale=None if guidance in (None, "") else float(guidance),
         **kw,
     )
 

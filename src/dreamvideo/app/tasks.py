@@ -267,7 +267,7 @@ class GenerateRequest:
     seed: int = 0
     frames: int = 16
     steps: int = 50
-    guidance_scale: float = 9.0
+    guidance_scale: float | None = None  # None: the base's default
     appearance_image: str | None = None
     appearance_strength: float = 1.0
     appearance_strength_uncond: float = 1.0
@@ -316,7 +316,7 @@ def _render(ctx: AppContext, req: GenerateRequest, subject: bool, motion: bool) 
         req.prompt,
         num_frames=int(req.frames),
         num_inference_steps=int(req.steps),
-        guidance_scale=float(req.guidance_scale),
+        guidance_scale=req.guidance_scale,
         appearance_image=appearance,
         appearance_strength=float(req.appearance_strength),
         appearance_strength_uncond=float(req.appearance_strength_uncond),

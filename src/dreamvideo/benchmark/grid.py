@@ -169,7 +169,7 @@ class BenchmarkConfig:
         training: step counts, learning rates and batch sizes (see ``DEFAULT_TRAINING``). One-stage subject
             baselines get ``ti_steps + identity_steps`` steps, motion baselines ``motion_steps``.
         method_settings: per method ``subject_lr``, ``motion_lr``, ``subject_steps``, ``motion_steps``, ``rank``.
-        sampling: ``steps``, ``guidance_scale``, ``num_frames``.
+        sampling: ``steps``, ``guidance_scale`` (``None``: the base's default), ``num_frames``.
         tradeoff: DreamVideo joint videos at ``identity_steps`` x ``motion_steps`` adapter checkpoints (``null``:
             off; default: half and all of each stage's steps).
         analysis: ``{"steps", "lr"}`` of the weight-change analysis, or ``null``.
@@ -197,7 +197,7 @@ class BenchmarkConfig:
             k: DEFAULT_METHOD_SETTINGS.get(k, {}) | self.method_settings.get(k, {})
             for k in set(DEFAULT_METHOD_SETTINGS) | set(self.method_settings)
         }
-        self.sampling = {"steps": 25, "guidance_scale": 9.0, "num_frames": 8} | self.sampling
+        self.sampling = {"steps": 25, "guidance_scale": None, "num_frames": 8} | self.sampling
         if self.oracle is None:
             self.oracle = self.base in ("toy", "dreamvideo-toy")
         if self.tradeoff is not None and not self.tradeoff:

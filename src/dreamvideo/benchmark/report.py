@@ -135,6 +135,11 @@ def _case_table(items: list[dict[str, Any]], case: str) -> list[str]:
     return lines
 
 
+def _guidance(sampling: dict[str, Any]) -> str:
+    scale = sampling["guidance_scale"]
+    return "of the base" if scale is None else str(scale)
+
+
 def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
     """The tables of ``results.md``: subject, motion and joint customization, ablations, trade-off, analysis."""
     cfg, summary = results["config"], results["summary"]
@@ -146,7 +151,7 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         f"Base `{cfg['base']}`; subjects {[s['name'] for s in cfg['subjects']]}; motions "
         f"{[m['name'] for m in cfg['motions']]}; seeds {cfg['seeds']}; prompts per case "
         f"{ {c: len(p) for c, p in cfg['prompts'].items()} }; {cfg['sampling']['steps']} DDIM steps, guidance "
-        f"{cfg['sampling']['guidance_scale']}, {cfg['sampling']['num_frames']} frames.",
+        f"{_guidance(cfg['sampling'])}, {cfg['sampling']['num_frames']} frames.",
         f"Training: textual inversion {t['ti_steps']} steps, identity adapter {t['identity_steps']}, motion adapter "
         f"{t['motion_steps']}; one-stage subject baselines {t['ti_steps'] + t['identity_steps']} steps, motion "
         f"baselines {t['motion_steps']} (per-method learning rates in results.json).",

@@ -71,7 +71,7 @@ class PreviewSettings:
     prompt: str | None = None
     num_frames: int = 8
     steps: int = 25
-    guidance_scale: float = 9.0
+    guidance_scale: float | None = None  # None: the base's default
     seed: int = 0
 
     def renderer(self, pipe: Any, out: Path, stage: str, default_prompt: str) -> Callable[[int], None]:

@@ -41,11 +41,20 @@ class DemoConfig:
     motion_lr: float = 1e-3
     batch_size: int = 4
     motion_batch_size: int = 2
-    sample_steps: int = 25
-    guidance_scale: float = 9.0
-    seeds: tuple[int, ...] = (0, 1)
-    backgrounds: tuple[str, ...] = ("blue sky", "yellow sand")
-    motion_sprites: tuple[str, ...] = ("red circle", "white star")
+    sample_steps: int = 20
+    guidance_scale: float | None = None  # None: the base's default
+    seeds: tuple[int, ...] = (0, 1, 2)
+    backgrounds: tuple[str, ...] = (
+        "blue sky",
+        "yellow sand",
+        "green grass",
+    )  # of the subject and joint cases
+    motion_scenes: tuple[tuple[str, str], ...] = (  # (sprite, background) of the motion cases
+        ("red circle", "blue sky"),
+        ("white star", "yellow sand"),
+        ("blue square", "green grass"),
+        ("green triangle", "gray road"),
+    )
     base: str = "toy"  # or a folder holding a retrained toy-world model (python -m dreamvideo.toy.pretrain)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,7 +83,7 @@ def _cases(cfg: DemoConfig, token: str, class_word: str) -> list[Case]:
                 Case("base-joint", plain, seed, False, False),
                 Case("joint", custom, seed, True, True, True),
             ]
-        for sprite, bg in zip(cfg.motion_sprites, cfg.backgrounds, strict=False):
+        for sprite, bg in cfg.motion_scenes:
             prompt = f"a {sprite} moves on {bg}"
             cases += [
                 Case("base-motion", prompt, seed, False, False),

@@ -41,7 +41,7 @@ def smooth_track(frames: np.ndarray, masks: np.ndarray, spec: world.ClipSpec) ->
 def measure(
     n: int = 64,
     steps: int = 25,
-    guidance: float = 9.0,
+    guidance: float | None = None,
     seed: int = 0,
     base: str = "toy",
     sheet: Path | None = None,
@@ -55,7 +55,7 @@ def measure(
 
     Args:
         n: number of held-out prompts (one video each, seeds ``seed + i``).
-        steps, guidance: DDIM steps and classifier-free guidance scale.
+        steps, guidance: DDIM steps and classifier-free guidance scale (``None``: the base's default).
         seed: seed of the prompt draw and of the noise.
         base: the base model ('toy' or a folder).
         sheet: where to save a contact sheet of the first 16 videos (optional).
@@ -115,7 +115,7 @@ def measure(
     return {
         "n": n,
         "steps": steps,
-        "guidance_scale": guidance,
+        "guidance_scale": pipe.config.default_guidance_scale if guidance is None else guidance,
         "shared_noise": shared_noise,
         "accuracy": accuracy,
         "stderr": stderr,
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance-scale", type=float, default=9.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance-scale", type=float, help="classifier-free guidance scale (default: the base's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt draw and of the noise")
     p.add_argument("--base", default="toy")
     p.add_argument("--out", type=Path, default=Path("docs/toy_model"))
