@@ -166,7 +166,9 @@ class DreamVideoPipeline(
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         loaded = _load_base_components(root, kw, components)
         loaded.update(_load_image_encoder(root, image_encoder, components.get("feature_extractor"), kw))
-        loaded["default_guidance_scale"] = components.get("default_guidance_scale", _default_guidance(root))
+        loaded["default_guidance_scale"] = components.get(
+            "default_guidance_scale", folder_default_guidance(root)
+        )
         pipe = cls(**loaded)
         name = pretrained_model_name_or_path
         pipe._base_name = "toy" if name is None or str(name) in TOY_NAMES else str(name)
@@ -741,7 +743,7 @@ def _load_base_components(root: Path, kw: dict[str, Any], given: dict[str, Any])
     return {name: given[name] if name in given else load() for name, load in loaders.items()}
 
 
-def _default_guidance(root: Path) -> float:
+def folder_default_guidance(root: Path) -> float:
     """``default_guidance_scale`` of the folder's ``model_index.json``; 9.0 (the paper's) without one."""
     index = root / "model_index.json"
     if not index.is_file():

@@ -50,3 +50,19 @@ def test_main_samples_with_the_guidance_scale_asked_for(monkeypatch, tmp_path):
     assert seen["guidance"] == 5.0 and seen["n"] == 2 and seen["seed"] == 7
     assert quality.main(["--n", "2", "--out", str(tmp_path)]) == 0 and seen["guidance"] is None
     assert seen["seed"] == 0
+
+
+def test_by_motion_gives_each_prompted_motion_its_own_rates():
+    checks = {k: True for k in quality.TARGETS}
+    rows = [
+        {"prompted_motion": "circles", **checks, "smooth_track": False},
+        {"prompted_motion": "circles", **checks},
+        {"prompted_motion": "grows", **checks, "color": False},
+    ]
+    rates = quality.by_motion(rows)
+    assert (
+        rates["circles"]["n"] == 2
+        and rates["circles"]["smooth_track"] == 0.5
+        and rates["circles"]["color"] == 1
+    )
+    assert rates["grows"] == {"n": 1, **{k: float(k != "color") for k in quality.TARGETS}}

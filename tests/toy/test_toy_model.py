@@ -21,6 +21,7 @@ from dreamvideo.fileio import load_safetensors, read_json
 from dreamvideo.toy import world
 from dreamvideo.toy.model import (
     MAX_LENGTH,
+    TOY_MODEL_DIR,
     build_toy_tokenizer,
     clip_pixels,
     num_params,
@@ -263,6 +264,19 @@ def test_pretrain_draws_unet_timesteps_from_the_biased_weights(tmp_path, monkeyp
     assert read_json(tmp_path / "run/train_log.json")["args"]["timestep_bias_multiplier"] == 4.0
     for bad in ("--timestep-bias-multiplier 0", "--timestep-bias-portion 1.5"):
         assert pretrain_main(["--out", "unused", *bad.split()]) == 2
+
+
+def test_pretrain_keeps_the_default_guidance_of_the_base_it_continues(tmp_path):
+    from dreamvideo.pipeline import DreamVideoPipeline
+
+    shipped = read_json(TOY_MODEL_DIR / "model_index.json")["default_guidance_scale"]
+    assert pretrain_main(warm_start_args(tmp_path / "kept")) == 0
+    assert read_json(tmp_path / "kept/model/model_index.json")["default_guidance_scale"] == shipped
+    extra = "--default-guidance-scale 5"
+    assert pretrain_main(warm_start_args(tmp_path / "set", extra=extra)) == 0
+    assert DreamVideoPipeline.from_pretrained(tmp_path / "set/model").config.default_guidance_scale == 5.0
+    assert pretrain_main(warm_start_args(tmp_path / "bad", extra="--default-guidance-scale 0.5")) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pretrain_v_prediction_zero_snr_from_a_unet_only_folder(tmp_path):

@@ -317,6 +317,7 @@ def save_base_model(
     tokenizer: CLIPTokenizer,
     scheduler: DDIMScheduler,
     text_encoder: torch.nn.Module | None = None,
+    default_guidance_scale: float | None = None,
 ) -> Path:
     """Write a diffusers-layout base model (safetensors); an existing folder is replaced only once all is written.
 
@@ -325,6 +326,8 @@ def save_base_model(
         unet, vae, clip, tokenizer, scheduler: the trained components.
         text_encoder: the UNet's text encoder (a ``CLIPTextTransformer``) when it was trained apart from ``clip``'s
             text tower; ``clip/`` (for metrics) keeps the contrastive one.
+        default_guidance_scale: written to ``model_index.json`` for the pipeline's calls without a guidance scale
+            (``None``: not written, so the pipeline uses the paper's 9.0).
 
     Returns:
         The folder.
@@ -357,7 +360,8 @@ def save_base_model(
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet3DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
-        },
+        }
+        | ({} if default_guidance_scale is None else {"default_guidance_scale": default_guidance_scale}),
         staging / "model_index.json",
     )
     replace_dir(staging, final)

@@ -777,6 +777,15 @@ def warm_start(base: str, clip: nn.Module, vae: nn.Module, unet: nn.Module, text
     vae.register_to_config(scaling_factor=read_json(vae_config)["scaling_factor"])
 
 
+def _guidance_to_save(args: argparse.Namespace) -> float | None:
+    """``--default-guidance-scale``, else that of the ``--init-from`` base (a continuation samples as its base)."""
+    from dreamvideo.pipeline import folder_default_guidance
+
+    if args.default_guidance_scale is not None or args.init_from is None:
+        return args.default_guidance_scale
+    return folder_default_guidance(TOY_MODEL_DIR if args.init_from == "toy" else Path(args.init_from))
+
+
 def pretrain(args: argparse.Namespace) -> Path | None:
     """Run (or resume) all phases and save the base model; ``None`` when ``--max-steps``/``--time-limit`` stopped it.
 
@@ -839,6 +848,7 @@ def pretrain(args: argparse.Namespace) -> Path | None:
         tokenizer,
         scheduler,
         text_encoder=ema_text.cpu(),
+        default_guidance_scale=args.default_guidance_scale,
     )
     ema_unet.to(device), vae.to(device), clip.to(device), ema_text.to(device)
     prompts = []
@@ -1012,6 +1022,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument(
         "--init-from", help="warm start from a saved base model ('toy' or a folder): train the UNet only"
     )
+    p.add_argument(
+        "--default-guidance-scale",
+        type=float,
+        help="written to model/model_index.json for sampling without a guidance scale "
+        "(default: that of the --init-from base; none, i.e. 9.0, from scratch)",
+    )
     return p
 
 
@@ -1033,7 +1049,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.text_offset < 0:
         print(f"pretrain: error: --text-offset must be >= 0, got {args.text_offset}", file=sys.stderr)
         return 2
+    if args.default_guidance_scale is not None and not 1.0 <= args.default_guidance_scale < float("inf"):
+        print(
+            f"pretrain: error: --default-guidance-scale must be >= 1, got {args.default_guidance_scale}",
+            file=sys.stderr,
+        )
+        return 2
     try:
+        args.default_guidance_scale = _guidance_to_save(
+            args
+        )  # before any work: a bad model_index.json stops here
         pretrain(args)
     except DreamVideoError as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
