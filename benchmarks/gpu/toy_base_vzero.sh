@@ -18,7 +18,7 @@
 #   python benchmarks/gpu/unpack_arm.py FILES_AT ARM docs/toy_model/recipe/ARM
 set -euo pipefail
 LIMIT=${1:-420}
-INIT=${INIT:-docs/toy_model/recipe/off_1200}
+INIT=${INIT:-toy}  # the shipped base (off_1200)
 DEVICE=${DEVICE:-cuda} WORKERS=${WORKERS:-7} BATCH=${BATCH:-64} N=${N:-64}  # a CPU dry run: DEVICE=cpu WORKERS=0 ...
 [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
