@@ -328,6 +328,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from dreamvideo.validate import POSITIVE
+
     p = subparsers.add_parser(
         "demo", help="learn a bundled subject and motion on the toy model and generate videos"
     )
@@ -341,4 +343,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--base", default="toy", help="the toy model (default) or a retrained toy-world model folder"
     )
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=POSITIVE,
+        default=None,
+        help="CPU threads of torch (default: every core, at most 8: the demo runs alone; OMP_NUM_THREADS wins)",
+    )
     p.set_defaults(func=cmd_demo)
