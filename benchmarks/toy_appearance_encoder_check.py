@@ -2,7 +2,7 @@
 
 Trains an encoder (or reuses one in ``--encoder``), then generates each novel subject's class-word prompts with the
 subject's first photo as the reference and without it (same seed), and prints the oracle's subject fidelity,
-paired, as JSON (also written to ``ENCODER/check_s<strength>.json``)::
+paired, as JSON (also written to ``ENCODER/check_s<strength>_seed<seed>.json``)::
 
     python benchmarks/toy_appearance_encoder_check.py --encoder runs/enc --steps 600 --lr 1e-3 --strength 3
 """
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--strength", type=float, default=1.0, help="reference_strength at generation")
     p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of every video")
     args = p.parse_args(argv)
     if not (args.encoder / "appearance_encoder.json").is_file():
         stage = StageConfig(steps=args.steps, lr=args.lr, batch_size=2, checkpoint_every=args.steps)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = (
                     {"reference_image": ref, "reference_strength": args.strength} if ref is not None else {}
                 )
-                generator = torch.Generator().manual_seed(0)
+                generator = torch.Generator().manual_seed(args.seed)
                 frames = pipe(
                     prompt, num_frames=8, num_inference_steps=args.sample_steps, generator=generator, **extra
                 ).frames[0]
@@ -67,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "encoder": str(args.encoder),
         "strength": args.strength,
+        "seed": args.seed,
         "with_reference": float(np.mean(with_ref)),
         "base": float(np.mean(without)),
         **paired_difference(with_ref, without),
     }
     print(json.dumps(result))
-    (args.encoder / f"check_s{args.strength:g}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.encoder / f"check_s{args.strength:g}_seed{args.seed}.json").write_text(
+        json.dumps(result, indent=1) + "\n"
+    )
     return 0
 
 
