@@ -428,7 +428,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.frames,
         args.height or size,
         args.width or size,
-        (pipe.config.default_guidance_scale if args.guidance_scale is None else args.guidance_scale) > 1.0,
+        pipe.resolve_guidance_scale(args.guidance_scale) > 1.0,
         args.max_memory_gb,
     )
     init_video = None

@@ -184,6 +184,10 @@ class DreamVideoPipeline(
         """The base's name as given to ``from_pretrained`` (``"toy"`` for the built-in model)."""
         return self._base_name or str(self.config.get("_name_or_path") or "unknown")
 
+    def resolve_guidance_scale(self, guidance_scale: float | None) -> float:
+        """``guidance_scale``, or the base's ``default_guidance_scale`` when it is ``None``."""
+        return self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+
     def base_description(self) -> dict[str, Any]:
         return describe_base(self.base_name, dict(self.unet.config), self.text_encoder.config.hidden_size)
 
@@ -575,8 +579,7 @@ class DreamVideoPipeline(
             num_videos_per_prompt,
             eta,
         )
-        if guidance_scale is None:
-            guidance_scale = self.config.default_guidance_scale
+        guidance_scale = self.resolve_guidance_scale(guidance_scale)
         self._guidance_scale, self._guidance_rescale, self._interrupt = guidance_scale, rescale, False
         device, guided = self._execution_device, self.do_classifier_free_guidance
 

@@ -1056,9 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        args.default_guidance_scale = _guidance_to_save(
-            args
-        )  # before any work: a bad model_index.json stops here
+        # before any work, so that a bad model_index.json of the --init-from base stops here
+        args.default_guidance_scale = _guidance_to_save(args)
         pretrain(args)
     except DreamVideoError as err:
         print(f"pretrain: error: {err}", file=sys.stderr)

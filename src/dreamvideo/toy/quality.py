@@ -125,7 +125,7 @@ def measure(
     return {
         "n": n,
         "steps": steps,
-        "guidance_scale": pipe.config.default_guidance_scale if guidance is None else guidance,
+        "guidance_scale": pipe.resolve_guidance_scale(guidance),
         "shared_noise": shared_noise,
         "accuracy": accuracy,
         "stderr": stderr,
