@@ -43,6 +43,14 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
     )
     assert joint["prompt"] == "a <sks> dog moves left"
     assert {"clip_t", "clip_i", "t_cons", "subject_fidelity", "motion_fidelity"} <= set(joint)
+    # the field's motion metrics (OpenCV fallbacks by default): track fidelity where a motion was learned
+    assert {"track_motion_fidelity", "dynamic_degree", "flow_top5_mean"} <= set(joint)
+    base_subject = next(r for r in results["rows"] if r["entry"] == "base" and r["case"] == "subject")
+    assert "dynamic_degree" in base_subject and "track_motion_fidelity" not in base_subject
+    assert results["motion_metrics"]["models"]["tracker"].startswith("lk: classical fallback")
+    agreement = results["summary"]["track_agreement"]
+    with_both = [r for r in results["rows"] if "track_motion_fidelity" in r and "motion_fidelity" in r]
+    assert agreement["videos"] == len(with_both) >= 3
     # the ablation reused DreamVideo's textual inversion run instead of repeating it
     runs = {
         tuple(info["identity_adapter"]["sites"]): info
@@ -75,6 +83,8 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
         "Joint customization",
         "Identity vs motion",
         "Difference to the base model",
+        "DreamVideo against each baseline",
+        "Track MF against the oracle's motion fidelity",
     ):
         assert heading in md
     for name in ("plots/metrics_joint.png", "plots/tradeoff.png", "contact_joint.png", "results.json"):
@@ -84,6 +94,15 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
     again = bm.Benchmark(config, out, device="cpu", progress=False).run()
     assert again["stats"]["trained"] == 0 and again["stats"]["generated"] == 0
     assert again["rows"] == results["rows"]
+
+    # a cell scored before the motion metrics existed gets them from its saved frames, without a new video
+    cell_file = out / joint["cell"] / "cell.json"
+    data = read_json(cell_file)
+    for key in ("track_motion_fidelity", "dynamic_degree", "flow_top5_mean"):
+        del data["metrics"][key]
+    cell_file.write_text(json.dumps(data))
+    completed = bm.Benchmark(config, out, device="cpu", progress=False).run()
+    assert completed["stats"]["generated"] == 0 and completed["rows"] == results["rows"]
 
     # a lost video cell and an unfinished training run: only those are redone; the training run resumes from its
     # checkpoint and reproduces the same result, so videos made from it stay valid
@@ -104,6 +123,9 @@ def test_config_errors_name_the_file_and_key(tmp_path, tiny_base, tiny_data, tin
         bm.BenchmarkConfig.from_file(path)
     path.write_text(json.dumps({"subjects": [{"name": "dog", "images": "nowhere"}]}))
     with pytest.raises(DreamVideoError, match="grid.json: subjects 'dog': .*nowhere not found"):
+        bm.BenchmarkConfig.from_file(path)
+    path.write_text(json.dumps({"motion_metrics": {"tracker": "raft"}}))
+    with pytest.raises(DreamVideoError, match="grid.json: motion_metrics: tracker 'raft'"):
         bm.BenchmarkConfig.from_file(path)
     path.write_text(json.dumps({"sedes": [0]}))
     with pytest.raises(DreamVideoError, match="unknown key"):
@@ -201,3 +223,36 @@ def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
         "seconds": 0,
     }
     assert "| dreamvideo | subject | +0.200 ± 0.100 | 3 |" in bm.format_markdown(results, entries)
+
+
+def test_dreamvideo_against_each_baseline_and_track_agreement():
+    def row(entry, template, value, track=None, oracle=None):
+        r = {
+            "entry": entry,
+            "case": "subject",
+            "group": "base" if entry == "base" else "method",
+            "seed": 0,
+            "subject": "dog",
+            "motion": None,
+            "template": template,
+            "subject_fidelity": value,
+        }
+        return r | ({"track_motion_fidelity": track, "motion_fidelity": oracle} if track is not None else {})
+
+    rows = [
+        row("base", "a", 0.1),
+        row("dreamvideo", "a", 0.2, 0.1, 0.3),
+        row("dreamvideo", "b", 0.4, 0.5, 0.2),
+        row("lora", "a", 0.1, 0.2, 0.1),
+        row("lora", "b", 0.5, 0.9, 0.9),
+    ]
+    entries = [bm.builtin_methods()[n] for n in ("base", "dreamvideo", "lora")]
+    summary = bm.summarize(rows, {}, entries)
+    lora = next(it for it in summary["table"] if it["entry"] == "lora")
+    d = lora["dreamvideo_minus"]["subject_fidelity"]  # pairs by template: 0.2-0.1, 0.4-0.5
+    assert d["n"] == 2 and d["mean"] == pytest.approx(0.0)
+    assert "dreamvideo_minus" not in next(it for it in summary["table"] if it["entry"] == "dreamvideo")
+    agree = summary["track_agreement"]
+    assert agree["videos"] == 4
+    assert agree["pearson"] == pytest.approx(np.corrcoef([0.1, 0.5, 0.2, 0.9], [0.3, 0.2, 0.1, 0.9])[0, 1])
+    assert agree["spearman"] == pytest.approx(np.corrcoef([1, 3, 2, 4], [3, 2, 1, 4])[0, 1])

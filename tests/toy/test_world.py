@@ -28,6 +28,10 @@ def test_vocabulary_colours_stand_out_from_every_background():
     assert min(between) >= 80
     assert len(w.COLORS) >= 8 and len(w.SHAPES) >= 6 and len(w.MOTIONS) >= 10 and len(w.BACKGROUNDS) >= 5
     assert not set(w.NOVEL_MOTIONS) & set(w.MOTIONS)
+    # the validation subject and motion are held out like the novel ones and disjoint from them
+    assert not set(w.VALIDATION_MOTIONS) & set(w.MOTIONS + w.NOVEL_MOTIONS)
+    assert not set(w.VALIDATION_SUBJECTS) & set(w.NOVEL_SUBJECTS)
+    assert set(w.CUSTOM_SUBJECTS) == set(w.NOVEL_SUBJECTS) | set(w.VALIDATION_SUBJECTS)
 
 
 def test_render_clip_is_exact_deterministic_and_fast():
@@ -154,10 +158,12 @@ def test_subject_images():
     assert not np.array_equal(photos[0][0], w.subject_images("eye", 5, 1)[0][0])
     with pytest.raises(w.WorldError, match="unknown subject"):
         w.subject_images("dragon")
+    for name in w.VALIDATION_SUBJECTS:  # the validation subject has photos like the novel ones
+        assert all(mask.sum() > 100 for _, mask in w.subject_images(name, n=5))
 
 
 def test_motion_videos_share_only_the_motion():
-    for name in w.NOVEL_MOTIONS:
+    for name in w.NOVEL_MOTIONS + w.VALIDATION_MOTIONS:
         specs = w.motion_specs(name, n=3)
         assert len({s.sprite for s in specs}) == 3 and len({s.background for s in specs}) == 3
         assert len({s.sprite.color for s in specs}) == 3 and len({s.sprite.shape for s in specs}) == 3

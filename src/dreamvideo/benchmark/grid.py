@@ -17,6 +17,16 @@ METRICS = {  # key -> (title, cases where it is meaningful)
     "subject_fidelity": ("Subject fid.", ("subject", "joint")),
     "motion_fidelity": ("Motion fid.", ("motion", "joint")),
     "background_ok": ("Background acc.", CASES),
+    "track_motion_fidelity": ("Track MF", ("motion", "joint")),  # DMT's score on point tracks
+    "dynamic_degree": ("Dyn. deg.", CASES),  # VBench: share of videos with large optical flow
+}
+# How the benchmark scores motion besides the oracle (``dreamvideo.motion_metrics``; "none" turns one off).
+DEFAULT_MOTION_METRICS: dict[str, Any] = {
+    "tracker": "lk",
+    "tracker_weights": None,
+    "flow": "farneback",
+    "flow_weights": None,
+    "grid": 16,
 }
 CELL_FILE = "cell.json"
 ENCODER_ENTRY = "appearance-encoder"
@@ -129,7 +139,7 @@ DEFAULT_TRAINING: dict[str, Any] = {  # toy-model scale (the demo's settings)
     "motion_lr": 1e-3,
     "motion_batch_size": 2,
     "num_frames": 8,
-    "subject_caption": "a {token} {word}",
+    "subject_caption": "a {token} {word} stays still",  # the photos are still: their true caption
     "use_masks": True,
     "encoder_steps": 2000,
     "encoder_lr": 1e-4,
@@ -160,8 +170,8 @@ class BenchmarkConfig:
         base: base model (``"toy"``, a folder or hub id).
         clip: CLIP for the metrics: ``"toy"``, a folder, or ``{"model", "tokenizer", "image_processor"}``.
         oracle: add the toy world's oracle metrics (default: when the base is the toy model).
-        subjects: ``[{"name"}]`` for a toy subject (``NOVEL_SUBJECTS``) or ``{"name", "images", "class_word"}``.
-        motions: ``[{"name"}]`` for a toy motion (``NOVEL_MOTIONS``) or ``{"name", "videos"}``.
+        subjects: ``[{"name"}]`` for a toy subject (``NOVEL_SUBJECTS``, ``VALIDATION_SUBJECTS``) or ``{"name", "images", "class_word"}``.
+        motions: ``[{"name"}]`` for a toy motion (``NOVEL_MOTIONS``, ``VALIDATION_MOTIONS``) or ``{"name", "videos"}``.
         prompts: per case a list of prompts; ``{subject}`` becomes the learned subject's words ("<sks> square").
         seeds: each seed trains every entry and samples every prompt once; tables give mean ± std over seeds.
         methods: entries of :func:`builtin_methods` to run (default all; ``"base"`` is always included).
@@ -173,6 +183,9 @@ class BenchmarkConfig:
         tradeoff: DreamVideo joint videos at ``identity_steps`` x ``motion_steps`` adapter checkpoints (``null``:
             off; default: half and all of each stage's steps).
         analysis: ``{"steps", "lr"}`` of the weight-change analysis, or ``null``.
+        motion_metrics: track motion fidelity and dynamic degree (``DEFAULT_MOTION_METRICS``: ``tracker``
+            ``lk``/``cotracker``/``none``, ``flow`` ``farneback``/``raft``/``none``, their ``*_weights``, ``grid``),
+            or ``null`` for neither. One that cannot be loaded here is skipped with a note in ``results.md``.
     """
 
     base: str = "toy"
@@ -189,6 +202,7 @@ class BenchmarkConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     tradeoff: dict[str, list[int]] | None = field(default_factory=dict)
     analysis: dict[str, Any] | None = None
+    motion_metrics: dict[str, Any] | None = field(default_factory=dict)
     root: Path = Path(".")
 
     def __post_init__(self) -> None:
@@ -198,6 +212,8 @@ class BenchmarkConfig:
             for k in set(DEFAULT_METHOD_SETTINGS) | set(self.method_settings)
         }
         self.sampling = {"steps": 25, "guidance_scale": None, "num_frames": 8} | self.sampling
+        if self.motion_metrics is not None:
+            self.motion_metrics = DEFAULT_MOTION_METRICS | self.motion_metrics
         if self.oracle is None:
             self.oracle = self.base in ("toy", "dreamvideo-toy")
         if self.tradeoff is not None and not self.tradeoff:
@@ -240,8 +256,8 @@ class BenchmarkConfig:
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise BenchmarkError(f"{source}: seeds must be a non-empty list of integers")
         for key, items, toy, path_key in (
-            ("subjects", self.subjects, world.NOVEL_SUBJECTS, "images"),
-            ("motions", self.motions, world.NOVEL_MOTIONS, "videos"),
+            ("subjects", self.subjects, world.CUSTOM_SUBJECTS, "images"),
+            ("motions", self.motions, world.CUSTOM_MOTIONS, "videos"),
         ):
             if not items:
                 raise BenchmarkError(f"{source}: {key} must not be empty")
@@ -260,6 +276,22 @@ class BenchmarkConfig:
                         f"{source}: {key} {name!r} is not a toy {key[:-1]} ({list(toy)}); "
                         f"give '{path_key}' for your own data"
                     )
+        if self.motion_metrics is not None:
+            from dreamvideo.motion_metrics import FLOWS, TRACKERS
+
+            unknown = sorted(set(self.motion_metrics) - set(DEFAULT_MOTION_METRICS))
+            if unknown:
+                raise BenchmarkError(
+                    f"{source}: motion_metrics: unknown key(s) {unknown}; known: {list(DEFAULT_MOTION_METRICS)}"
+                )
+            for key, choices in (("tracker", TRACKERS), ("flow", FLOWS)):
+                if self.motion_metrics[key] not in choices:
+                    raise BenchmarkError(
+                        f"{source}: motion_metrics: {key} {self.motion_metrics[key]!r}; choose from {choices}"
+                    )
+            grid = self.motion_metrics["grid"]
+            if not isinstance(grid, int) or grid < 2:
+                raise BenchmarkError(f"{source}: motion_metrics: grid must be an integer >= 2, got {grid!r}")
         for case in CASES:
             if case not in self.prompts or not self.prompts[case]:
                 raise BenchmarkError(f"{source}: prompts needs a non-empty list for '{case}'")

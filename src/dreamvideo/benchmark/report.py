@@ -10,6 +10,7 @@ import numpy as np
 
 from dreamvideo.benchmark.grid import CASES, ENCODER_ENTRY, METRICS, Entry
 from dreamvideo.metrics import paired_difference
+from dreamvideo.motion_metrics import pearson, spearman
 
 # ----------------------------------------------------------------------------- tables
 
@@ -107,12 +108,36 @@ def summarize(
                 ]
                 table[-1]["vs_dreamvideo"] = _vs_base(sel, dv, keys)
                 table[-1]["per_subject_seconds"] = 0.0
+            elif entry.group == "method" and entry.name not in ("base", "dreamvideo"):
+                dv = [
+                    r
+                    for r in rows
+                    if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] == "method"
+                ]
+                table[-1]["dreamvideo_minus"] = _vs_base(dv, sel, keys)  # DreamVideo's video minus this one's
     trade = [r for r in rows if r["group"] == "tradeoff"]
     points = []
     for i, j in sorted({(r["identity_step"], r["motion_step"]) for r in trade}):
         sel = [r for r in trade if r["identity_step"] == i and r["motion_step"] == j]
         points.append({"identity_step": i, "motion_step": j, "metrics": _seed_stats(sel, list(METRICS))})
-    return {"table": table, "tradeoff": points}
+    return {"table": table, "tradeoff": points, "track_agreement": track_agreement(rows)}
+
+
+def track_agreement(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Spearman and Pearson correlation of the track-based motion fidelity with the oracle's, over the videos
+    that have both (None when fewer than 3 do)."""
+    both = [
+        (r["track_motion_fidelity"], r["motion_fidelity"])
+        for r in rows
+        if all(
+            isinstance(r.get(k), float) and math.isfinite(r[k])
+            for k in ("track_motion_fidelity", "motion_fidelity")
+        )
+    ]
+    if len(both) < 3:
+        return None
+    a, b = zip(*both, strict=True)
+    return {"videos": len(both), "spearman": spearman(a, b), "pearson": pearson(a, b)}
 
 
 def _cell_text(stats: dict[str, float] | None) -> str:
@@ -159,6 +184,7 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         "subject fidelity, motion fidelity and background accuracy from the toy-world oracle. Train time: "
         "seconds spent in optimisation steps, all stages (subject + motion for joint; shared on a busy CPU, "
         "so compare within one run).",
+        *_motion_metric_lines(results),
         "",
     ]
     titles = {
@@ -172,7 +198,6 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             lines += [f"## {titles[case]}", "", *_case_table(items, case), ""]
     paired = [it for it in table if it.get("vs_base")]
     if paired:
-        keys = [k for k in METRICS if any(k in it["vs_base"] for it in paired)]
         lines += [
             "## Difference to the base model (paired)",
             "",
@@ -180,18 +205,20 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
             "two standard errors of 0 is not evidence either way.",
             "",
-            "| method | case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
-            "|---|---|" + "---|" * (len(keys) + 1),
+            *_paired_table(paired, "vs_base", lambda it: [it["title"], it["case"]], ["method", "case"]),
         ]
-        for it in paired:
-            d = it["vs_base"]
-            cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
-            lines.append(
-                f"| {it['title']} | {it['case']} | "
-                + " | ".join(cells)
-                + f" | {max(v['n'] for v in d.values())} |"
-            )
-        lines.append("")
+    against = [it for it in table if it.get("dreamvideo_minus")]
+    if against:
+        lines += [
+            "## DreamVideo against each baseline (paired)",
+            "",
+            "DreamVideo's video minus the baseline's video of the same prompt template, subject, motion and seed; "
+            "mean ± standard error (positive: DreamVideo higher).",
+            "",
+            *_paired_table(
+                against, "dreamvideo_minus", lambda it: [it["title"], it["case"]], ["baseline", "case"]
+            ),
+        ]
     lines += _encoder_lines(table)
     ablations = [it for it in table if it["group"] == "ablation"]
     if ablations:
@@ -242,6 +269,27 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
     return "\n".join(lines)
 
 
+def _motion_metric_lines(results: dict[str, Any]) -> list[str]:
+    """Which tracker and flow model gave Track MF and Dyn. deg., what was skipped, and the track score's
+    agreement with the oracle on this run's videos."""
+    mm = results.get("motion_metrics")
+    if not mm:
+        return []
+    models = mm["models"]
+    lines = [
+        f"Track MF: DMT's motion fidelity on point tracks ({models['tracker'] or 'not computed'}); Dyn. deg.: "
+        f"VBench's dynamic degree ({models['flow'] or 'not computed'}).",
+        *mm["notes"],
+    ]
+    agree = results["summary"].get("track_agreement")
+    if agree:
+        lines.append(
+            f"Track MF against the oracle's motion fidelity on the {agree['videos']} videos that have both: "
+            f"Spearman {agree['spearman']:.3f}, Pearson {agree['pearson']:.3f}."
+        )
+    return lines
+
+
 def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
     """The appearance encoder (zero-shot) minus DreamVideo's learned subjects, paired, and its training cost."""
     items = [it for it in table if it["entry"] == ENCODER_ENTRY]
@@ -257,19 +305,23 @@ def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
         "subject, motion and seed; mean ± standard error.",
         "",
     ]
-    keys = [k for k in METRICS if any(k in it.get("vs_dreamvideo", {}) for it in items)]
-    if not keys:
+    if not any(it.get("vs_dreamvideo") for it in items):
         return [*lines, "(no DreamVideo rows to pair with in this run)", ""]
-    lines += [
-        "| case | " + " | ".join(METRICS[k][0] for k in keys) + " | pairs |",
-        "|---|" + "---|" * (len(keys) + 1),
+    return [*lines, *_paired_table(items, "vs_dreamvideo", lambda it: [it["case"]], ["case"])]
+
+
+def _paired_table(items: list[dict[str, Any]], field: str, label, head: list[str]) -> list[str]:
+    """A table of paired differences ``it[field]`` (mean ± stderr per metric) with ``label(it)`` columns."""
+    keys = [k for k in METRICS if any(k in it.get(field, {}) for it in items)]
+    lines = [
+        "| " + " | ".join([*head, *(METRICS[k][0] for k in keys), "pairs"]) + " |",
+        "|" + "---|" * (len(head) + len(keys) + 1),
     ]
     for it in items:
-        d = it.get("vs_dreamvideo", {})
+        d = it.get(field, {})
         cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
-        lines.append(
-            f"| {it['case']} | " + " | ".join(cells) + f" | {max((v['n'] for v in d.values()), default=0)} |"
-        )
+        pairs = max((v["n"] for v in d.values()), default=0)
+        lines.append("| " + " | ".join([*label(it), *cells, str(pairs)]) + " |")
     return [*lines, ""]
 
 

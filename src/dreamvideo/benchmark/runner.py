@@ -58,6 +58,7 @@ class Benchmark:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
         self._clip = None
+        self._motion = None  # MotionScorer, built on first use
         self._refs: dict[str, Any] = {}
         self._ti_runs: dict[str, Path] = {}  # textual-inversion settings -> a subject folder that ran them
 
@@ -70,7 +71,7 @@ class Benchmark:
         folder = self.out / "data" / "subjects" / item["name"]
         if not (folder / "images").is_dir():
             world.write_subject_folder(item["name"], folder, n=item.get("n", 5))
-        return folder, world.NOVEL_SUBJECTS[item["name"]].class_word
+        return folder, world.CUSTOM_SUBJECTS[item["name"]].class_word
 
     def _motion_data(self, item: dict[str, Any]) -> Path:
         from dreamvideo.toy import world
@@ -498,6 +499,50 @@ class Benchmark:
                 )
         return self._clip
 
+    def _motion_scorer(self):
+        """The track/flow scorer of ``config.motion_metrics`` (None when off); what cannot load becomes a note."""
+        spec = self.config.motion_metrics
+        if spec is None:
+            return None
+        if self._motion is None:
+            from dreamvideo.motion_metrics import MotionScorer, MotionUnavailable, make_flow, make_tracker
+
+            parts, notes = {}, []
+            for what, make, metric in (
+                ("tracker", make_tracker, "track_motion_fidelity"),
+                ("flow", make_flow, "dynamic_degree"),
+            ):
+                try:
+                    parts[what] = make(spec[what], spec[f"{what}_weights"], self.device)
+                except MotionUnavailable as err:
+                    parts[what] = None
+                    notes.append(f"{metric} {err}.")
+                    print(f"[benchmark] {notes[-1]}")
+            self._motion = MotionScorer(parts["tracker"], parts["flow"], grid=spec["grid"], notes=notes)
+        return self._motion
+
+    def _motion_keys(self, cell: dict[str, Any]) -> list[str]:
+        """The metrics the motion scorer gives this cell (track fidelity needs a learned motion's videos)."""
+        scorer = self._motion_scorer()
+        if scorer is None:
+            return []
+        keys = ["dynamic_degree", "flow_top5_mean"] if scorer.flow else []
+        if scorer.tracker and cell["m_item"] and cell["row"]["case"] in ("motion", "joint"):
+            keys.append("track_motion_fidelity")
+        return keys
+
+    def _score_motion(self, cell: dict[str, Any], frames: np.ndarray) -> dict[str, float]:
+        """Track motion fidelity against the motion's training videos, dynamic degree (``_motion_keys``)."""
+        keys = self._motion_keys(cell)
+        if not keys:
+            return {}
+        refs, ref_keys = None, None
+        if "track_motion_fidelity" in keys:
+            refs = self._motion_refs(cell["m_item"])
+            ref_keys = [f"{cell['m_item']['name']}:{i}" for i in range(len(refs))]
+        scores = self._motion_scorer().score(frames, refs, ref_keys)
+        return {k: float(v) for k, v in scores.items() if k in keys}
+
     def _score(self, cell: dict[str, Any], frames: np.ndarray) -> dict[str, float]:
         from dreamvideo.metrics import consecutive_score, image_score, replace_placeholder, text_score
         from dreamvideo.toy import oracle
@@ -531,6 +576,7 @@ class Benchmark:
             found = [b for b in BACKGROUNDS if b in row["prompt"]]
             if len(found) == 1:
                 scores["background_ok"] = float(oracle.background_class(frames) == found[0])
+        scores.update(self._score_motion(cell, frames))
         return {k: float(v) for k, v in scores.items()}
 
     # ------------------------------------------------------------------ generation
@@ -551,6 +597,16 @@ class Benchmark:
             rows.append(cell["row"] | metrics)
         return rows
 
+    def _complete(self, cell: dict[str, Any]) -> None:
+        """Add the motion metrics a cached cell lacks (scored before they were configured) from its frames."""
+        path = self.out / "videos" / cell["key"] / CELL_FILE
+        data = read_json(path)
+        missing = [k for k in self._motion_keys(cell) if k not in data["metrics"]]
+        if missing:
+            frames = _load_strip(path.parent / "frames.png", self.config.sampling["num_frames"])
+            data["metrics"].update(self._score_motion(cell, frames))
+            write_json(data, path)
+
     def _generate_group(
         self, load: dict[str, Any], members: list[dict[str, Any]], done: dict[str, Any]
     ) -> None:
@@ -560,7 +616,11 @@ class Benchmark:
         todo = []
         for cell in members:
             folder = self.out / "videos" / cell["key"]
-            if cell["key"] in done or (folder / CELL_FILE).is_file():
+            if cell["key"] in done:
+                continue
+            if (folder / CELL_FILE).is_file():
+                self._complete(cell)
+                done[cell["key"]] = cell
                 continue
             todo.append(cell)
             done[cell["key"]] = cell
@@ -641,12 +701,14 @@ class Benchmark:
 
         for (entry, kind, item, seed), item_learned in learned.items():
             records[f"{entry}|{kind}|{item}|{seed}"] = _record(item_learned.folder, training_record)
+        scorer = self._motion_scorer()
         results = {
             "config": _config_dict(self.config),
             "stats": self.stats,
             "rows": rows,
             "training": records,
             "analysis": analysis,
+            "motion_metrics": None if scorer is None else {"models": scorer.models(), "notes": scorer.notes},
         }
         results["summary"] = summarize(rows, records, self.config.entries())
         results["seconds"] = round(time.perf_counter() - started, 1)

@@ -57,6 +57,8 @@ MOTIONS: list[str] = [
     "stays still",
 ]
 NOVEL_MOTIONS: list[str] = ["figure-eight", "spiral", "pendulum", "hop-then-slide"]
+# Held out like the novel motions, but kept out of every reported grid: hyper-parameters are chosen on it.
+VALIDATION_MOTIONS: list[str] = ["leap"]
 # Verb used in captions of videos showing a novel motion (its name is not in the model's vocabulary).
 GENERIC_MOTION_WORD = "moves"
 
@@ -110,6 +112,18 @@ NOVEL_SUBJECTS: dict[str, CompositeSprite] = {
         class_word="cross",
     ),
 }
+# Held out like the novel subjects, but kept out of every reported grid: hyper-parameters are chosen on it.
+VALIDATION_SUBJECTS: dict[str, CompositeSprite] = {
+    "lantern": CompositeSprite(
+        (
+            Part("circle", "orange", "plain", (0.0, -0.3), 0.6),
+            Part("square", "white", "dotted", (0.0, 0.45), 0.45),
+        ),
+        class_word="circle",
+    ),
+}
+CUSTOM_SUBJECTS: dict[str, CompositeSprite] = NOVEL_SUBJECTS | VALIDATION_SUBJECTS
+CUSTOM_MOTIONS: list[str] = NOVEL_MOTIONS + VALIDATION_MOTIONS
 
 
 @dataclass
@@ -198,12 +212,14 @@ def trajectory(motion: str, num_frames: int = NUM_FRAMES, amplitude: float = 12.
     elif motion == "pendulum":  # swings right -> left -> right along an arc hanging from a pivot above
         length, theta = 1.6 * a, 0.9 * np.cos(2 * np.pi * tau)
         x, y = length * np.sin(theta), length * np.cos(theta)
+    elif motion == "leap":  # one arc from left to right, like a jump over an obstacle
+        x, y = a * (2 * t - 1), -1.5 * a * np.sin(np.pi * t)
     elif motion == "hop-then-slide":  # a hop in place during the first half, then a slide right
         hop = t < 0.5
         x = np.where(hop, 0.0, 2 * a * (t - 0.5) / 0.5)
         y = np.where(hop, -1.5 * a * np.sin(2 * np.pi * t), 0.0)
     else:
-        raise WorldError(f"unknown motion {motion!r}; choose from {MOTIONS + NOVEL_MOTIONS}")
+        raise WorldError(f"unknown motion {motion!r}; choose from {MOTIONS + CUSTOM_MOTIONS}")
     return np.stack([x, y], axis=1).astype(np.float64), np.asarray(scale, dtype=np.float64)
 
 
@@ -515,22 +531,22 @@ def subject_images(name: str, n: int = 5, seed: int = 0) -> list[tuple[np.ndarra
     """Still photos of a novel subject at different sizes, positions and backgrounds.
 
     Args:
-        name: a key of ``NOVEL_SUBJECTS``.
+        name: a key of ``NOVEL_SUBJECTS`` or ``VALIDATION_SUBJECTS``.
         n: number of images.
         seed: random seed.
 
     Returns:
         ``[(image (H,W,3) uint8, mask (H,W) bool), ...]``.
     """
-    if name not in NOVEL_SUBJECTS:
-        raise WorldError(f"unknown subject {name!r}; choose from {list(NOVEL_SUBJECTS)}")
+    if name not in CUSTOM_SUBJECTS:
+        raise WorldError(f"unknown subject {name!r}; choose from {list(CUSTOM_SUBJECTS)}")
     rng = _name_rng(name, seed)
     backgrounds = rng.permutation(BACKGROUNDS)
     out = []
     for i in range(n):
         spec = _random_spec(
             rng,
-            NOVEL_SUBJECTS[name],
+            CUSTOM_SUBJECTS[name],
             str(backgrounds[i % len(backgrounds)]),
             "stays still",
             size_range=(10.0, 15.0),
@@ -544,7 +560,7 @@ def motion_specs(name: str, n: int = 3, seed: int = 0) -> list[ClipSpec]:
     """Specs of videos sharing one motion, each with a different vocabulary sprite and background.
 
     Args:
-        name: a motion (normally one of ``NOVEL_MOTIONS``).
+        name: a motion (normally one of ``NOVEL_MOTIONS`` or ``VALIDATION_MOTIONS``).
         n: number of videos.
         seed: random seed.
     """
@@ -569,7 +585,7 @@ def motion_videos(name: str, n: int = 3, seed: int = 0) -> list[tuple[np.ndarray
     """Videos of one motion, each with a different vocabulary sprite and background (only the motion is shared).
 
     Args:
-        name: a motion (normally one of ``NOVEL_MOTIONS``).
+        name: a motion (normally one of ``NOVEL_MOTIONS`` or ``VALIDATION_MOTIONS``).
         n: number of videos.
         seed: random seed.
 
@@ -583,7 +599,7 @@ def write_subject_folder(name: str, folder: str | Path, n: int = 5, seed: int = 
     """Write ``folder/images/NN.png`` and ``folder/masks/NN.png`` (8-bit L, 255 = subject).
 
     Args:
-        name: a key of ``NOVEL_SUBJECTS``.
+        name: a key of ``NOVEL_SUBJECTS`` or ``VALIDATION_SUBJECTS``.
         folder: output folder (created).
         n: number of images.
         seed: random seed.
@@ -626,7 +642,7 @@ def write_motion_folder(name: str, folder: str | Path, n: int = 3, seed: int = 0
     """Write ``folder/NN.gif`` (8 fps) and ``folder/captions.json`` mapping file name -> caption.
 
     Args:
-        name: a motion (normally one of ``NOVEL_MOTIONS``).
+        name: a motion (normally one of ``NOVEL_MOTIONS`` or ``VALIDATION_MOTIONS``).
         folder: output folder (created).
         n: number of videos.
         seed: random seed.
