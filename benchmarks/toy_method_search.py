@@ -52,7 +52,7 @@ def scaled_settings(factor: float) -> tuple[dict, dict]:
     training = {k: DEFAULT_TRAINING[k] * factor for k in ("ti_lr", "identity_lr", "motion_lr")}
     settings = copy.deepcopy(DEFAULT_METHOD_SETTINGS)
     for values in settings.values():
-        for key in ("subject_lr", "motion_lr"):
+        for key in ("subject_lr", "motion_lr", "ti_lr", "identity_lr"):
             if key in values:
                 values[key] *= factor
     return training, settings
@@ -62,8 +62,8 @@ def learning_rates(method: str, kind: str, training: dict, settings: dict) -> di
     """The learning rate(s) ``method`` trains ``kind`` with under these settings (as the runner picks them)."""
     ms = settings.get(method, {})
     if kind == "subject" and method in ("dreamvideo", "textual-inversion"):
-        rates = {"ti_lr": training["ti_lr"]}
-        return rates | ({"identity_lr": training["identity_lr"]} if method == "dreamvideo" else {})
+        keys = ("ti_lr", "identity_lr") if method == "dreamvideo" else ("ti_lr",)
+        return {k: ms.get(k, training[k]) for k in keys}
     key = f"{kind}_lr"
     return {key: ms.get(key, training["identity_lr" if kind == "subject" else "motion_lr"])}
 
@@ -190,7 +190,10 @@ def format_report(report: dict) -> str:
         "Chosen learning rates:",
         "",
         "```json",
-        json.dumps({k: m["lr"] for k, m in report["methods"].items()}, indent=1),
+        json.dumps(
+            {k: {n: float(f"{v:.3g}") for n, v in m["lr"].items()} for k, m in report["methods"].items()},
+            indent=1,
+        ),
         "```",
         "",
     ]

@@ -137,6 +137,13 @@ def test_presets_cover_every_method_and_ablation():
     names = {e.name for e in quick.entries()}
     assert set(bm.builtin_methods()) <= names and set(bm.builtin_ablations()) <= names
     assert len(full.seeds) == 3 and len(full.subjects) > 1 and len(full.motions) > 1
+    assert {e.name for e in full.entries()} == names - {"appearance-encoder"}
+    # hyper-parameters are chosen on the validation subject and motion: no reported grid uses them
+    from dreamvideo.toy import world
+
+    for config in (quick, full):
+        assert not {s["name"] for s in config.subjects} & set(world.VALIDATION_SUBJECTS)
+        assert not {m["name"] for m in config.motions} & set(world.VALIDATION_MOTIONS)
     ablations = bm.builtin_ablations()
     assert ablations["no-motion-adapter"].motion is None and ablations["no-motion-adapter"].cases == (
         "joint",
@@ -256,3 +263,18 @@ def test_dreamvideo_against_each_baseline_and_track_agreement():
     assert agree["videos"] == 4
     assert agree["pearson"] == pytest.approx(np.corrcoef([0.1, 0.5, 0.2, 0.9], [0.3, 0.2, 0.1, 0.9])[0, 1])
     assert agree["spearman"] == pytest.approx(np.corrcoef([1, 3, 2, 4], [3, 2, 1, 4])[0, 1])
+
+
+def test_method_settings_set_each_methods_learning_rates(tmp_path):
+    config = bm.BenchmarkConfig(
+        training={"ti_lr": 0.02, "identity_lr": 0.004},
+        method_settings={"textual-inversion": {"ti_lr": 0.001}, "lora": {"subject_lr": 0.0005}},
+    )
+    runner, methods = bm.Benchmark(config, tmp_path), bm.builtin_methods()
+    dv, _, _ = runner._subject_spec(methods["dreamvideo"].subject, "square", 0)
+    ti, _, _ = runner._subject_spec(methods["textual-inversion"].subject, "square", 0)
+    _, lora, _ = runner._subject_spec(methods["lora"].subject, "square", 0)
+    assert (dv.textual_inversion.lr, dv.identity.lr) == (0.02, 0.004)
+    assert ti.textual_inversion.lr == 0.001 and lora.lr == 0.0005
+    no_identity = bm.builtin_ablations()["no-identity-adapter"].subject  # the textual-inversion method
+    assert runner._subject_spec(no_identity, "square", 0)[0].textual_inversion.lr == 0.001

@@ -18,13 +18,16 @@ def test_every_learning_rate_is_scaled_by_the_same_factor():
     for key in ("ti_lr", "identity_lr", "motion_lr"):
         assert training[key] == pytest.approx(3 * DEFAULT_TRAINING[key])
     for method, values in DEFAULT_METHOD_SETTINGS.items():
-        for key in ("subject_lr", "motion_lr"):
+        for key in ("subject_lr", "motion_lr", "ti_lr", "identity_lr"):
             if key in values:
                 assert settings[method][key] == pytest.approx(3 * values[key])
         assert settings[method].get("rank") == values.get("rank")
     assert search.learning_rates("dreamvideo", "subject", training, settings) == {
         "ti_lr": training["ti_lr"],
         "identity_lr": training["identity_lr"],
+    }
+    assert search.learning_rates("textual-inversion", "subject", training, settings) == {
+        "ti_lr": settings["textual-inversion"]["ti_lr"]
     }
     assert search.learning_rates("lora", "motion", training, settings) == {
         "motion_lr": settings["lora"]["motion_lr"]
@@ -45,5 +48,7 @@ def test_the_best_factor_wins_unless_it_breaks_the_prompt():
     report = search.search_report(runs, "lantern", "leap", 0)
     ti = report["methods"]["textual-inversion|subject"]
     assert [c["eligible"] for c in ti["candidates"]] == [True, True, False]  # 0.5 < 1.0 - 0.25
-    assert ti["chosen"] == 1.0 and ti["lr"] == {"ti_lr": DEFAULT_TRAINING["ti_lr"]}
+    assert ti["chosen"] == 1.0 and ti["lr"] == {
+        "ti_lr": DEFAULT_METHOD_SETTINGS["textual-inversion"]["ti_lr"]
+    }
     assert "**yes**" in search.format_report(report) and "excluded" in search.format_report(report)

@@ -129,14 +129,18 @@ def builtin_methods() -> dict[str, Entry]:
 
 # ----------------------------------------------------------------------------- configuration
 
-DEFAULT_TRAINING: dict[str, Any] = {  # toy-model scale (the demo's settings)
+# Learning rates: chosen per method by the same search on the validation subject and motion (lantern, leap), 0.3x,
+# 1x and 3x the previous defaults (benchmarks/toy_method_search.py; results in docs/benchmark_search/).
+DEFAULT_TRAINING: dict[
+    str, Any
+] = {  # toy-model scale; the learning rates here are DreamVideo's (and its ablations')
     "ti_steps": 200,
-    "ti_lr": 5e-3,
+    "ti_lr": 1.5e-2,
     "identity_steps": 150,
-    "identity_lr": 1e-3,
+    "identity_lr": 3e-3,
     "subject_batch_size": 4,
     "motion_steps": 250,
-    "motion_lr": 1e-3,
+    "motion_lr": 3e-3,
     "motion_batch_size": 2,
     "num_frames": 8,
     "subject_caption": "a {token} {word} stays still",  # the photos are still: their true caption
@@ -146,14 +150,14 @@ DEFAULT_TRAINING: dict[str, Any] = {  # toy-model scale (the demo's settings)
     "encoder_batch_size": 2,
     "encoder_pairs": None,
 }
-# Per-method learning rates of the one-stage baselines: full fine-tuning far lower than adapters and LoRA. On the toy
-# model 1e-4 and 3e-5 (LoRA 1e-3 and 3e-4) were compared; the differences were within the noise of a few videos.
+# The baselines' learning rates from the same search (full fine-tuning far lower than adapters and LoRA).
 DEFAULT_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "textual-inversion": {"ti_lr": 1.5e-3},
     "dreamix": {"subject_lr": 1e-4},
-    "finetune": {"subject_lr": 1e-4, "motion_lr": 1e-4},
-    "animatediff": {"subject_lr": 1e-4, "motion_lr": 1e-3},
-    "tune-a-video": {"motion_lr": 1e-4},
-    "lora": {"subject_lr": 1e-3, "motion_lr": 1e-3, "rank": 4},
+    "finetune": {"subject_lr": 3e-5, "motion_lr": 3e-4},
+    "animatediff": {"subject_lr": 1e-4, "motion_lr": 3e-3},
+    "tune-a-video": {"motion_lr": 3e-4},
+    "lora": {"subject_lr": 3e-4, "motion_lr": 3e-3, "rank": 4},
 }
 TOY_PROMPTS = {
     "subject": ["a {subject} moves right on blue sky", "a {subject} stays still on yellow sand"],
@@ -178,7 +182,9 @@ class BenchmarkConfig:
         ablations: keys of :func:`builtin_ablations` to run.
         training: step counts, learning rates and batch sizes (see ``DEFAULT_TRAINING``). One-stage subject
             baselines get ``ti_steps + identity_steps`` steps, motion baselines ``motion_steps``.
-        method_settings: per method ``subject_lr``, ``motion_lr``, ``subject_steps``, ``motion_steps``, ``rank``.
+        method_settings: per method ``subject_lr``, ``motion_lr``, ``subject_steps``, ``motion_steps``, ``rank``;
+            ``ti_lr``, ``identity_lr`` for DreamVideo's two subject stages (``dreamvideo``, ``textual-inversion``;
+            DreamVideo's ablations use ``dreamvideo``'s).
         sampling: ``steps``, ``guidance_scale`` (``None``: the base's default), ``num_frames``.
         tradeoff: DreamVideo joint videos at ``identity_steps`` x ``motion_steps`` adapter checkpoints (``null``:
             off; default: half and all of each stage's steps).
@@ -319,10 +325,15 @@ def quick_config() -> BenchmarkConfig:
 
 
 def full_config() -> BenchmarkConfig:
-    """``--full``: every method and ablation, every toy subject and novel motion, all toy prompts, three seeds."""
+    """``--full``: every method and ablation, every toy subject and novel motion, all toy prompts, three seeds.
+
+    The appearance encoder (zero-shot, not one of the paper's baselines; 20 minutes of training per seed on a CPU)
+    has its own grid, ``docs/benchmark_encoder/grid.json``.
+    """
     from dreamvideo.toy import world
 
     return BenchmarkConfig(
+        methods=[name for name in builtin_methods() if name != ENCODER_ENTRY],
         subjects=[{"name": n} for n in world.NOVEL_SUBJECTS],
         motions=[{"name": n} for n in world.NOVEL_MOTIONS],
         seeds=[0, 1, 2],

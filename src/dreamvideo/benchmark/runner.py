@@ -115,8 +115,12 @@ class Benchmark:
             init_word=class_word,
             caption=t["subject_caption"],
             use_masks=t["use_masks"],
-            textual_inversion=self._stage(t["ti_steps"], t["ti_lr"], t["subject_batch_size"], seed),
-            identity=self._stage(t["identity_steps"], t["identity_lr"], t["subject_batch_size"], seed),
+            textual_inversion=self._stage(
+                t["ti_steps"], ms.get("ti_lr", t["ti_lr"]), t["subject_batch_size"], seed
+            ),
+            identity=self._stage(
+                t["identity_steps"], ms.get("identity_lr", t["identity_lr"]), t["subject_batch_size"], seed
+            ),
             identity_adapter=ad.identity_adapter_config(
                 sites=tuple(part.flag("identity_sites", ["attn2"])),
                 placement=part.flag("placement", "parallel"),
