@@ -216,7 +216,7 @@ def tiny_config(tiny_base, tiny_data, tiny_clip) -> dict:
         "motions": [{"name": "slide", "videos": str(tiny_data["motion"])}],
         "prompts": {
             "subject": ["a {subject} on grass"],
-            "motion": ["a red star moves"],
+            "motion": ["a red star moves on blue sky"],
             "joint": ["a {subject} moves left"],
         },
         "seeds": [0],

@@ -60,6 +60,15 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
     assert runs["ff",]["losses"]["textual_inversion"] == runs["attn2",]["losses"]["textual_inversion"]
     ti_runs = [c for c in calls if c[0] == "textual inversion"]
     assert ti_runs == [("textual inversion", 0, 1), ("textual inversion", 1, 1)]  # the second starts done
+    # section 6: DreamVideo's motion-only videos take an image of the prompt's foreground as appearance guidance
+    # (on the toy world the prompt's sprite rendered on its background); LoRA has no appearance input
+    cells = {
+        r["entry"]: read_json(out / r["cell"] / "cell.json") for r in results["rows"] if r["case"] == "motion"
+    }
+    foreground = next(out.glob("data/foregrounds/*.png"))
+    assert cells["dreamvideo"]["load"]["motion"] and "appearance" in cells["dreamvideo"]
+    assert (out / cells["dreamvideo"]["appearance"]).resolve() == foreground.resolve()
+    assert cells["lora"]["appearance"] is None
     lora_motion = next(r for r in results["rows"] if r["entry"] == "lora" and r["case"] == "motion")
     assert "subject_fidelity" not in lora_motion and "motion_fidelity" in lora_motion
     table = {(t["entry"], t["case"]): t for t in results["summary"]["table"]}
@@ -126,6 +135,9 @@ def test_config_errors_name_the_file_and_key(tmp_path, tiny_base, tiny_data, tin
         bm.BenchmarkConfig.from_file(path)
     path.write_text(json.dumps({"motion_metrics": {"tracker": "raft"}}))
     with pytest.raises(DreamVideoError, match="grid.json: motion_metrics: tracker 'raft'"):
+        bm.BenchmarkConfig.from_file(path)
+    path.write_text(json.dumps({"motion_references": {"a cat runs": "cat.png"}}))
+    with pytest.raises(DreamVideoError, match="motion_references: 'a cat runs' is not one of prompts"):
         bm.BenchmarkConfig.from_file(path)
     path.write_text(json.dumps({"sedes": [0]}))
     with pytest.raises(DreamVideoError, match="unknown key"):

@@ -218,3 +218,13 @@ def test_swap_word_changes_exactly_the_asked_word_of_the_caption():
         assert all(phrase[k](other) == phrase[k](spec) for k in w.WORD_KINDS if k != kind)
     with pytest.raises(w.WorldError, match="unknown word kind"):
         w.swap_word(spec, "size", rng)
+
+
+def test_foreground_image_draws_the_prompted_sprite_on_its_background():
+    image = w.foreground_image("a red striped circle moves on green grass")
+    assert image.shape == (w.IMAGE_SIZE, w.IMAGE_SIZE, 3)
+    spec = w.ClipSpec(w.Sprite("circle", "red", "striped"), "green grass", "stays still", (32.0, 32.0), 12.0)
+    assert np.array_equal(image, w.render_clip(spec, num_frames=1).frames[0])
+    assert w.foreground_image("an orange star moves on dark night") is not None
+    for prompt in ("a <sks> square moves on blue sky", "a red circle moves", "red circle on blue sky"):
+        assert w.foreground_image(prompt) is None

@@ -192,6 +192,9 @@ class BenchmarkConfig:
         motion_metrics: track motion fidelity and dynamic degree (``DEFAULT_MOTION_METRICS``: ``tracker``
             ``lk``/``cotracker``/``none``, ``flow`` ``farneback``/``raft``/``none``, their ``*_weights``, ``grid``),
             or ``null`` for neither. One that cannot be loaded here is skipped with a note in ``results.md``.
+        motion_references: motion prompt -> image of its foreground, the appearance image of DreamVideo's motion
+            adapter in the motion case (section 6); on the toy world a prompt without one gets its sprite rendered
+            on its background, elsewhere the zero vector.
     """
 
     base: str = "toy"
@@ -209,6 +212,7 @@ class BenchmarkConfig:
     tradeoff: dict[str, list[int]] | None = field(default_factory=dict)
     analysis: dict[str, Any] | None = None
     motion_metrics: dict[str, Any] | None = field(default_factory=dict)
+    motion_references: dict[str, str] = field(default_factory=dict)
     root: Path = Path(".")
 
     def __post_init__(self) -> None:
@@ -298,6 +302,13 @@ class BenchmarkConfig:
             grid = self.motion_metrics["grid"]
             if not isinstance(grid, int) or grid < 2:
                 raise BenchmarkError(f"{source}: motion_metrics: grid must be an integer >= 2, got {grid!r}")
+        for template, image in self.motion_references.items():
+            if template not in self.prompts.get("motion", []):
+                raise BenchmarkError(
+                    f"{source}: motion_references: {template!r} is not one of prompts['motion']"
+                )
+            if not (self.root / image).is_file():
+                raise BenchmarkError(f"{source}: motion_references: {self.root / image} not found")
         for case in CASES:
             if case not in self.prompts or not self.prompts[case]:
                 raise BenchmarkError(f"{source}: prompts needs a non-empty list for '{case}'")

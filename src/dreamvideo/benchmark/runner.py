@@ -394,13 +394,11 @@ class Benchmark:
         s_step = None if steps is None or steps[0] >= t["identity_steps"] else steps[0]
         m_step = None if steps is None or steps[1] >= t["motion_steps"] else steps[1]
         appearance = None
-        if (
-            case == "joint"
-            and m is not None
-            and s_item is not None
-            and read_json(m.folder / "motion.json").get("appearance_guidance")
-        ):
+        guided = m is not None and read_json(m.folder / "motion.json").get("appearance_guidance")
+        if guided and case == "joint" and s_item is not None:
             appearance = self._subject_refs(s_item)["paths"][0]  # section 6: e from a subject image
+        elif guided and case == "motion":  # section 6: e from an image of the desired foreground
+            appearance = self._foreground_reference(template)
         encoder = s is not None and entry.subject is not None and entry.subject.method == ENCODER_ENTRY
         load = {
             "subject": self._rel(s.folder) if s and not encoder else None,
@@ -462,6 +460,37 @@ class Benchmark:
                 masks = [oracle.segment_foreground(img)[0] for img in images]
             self._refs[key] = {"paths": data.paths, "images": images, "masks": masks}
         return self._refs[key]
+
+    def _foreground_reference(self, template: str) -> Path | None:
+        """The image a motion-only prompt's appearance guidance takes: ``config.motion_references[template]``, or
+        on the toy world the prompt's sprite rendered on its background (None: no image, the zero vector)."""
+        if template in self.config.motion_references:
+            return self.config.root / self.config.motion_references[template]
+        if not self.config.oracle:
+            return None
+        from PIL import Image
+
+        from dreamvideo.toy import world
+
+        image = world.foreground_image(template, self._size())
+        if image is None:
+            return None
+        path = self.out / "data" / "foregrounds" / f"{_hash(template)}.png"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
+        return path
+
+    def _appearance_image(self, cell: dict[str, Any]) -> np.ndarray | None:
+        """The cell's appearance image as uint8 pixels at the model's size (a subject photo or a foreground)."""
+        if cell["appearance"] is None:
+            return None
+        if cell["s_item"] is not None:
+            return self._subject_refs(cell["s_item"])["images"][0]
+        from dreamvideo.data import load_image
+
+        return _to_uint8(load_image(cell["appearance"], self._size()))
 
     def _motion_refs(self, item: dict[str, Any]) -> list[np.ndarray]:
         key = "motion:" + item["name"]
@@ -647,9 +676,7 @@ class Benchmark:
                 pipe.load_appearance_encoder(self.out / load["encoder"])
             for cell in todo:
                 row, folder = cell["row"], self.out / "videos" / cell["key"]
-                appearance = None
-                if cell["appearance"] is not None:
-                    appearance = self._subject_refs(cell["s_item"])["images"][0]
+                appearance = self._appearance_image(cell)
                 sampling = self.config.sampling
                 extra = {"reference_image": appearance} if load.get("encoder") else {}
                 frames = pipe(
@@ -670,6 +697,7 @@ class Benchmark:
                     {
                         "load": cell["load"],
                         "prompt": row["prompt"],
+                        "appearance": self._rel(cell["appearance"]) if cell["appearance"] else None,
                         "seed": row["seed"],
                         "sampling": self.config.sampling,
                         "metrics": scores,

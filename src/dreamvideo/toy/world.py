@@ -410,6 +410,31 @@ def caption(spec: ClipSpec, subject_word: str | None = None, motion_word: str | 
     return f"{_with_article(subject_word)} {motion_word} on {spec.background}"
 
 
+def foreground_image(prompt: str, size: int = IMAGE_SIZE) -> np.ndarray | None:
+    """A still image of the vocabulary sprite a prompt names, centred on the prompt's background: the "reference
+    image of the desired foreground" a motion-only video's appearance guidance takes (section 6).
+
+    "a red striped circle moves on green grass" -> a red striped circle on green grass. None when the prompt names
+    no vocabulary sprite (colour, optional pattern, shape after the article) or no background.
+
+    Args:
+        prompt: a toy-world prompt.
+        size: image side in pixels.
+    """
+    words = prompt.lower().split()
+    background = next((b for b in BACKGROUNDS if f" on {b}" in prompt.lower()), None)
+    if background is None or len(words) < 3 or words[0] not in ("a", "an"):
+        return None
+    color, rest = words[1], words[2:]
+    pattern = rest.pop(0) if rest and rest[0] in PATTERNS else "plain"
+    if color not in COLORS or not rest or rest[0] not in SHAPES:
+        return None
+    spec = ClipSpec(
+        Sprite(rest[0], color, pattern), background, "stays still", (size / 2, size / 2), 12.0 * size / 64
+    )
+    return render_clip(spec, num_frames=1, size=size).frames[0]
+
+
 # ----------------------------------------------------------------------------- pretraining data
 
 
