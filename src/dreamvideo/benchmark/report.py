@@ -196,29 +196,26 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         items = [it for it in table if it["case"] == case and it["group"] in ("base", "method")]
         if items:
             lines += [f"## {titles[case]}", "", *_case_table(items, case), ""]
-    paired = [it for it in table if it.get("vs_base")]
-    if paired:
-        lines += [
-            "## Difference to the base model (paired)",
-            "",
+    for field, title, text, head in (
+        (
+            "vs_base",
+            "Difference to the base model (paired)",
             "Each video minus the base model's video of the same prompt template, subject, motion and seed; "
             "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
             "two standard errors of 0 is not evidence either way.",
-            "",
-            *_paired_table(paired, "vs_base", lambda it: [it["title"], it["case"]], ["method", "case"]),
-        ]
-    against = [it for it in table if it.get("dreamvideo_minus")]
-    if against:
-        lines += [
-            "## DreamVideo against each baseline (paired)",
-            "",
+            "method",
+        ),
+        (
+            "dreamvideo_minus",
+            "DreamVideo against each baseline (paired)",
             "DreamVideo's video minus the baseline's video of the same prompt template, subject, motion and seed; "
             "mean ± standard error (positive: DreamVideo higher).",
-            "",
-            *_paired_table(
-                against, "dreamvideo_minus", lambda it: [it["title"], it["case"]], ["baseline", "case"]
-            ),
-        ]
+            "baseline",
+        ),
+    ):
+        items = [it for it in table if it.get(field)]
+        if items:
+            lines += [f"## {title}", "", text, "", *_paired_table(items, field, _title_case, [head, "case"])]
     lines += _encoder_lines(table)
     ablations = [it for it in table if it["group"] == "ablation"]
     if ablations:
@@ -308,6 +305,10 @@ def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
     if not any(it.get("vs_dreamvideo") for it in items):
         return [*lines, "(no DreamVideo rows to pair with in this run)", ""]
     return [*lines, *_paired_table(items, "vs_dreamvideo", lambda it: [it["case"]], ["case"])]
+
+
+def _title_case(it: dict[str, Any]) -> list[str]:
+    return [it["title"], it["case"]]
 
 
 def _paired_table(items: list[dict[str, Any]], field: str, label, head: list[str]) -> list[str]:
