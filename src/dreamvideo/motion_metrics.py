@@ -727,24 +727,35 @@ class MotionScorer:
         }
 
 
-def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
-    """A :class:`MotionScorer` from ``dreamvideo evaluate``'s flags; unavailable parts become ``skipped:`` notes
-    (printed), None when both are ``none``.
+def build_scorer(
+    tracker: str = "none",
+    tracker_weights: str | os.PathLike | None = None,
+    flow: str = "none",
+    flow_weights: str | os.PathLike | None = None,
+    grid: int = DEFAULT_GRID,
+    device: str | None = None,
+) -> MotionScorer | None:
+    """A :class:`MotionScorer` from tracker and flow names; unavailable parts become ``skipped:`` notes (printed),
+    None when both are ``none``.
 
     Args:
-        args: with ``tracker``, ``tracker_weights``, ``flow``, ``flow_weights``, ``grid`` and ``device``.
+        tracker: ``cotracker``, ``lk`` or ``none``.
+        tracker_weights: CoTracker checkpoint or hub id.
+        flow: ``raft``, ``farneback`` or ``none``.
+        flow_weights: RAFT state dict or ``raft_large``/``raft_small``.
+        grid: grid points per side for the tracks.
+        device: where to run.
     """
-    tracker, flow = getattr(args, "tracker", "none"), getattr(args, "flow", "none")
     if tracker == "none" and flow == "none":
         return None
     notes, parts = [], {}
     for what, make, name, weights in (
-        ("tracker", make_tracker, tracker, getattr(args, "tracker_weights", None)),
-        ("flow", make_flow, flow, getattr(args, "flow_weights", None)),
+        ("tracker", make_tracker, tracker, tracker_weights),
+        ("flow", make_flow, flow, flow_weights),
     ):
         metric = "track_motion_fidelity" if what == "tracker" else "dynamic_degree"
         try:
-            parts[what] = make(name, weights, getattr(args, "device", None))
+            parts[what] = make(name, weights, device)
         except MotionUnavailable as err:
             parts[what], note = None, f"{metric} {err}."
         else:
@@ -752,8 +763,22 @@ def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
         if note:
             notes.append(note)
             print(note)
-    return MotionScorer(
-        parts["tracker"], parts["flow"], grid=getattr(args, "grid", DEFAULT_GRID), notes=notes
+    return MotionScorer(parts["tracker"], parts["flow"], grid=grid, notes=notes)
+
+
+def scorer_from_args(args: argparse.Namespace) -> MotionScorer | None:
+    """:func:`build_scorer` from ``dreamvideo evaluate``'s flags.
+
+    Args:
+        args: with ``tracker``, ``tracker_weights``, ``flow``, ``flow_weights``, ``grid`` and ``device``.
+    """
+    return build_scorer(
+        getattr(args, "tracker", "none"),
+        getattr(args, "tracker_weights", None),
+        getattr(args, "flow", "none"),
+        getattr(args, "flow_weights", None),
+        getattr(args, "grid", DEFAULT_GRID),
+        getattr(args, "device", None),
     )
 
 

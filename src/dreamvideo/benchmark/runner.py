@@ -538,20 +538,9 @@ class Benchmark:
         if spec is None:
             return None
         if self._motion is None:
-            from dreamvideo.motion_metrics import MotionScorer, MotionUnavailable, make_flow, make_tracker
+            from dreamvideo.motion_metrics import build_scorer
 
-            parts, notes = {}, []
-            for what, make, metric in (
-                ("tracker", make_tracker, "track_motion_fidelity"),
-                ("flow", make_flow, "dynamic_degree"),
-            ):
-                try:
-                    parts[what] = make(spec[what], spec[f"{what}_weights"], self.device)
-                except MotionUnavailable as err:
-                    parts[what] = None
-                    notes.append(f"{metric} {err}.")
-                    print(f"[benchmark] {notes[-1]}")
-            self._motion = MotionScorer(parts["tracker"], parts["flow"], grid=spec["grid"], notes=notes)
+            self._motion = build_scorer(**spec, device=self.device)
         return self._motion
 
     def _motion_keys(self, cell: dict[str, Any]) -> list[str]:
@@ -573,8 +562,7 @@ class Benchmark:
         if "track_motion_fidelity" in keys:
             refs = self._motion_refs(cell["m_item"])
             ref_keys = [f"{cell['m_item']['name']}:{i}" for i in range(len(refs))]
-        scores = self._motion_scorer().score(frames, refs, ref_keys)
-        return {k: float(v) for k, v in scores.items() if k in keys}
+        return {k: float(v) for k, v in self._motion_scorer().score(frames, refs, ref_keys).items()}
 
     def _score(self, cell: dict[str, Any], frames: np.ndarray) -> dict[str, float]:
         from dreamvideo.metrics import consecutive_score, image_score, replace_placeholder, text_score
