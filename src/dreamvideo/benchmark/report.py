@@ -98,22 +98,15 @@ def summarize(
                     "vs_base": {} if entry.name == "base" else _vs_base(sel, base_rows, keys),
                 }
             )
+            dv = [
+                r for r in rows if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] == "method"
+            ]
             if (
                 entry.name == ENCODER_ENTRY
             ):  # zero-shot against DreamVideo's learned subjects, same prompts and seeds
-                dv = [
-                    r
-                    for r in rows
-                    if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] != "tradeoff"
-                ]
                 table[-1]["vs_dreamvideo"] = _vs_base(sel, dv, keys)
                 table[-1]["per_subject_seconds"] = 0.0
             elif entry.group == "method" and entry.name not in ("base", "dreamvideo"):
-                dv = [
-                    r
-                    for r in rows
-                    if r["entry"] == "dreamvideo" and r["case"] == case and r["group"] == "method"
-                ]
                 table[-1]["dreamvideo_minus"] = _vs_base(dv, sel, keys)  # DreamVideo's video minus this one's
     trade = [r for r in rows if r["group"] == "tradeoff"]
     points = []
