@@ -288,5 +288,8 @@ def test_method_settings_set_each_methods_learning_rates(tmp_path):
     _, lora, _ = runner._subject_spec(methods["lora"].subject, "square", 0)
     assert (dv.textual_inversion.lr, dv.identity.lr) == (0.02, 0.004)
     assert ti.textual_inversion.lr == 0.001 and lora.lr == 0.0005
-    no_identity = bm.builtin_ablations()["no-identity-adapter"].subject  # the textual-inversion method
-    assert runner._subject_spec(no_identity, "square", 0)[0].textual_inversion.lr == 0.001
+    no_identity = bm.builtin_ablations()["no-identity-adapter"].subject  # DreamVideo's textual inversion
+    assert runner._subject_spec(no_identity, "square", 0)[0].textual_inversion.lr == 0.02
+    item = bm.BenchmarkConfig().subjects[0]  # ... so it reuses DreamVideo's textual-inversion run
+    ti_key = runner._job("subject", methods["dreamvideo"].subject, item, 0)["ti_key"]
+    assert runner._job("subject", no_identity, item, 0)["ti_key"] == ti_key

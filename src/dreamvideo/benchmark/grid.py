@@ -42,7 +42,8 @@ class BenchmarkError(DreamVideoError):
 @dataclass(frozen=True)
 class Part:
     """How one side of an entry is learned: a method and DreamVideo ablation flags (``train_token``,
-    ``identity_sites``, ``motion_sites``, ``placement``, ``appearance_guidance``)."""
+    ``identity_sites``, ``motion_sites``, ``placement``, ``appearance_guidance``; ``settings_of``: whose
+    ``method_settings`` it trains with, when not its method's)."""
 
     method: str
     flags: tuple[tuple[str, Any], ...] = ()
@@ -94,7 +95,13 @@ def builtin_ablations() -> dict[str, Entry]:
     """The paper's ablations of DreamVideo (method.md section 8), by key."""
     entries = [
         _ablation("no-textual-identity", "w/o textual identity", {"train_token": False}, {}),
-        _ablation("no-identity-adapter", "w/o identity adapter", {"method": "textual-inversion"}, {}),
+        # DreamVideo's own textual inversion (its learning rate, the very same run), without the identity adapter
+        _ablation(
+            "no-identity-adapter",
+            "w/o identity adapter",
+            {"method": "textual-inversion", "settings_of": "dreamvideo"},
+            {},
+        ),
         _ablation("no-motion-adapter", "w/o motion adapter", {}, None, ("joint",)),
         _ablation("no-appearance-guidance", "w/o appearance guidance", {}, {"appearance_guidance": False}),
         _ablation("identity-attn1", "identity adapter in self-attention", {"identity_sites": ["attn1"]}, {}),
@@ -184,7 +191,7 @@ class BenchmarkConfig:
             baselines get ``ti_steps + identity_steps`` steps, motion baselines ``motion_steps``.
         method_settings: per method ``subject_lr``, ``motion_lr``, ``subject_steps``, ``motion_steps``, ``rank``;
             ``ti_lr``, ``identity_lr`` for DreamVideo's two subject stages (``dreamvideo``, ``textual-inversion``;
-            DreamVideo's ablations use ``dreamvideo``'s).
+            DreamVideo's ablations use ``dreamvideo``'s, ``no-identity-adapter`` too).
         sampling: ``steps``, ``guidance_scale`` (``None``: the base's default), ``num_frames``.
         tradeoff: DreamVideo joint videos at ``identity_steps`` x ``motion_steps`` adapter checkpoints (``null``:
             off; default: half and all of each stage's steps).

@@ -105,11 +105,15 @@ class Benchmark:
             steps=steps, lr=lr, batch_size=batch, seed=seed, checkpoint_every=max(1, steps // 2)
         )
 
+    def _method_settings(self, part: Part) -> dict[str, Any]:
+        """The ``method_settings`` a part trains with: its method's, or ``settings_of``'s (an ablation's)."""
+        return self.config.method_settings.get(part.flag("settings_of", part.method), {})
+
     def _subject_spec(self, part: Part, class_word: str, seed: int) -> tuple[Any, Any, dict]:
         from dreamvideo import adapters as ad
         from dreamvideo.methods import SubjectSettings
 
-        t, ms = self.config.training, self.config.method_settings.get(part.method, {})
+        t, ms = self.config.training, self._method_settings(part)
         settings = SubjectSettings(
             token="<sks>",
             init_word=class_word,
