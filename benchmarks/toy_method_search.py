@@ -10,6 +10,12 @@ model's (a learning rate that breaks the prompt is not "better"). Writes ``OUT/s
 under ``OUT`` like any benchmark, so an interrupted search resumes::
 
     OMP_NUM_THREADS=2 python benchmarks/toy_method_search.py --out runs/search --factors 0.3 1 3
+
+The published search (``docs/benchmark_search/``) multiplies the learning rates of ``reference.json`` there (the
+defaults before any search) by 0.1, 0.3, 1, 3 and 10::
+
+    python benchmarks/toy_method_search.py --out runs/search --reference docs/benchmark_search/reference.json \
+        --factors 0.1 0.3 1 3 10
 """
 
 from __future__ import annotations
@@ -47,10 +53,17 @@ PRIMARY = {"subject": "subject_fidelity", "motion": "motion_fidelity"}
 BACKGROUND_SLACK = 0.25
 
 
-def scaled_settings(factor: float) -> tuple[dict, dict]:
-    """``training`` and ``method_settings`` with every learning rate multiplied by ``factor``."""
-    training = {k: DEFAULT_TRAINING[k] * factor for k in ("ti_lr", "identity_lr", "motion_lr")}
-    settings = copy.deepcopy(DEFAULT_METHOD_SETTINGS)
+def scaled_settings(factor: float, reference: dict | None = None) -> tuple[dict, dict]:
+    """``training`` and ``method_settings`` with every learning rate multiplied by ``factor``.
+
+    Args:
+        factor: the multiplier.
+        reference: ``{"training": {...}, "method_settings": {...}}``, the learning rates the factors multiply
+            (default: today's ``DEFAULT_TRAINING`` and ``DEFAULT_METHOD_SETTINGS``).
+    """
+    training = (reference or {}).get("training", DEFAULT_TRAINING)
+    training = {k: training[k] * factor for k in ("ti_lr", "identity_lr", "motion_lr")}
+    settings = copy.deepcopy((reference or {}).get("method_settings", DEFAULT_METHOD_SETTINGS))
     for values in settings.values():
         for key in ("subject_lr", "motion_lr", "ti_lr", "identity_lr"):
             if key in values:
@@ -72,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="cache and result folder (reused to resume)")
     p.add_argument("--factors", type=float, nargs="+", default=[0.3, 1.0, 3.0])
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="JSON {training, method_settings}: the learning rates the factors multiply (default: today's "
+        "defaults); docs/benchmark_search/reference.json holds those of the published search",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
@@ -79,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     subject, motion = next(iter(world.VALIDATION_SUBJECTS)), world.VALIDATION_MOTIONS[0]
+    reference = json.loads(args.reference.read_text()) if args.reference else None
     runs = {}
     for factor in args.factors:
-        training, settings = scaled_settings(factor)
+        training, settings = scaled_settings(factor, reference)
         config = BenchmarkConfig(
             subjects=[{"name": subject}],
             motions=[{"name": motion}],

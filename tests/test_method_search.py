@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def test_every_learning_rate_is_scaled_by_the_same_factor():
     assert search.learning_rates("lora", "motion", training, settings) == {
         "motion_lr": settings["lora"]["motion_lr"]
     }
+
+
+def test_factors_multiply_the_published_reference_and_no_default_leaks_in():
+    path = Path(__file__).resolve().parents[1] / "docs" / "benchmark_search" / "reference.json"
+    reference = json.loads(path.read_text())
+    # the benchmark merges method_settings over DEFAULT_METHOD_SETTINGS: a method missing here would keep today's
+    # (already searched) rate unscaled
+    assert set(DEFAULT_METHOD_SETTINGS) <= set(reference["method_settings"])
+    training, settings = search.scaled_settings(10.0, reference)
+    assert training["motion_lr"] == pytest.approx(10 * reference["training"]["motion_lr"])
+    assert settings["textual-inversion"]["ti_lr"] == pytest.approx(10 * 5e-3)
+    assert settings["finetune"]["motion_lr"] == pytest.approx(10 * 1e-4)
 
 
 def _rows(entry, case, fidelity, background):
