@@ -107,8 +107,9 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
     # a cell scored before the motion metrics existed gets them from its saved frames, without a new video
     cell_file = out / joint["cell"] / "cell.json"
     data = read_json(cell_file)
-    for key in ("track_motion_fidelity", "dynamic_degree", "flow_top5_mean"):
+    for key in ("dynamic_degree", "flow_top5_mean"):
         del data["metrics"][key]
+    del next(iter(data["by_reference"].values()))["track_motion_fidelity"]
     cell_file.write_text(json.dumps(data))
     completed = bm.Benchmark(config, out, device="cpu", progress=False).run()
     assert completed["stats"]["generated"] == 0 and completed["rows"] == results["rows"]
@@ -123,6 +124,51 @@ def test_tiny_grid_end_to_end_and_resumes_cell_by_cell(
     assert third["stats"]["trained"] == 1 and third["stats"]["generated"] == 1
     assert read_json(lora_subject / "subject.json")["losses"] == before["losses"]
     assert third["rows"] == results["rows"]
+
+
+def test_a_video_shared_by_several_motions_is_scored_against_each(tiny_base, tiny_data, tiny_clip, tmp_path):
+    """The base model's video of a motion prompt stands in every motion's row: its motion fidelity must be measured
+    against that row's motion, not against whichever motion scored the video first."""
+    from dreamvideo.toy import oracle
+    from dreamvideo.video_io import write_video
+
+    rise = tmp_path / "rise"  # a second motion: up instead of right
+    rise.mkdir()
+    frames = np.zeros((6, 16, 16, 3), np.uint8)
+    for f in range(6):
+        frames[f, 9 - f : 15 - f, 4:10] = 255
+    write_video(frames, rise / "clip0.gif", fps=8)
+    spec = tiny_config(tiny_base, tiny_data, tiny_clip) | {
+        "methods": ["base"],
+        "ablations": [],
+        "tradeoff": None,
+    }
+    spec["motions"] = spec["motions"] + [{"name": "rise", "videos": str(rise)}]
+    config = bm.BenchmarkConfig.from_dict(spec)
+    out = tmp_path / "bench"
+    runner = bm.Benchmark(config, out, device="cpu", progress=False)
+    results = runner.run()
+    rows = {r["motion"]: r for r in results["rows"] if r["case"] == "motion"}
+    assert rows["slide"]["cell"] == rows["rise"]["cell"]  # one video ...
+    video = bm.runner._load_strip(out / rows["slide"]["cell"] / "frames.png", config.sampling["num_frames"])
+    masks = oracle.segment_foreground(video)
+    for item in config.motions:  # ... scored against each motion
+        expected = oracle.motion_fidelity(video, runner._motion_refs(item), masks)
+        assert rows[item["name"]]["motion_fidelity"] == pytest.approx(expected)
+    assert rows["slide"]["motion_fidelity"] != pytest.approx(rows["rise"]["motion_fidelity"])
+    assert rows["slide"]["track_motion_fidelity"] != pytest.approx(rows["rise"]["track_motion_fidelity"])
+
+    # a cell written before scores were kept per reference: its reference scores are recomputed from its frames
+    cell_file = out / rows["rise"]["cell"] / "cell.json"
+    data = read_json(cell_file)
+    data["metrics"] |= {
+        "motion_fidelity": 0.123,
+        "track_motion_fidelity": 0.456,
+    }  # scored for one motion only
+    del data["by_reference"]
+    cell_file.write_text(json.dumps(data))
+    again = bm.Benchmark(config, out, device="cpu", progress=False).run()
+    assert again["stats"]["generated"] == 0 and again["rows"] == results["rows"]
 
 
 def test_config_errors_name_the_file_and_key(tmp_path, tiny_base, tiny_data, tiny_clip):

@@ -618,19 +618,32 @@ class Benchmark:
                 self._generate_group(json.loads(load_key), groups[load_key], done)
         distributed.wait_for_everyone()
         for cell in cells:
-            metrics = read_json(self.out / "videos" / cell["key"] / CELL_FILE)["metrics"]
-            rows.append(cell["row"] | metrics)
+            data = read_json(self.out / "videos" / cell["key"] / CELL_FILE)
+            rows.append(cell["row"] | data["metrics"] | data["by_reference"][_reference(cell)])
         return rows
 
     def _complete(self, cell: dict[str, Any]) -> None:
-        """Add the motion metrics a cached cell lacks (scored before they were configured) from its frames."""
+        """Score a saved video for this cell where its ``cell.json`` lacks it: the metrics against this cell's
+        subject/motion (one video can stand in several cells: the base model's video of a motion prompt serves every
+        motion), and motion metrics configured after it was scored. Computed from its frames, no new video."""
         path = self.out / "videos" / cell["key"] / CELL_FILE
         data = read_json(path)
-        missing = [k for k in self._motion_keys(cell) if k not in data["metrics"]]
-        if missing:
-            frames = _load_strip(path.parent / "frames.png", self.config.sampling["num_frames"])
-            data["metrics"].update(self._score_motion(cell, frames))
-            write_json(data, path)
+        if (
+            "by_reference" not in data
+        ):  # scored before metrics were kept per reference: against which, unknown
+            data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in REFERENCE_METRICS}
+            data["by_reference"] = {}
+        ref = _reference(cell)
+        missing = [
+            k for k in self._motion_keys(cell) if k not in REFERENCE_METRICS and k not in data["metrics"]
+        ]
+        if ref in data["by_reference"] and not missing:
+            return
+        frames = _load_strip(path.parent / "frames.png", self.config.sampling["num_frames"])
+        free, against = _split_scores(self._score(cell, frames))
+        data["metrics"] = free | data["metrics"]  # what was stored stays (scored on the video itself)
+        data["by_reference"][ref] = against
+        write_json(data, path)
 
     def _generate_group(
         self, load: dict[str, Any], members: list[dict[str, Any]], done: dict[str, Any]
@@ -638,16 +651,12 @@ class Benchmark:
         """Generate and score the cells that share one loaded subject/motion (finished cells are skipped)."""
         from dreamvideo.video_io import write_video
 
-        todo = []
+        todo, saved = [], []  # saved: cells whose video exists (on disk, or made below for another cell)
         for cell in members:
-            folder = self.out / "videos" / cell["key"]
-            if cell["key"] in done:
-                continue
-            if (folder / CELL_FILE).is_file():
-                self._complete(cell)
-                done[cell["key"]] = cell
-                continue
-            todo.append(cell)
+            if cell["key"] in done or (self.out / "videos" / cell["key"] / CELL_FILE).is_file():
+                saved.append(cell)
+            else:
+                todo.append(cell)
             done[cell["key"]] = cell
         self.stats["generation_skipped"] += len(members) - len(todo)
         if todo:
@@ -682,6 +691,7 @@ class Benchmark:
                     **extra,
                 ).frames[0]
                 scores = self._score(cell, frames)
+                free, against = _split_scores(scores)
                 folder.mkdir(parents=True, exist_ok=True)
                 _save_strip(frames, folder / "frames.png")
                 write_video(frames, folder / "video.gif")
@@ -692,7 +702,8 @@ class Benchmark:
                         "appearance": self._rel(cell["appearance"]) if cell["appearance"] else None,
                         "seed": row["seed"],
                         "sampling": self.config.sampling,
-                        "metrics": scores,
+                        "metrics": free,
+                        "by_reference": {_reference(cell): against},
                     },
                     folder / CELL_FILE,
                 )
@@ -702,6 +713,8 @@ class Benchmark:
                     + " ".join(f"{k}={v:.3f}" for k, v in scores.items())
                 )
             del pipe
+        for cell in saved:
+            self._complete(cell)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any] | None:
@@ -855,6 +868,24 @@ def _save_strip(frames: np.ndarray, path: Path) -> None:
 
     with atomic_path(path) as tmp:
         Image.fromarray(np.concatenate(list(frames), axis=0)).save(tmp, format="PNG")
+
+
+# Metrics that compare a video with its cell's subject images or motion videos (the others need the video only).
+REFERENCE_METRICS = frozenset({"clip_i", "subject_fidelity", "motion_fidelity", "track_motion_fidelity"})
+
+
+def _reference(cell: dict[str, Any]) -> str:
+    """The subject and motion a cell's ``REFERENCE_METRICS`` compare against (its case's items)."""
+    case = cell["row"]["case"]
+    s = cell["s_item"]["name"] if cell["s_item"] and case in ("subject", "joint") else "-"
+    m = cell["m_item"]["name"] if cell["m_item"] and case in ("motion", "joint") else "-"
+    return f"subject={s} motion={m}"
+
+
+def _split_scores(scores: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``scores`` as (metrics of the video alone, metrics against the cell's references)."""
+    free = {k: v for k, v in scores.items() if k not in REFERENCE_METRICS}
+    return free, {k: v for k, v in scores.items() if k in REFERENCE_METRICS}
 
 
 def _load_strip(path: Path, num_frames: int) -> np.ndarray:
