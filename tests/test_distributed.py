@@ -147,6 +147,9 @@ def test_benchmark_splits_trainings_and_videos_between_processes(
     assert stdout.count("[benchmark] training ") == 4  # dreamvideo and lora, subject and motion: each once
     results = read_json(root / "bench" / "results.json")
     assert stdout.count("[benchmark] ") - 4 == len({r["cell"] for r in results["rows"]})  # each video once
+    # the counts in results.json cover both processes' shares
+    assert results["stats"]["trained"] == 4
+    assert results["stats"]["generated"] == len({r["cell"] for r in results["rows"]})
     single = bm.Benchmark(
         bm.BenchmarkConfig.from_dict(grid(tiny_base, tiny_data, tiny_clip)),
         tmp_path / "one",

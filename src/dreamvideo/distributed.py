@@ -141,6 +141,18 @@ def same_everywhere(value: str) -> bool:
     return all(torch.equal(t, mine) for t in every)
 
 
+def sum_counts(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` summed over processes key by key (every process passes the same keys; a copy in a single process)."""
+    if world_size() == 1:
+        return dict(counts)
+    s = _state()
+    device = s.device if s.device.type == "cuda" else torch.device("cpu")
+    keys = sorted(counts)
+    values = torch.tensor([counts[k] for k in keys], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
 def shard(items: Sequence[Any]) -> list[Any]:
     """This process's contiguous share of ``items`` (all of them in a single process).
 

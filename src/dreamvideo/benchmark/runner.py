@@ -729,6 +729,7 @@ class Benchmark:
         learned = self._learn_all()
         cells = self._cells(learned)
         rows = self._generate(cells)
+        self.stats = distributed.sum_counts(self.stats)  # each process counted its share of the work
         if not distributed.is_main_process():
             return None
         with distributed.local_only():
