@@ -628,9 +628,8 @@ class Benchmark:
         motion), and motion metrics configured after it was scored. Computed from its frames, no new video."""
         path = self.out / "videos" / cell["key"] / CELL_FILE
         data = read_json(path)
-        if (
-            "by_reference" not in data
-        ):  # scored before metrics were kept per reference: against which, unknown
+        if "by_reference" not in data:
+            # scored before metrics were kept per reference: against which reference is unknown
             data["metrics"] = {k: v for k, v in data["metrics"].items() if k not in REFERENCE_METRICS}
             data["by_reference"] = {}
         ref = _reference(cell)
