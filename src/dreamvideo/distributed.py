@@ -48,6 +48,12 @@ def _state() -> Any:
     return PartialState(cpu=use_cpu)  # a singleton: initialises the process group on first use
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective live: the process's GPU under NCCL (GPU tensors only), else the CPU."""
+    s = _state()
+    return s.device if s.device.type == "cuda" else torch.device("cpu")
+
+
 def process_index() -> int:
     return _state().process_index if world_size() > 1 else 0
 
@@ -122,8 +128,7 @@ def gather_generator_states(generator: torch.Generator) -> list[torch.Tensor]:
     state = generator.get_state()
     if world_size() == 1:
         return [state]
-    s = _state()
-    device = s.device if s.device.type == "cuda" else torch.device("cpu")  # NCCL reduces GPU tensors only
+    device = _collective_device()
     states = [torch.empty_like(state, device=device) for _ in range(world_size())]
     torch.distributed.all_gather(states, state.to(device))
     return [t.cpu() for t in states]
@@ -133,8 +138,7 @@ def same_everywhere(value: str) -> bool:
     """Whether every process passed the same ``value`` (always true in a single process)."""
     if world_size() == 1:
         return True
-    s = _state()
-    device = s.device if s.device.type == "cuda" else torch.device("cpu")
+    device = _collective_device()
     mine = torch.tensor(list(hashlib.sha256(value.encode()).digest()[:8]), dtype=torch.uint8, device=device)
     every = [torch.empty_like(mine) for _ in range(world_size())]
     torch.distributed.all_gather(every, mine)
@@ -145,8 +149,7 @@ def sum_counts(counts: dict[str, int]) -> dict[str, int]:
     """``counts`` summed over processes key by key (every process passes the same keys; a copy in a single process)."""
     if world_size() == 1:
         return dict(counts)
-    s = _state()
-    device = s.device if s.device.type == "cuda" else torch.device("cpu")
+    device = _collective_device()
     keys = sorted(counts)
     values = torch.tensor([counts[k] for k in keys], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(values)
