@@ -279,6 +279,8 @@ def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
     ]  # pairs: 0.2-0.1, 0.4-0.3, 0.6-0.2 (the NaN is left out)
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.2)
     assert d["stderr"] == pytest.approx(np.std([0.1, 0.1, 0.4], ddof=1) / np.sqrt(3))
+    # the two seed-0 pairs share one training (dog, seed 0): averaged to 0.1 before the standard error
+    assert d["groups"] == 2 and d["stderr_by_group"] == pytest.approx(np.std([0.1, 0.4], ddof=1) / np.sqrt(2))
     assert table["base"]["vs_base"] == {}
     stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
     results = {
@@ -287,7 +289,7 @@ def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
         "stats": stats,
         "seconds": 0,
     }
-    assert "| dreamvideo | subject | +0.200 ± 0.100 | 3 |" in bm.format_markdown(results, entries)
+    assert "| dreamvideo | subject | +0.200 ± 0.150 | 3 / 2 |" in bm.format_markdown(results, entries)
 
 
 def test_dreamvideo_against_each_baseline_and_track_agreement():

@@ -408,6 +408,16 @@ def test_paired_difference_by_hand():
         metrics.paired_difference([1.0, 2.0], [0.0])
 
 
+def test_paired_difference_by_group_averages_each_group_first():
+    # differences 0.25, 0, 0.5, 0.75 in groups x, x, y, y: group means 0.125 and 0.625, std 0.3536, s.e. 0.25
+    d = metrics.paired_difference([0.5, 0.25, 1.0, 1.0], [0.25, 0.25, 0.5, 0.25], groups=["x", "x", "y", "y"])
+    assert d["n"] == 4 and d["groups"] == 2 and d["mean"] == pytest.approx(0.375)
+    assert d["stderr_by_group"] == pytest.approx(0.25)
+    assert d["stderr"] == pytest.approx(np.std([0.25, 0, 0.5, 0.75], ddof=1) / 2)
+    with pytest.raises(ValueError, match="4 pairs but 3 group labels"):
+        metrics.paired_difference([0.5, 0.25, 1.0, 1.0], [0.25, 0.25, 0.5, 0.25], groups=["x", "x", "y"])
+
+
 @pytest.mark.parametrize(
     "key, value",
     [

@@ -667,19 +667,43 @@ def _group(rows: list[dict], by: list[str], keys: list[str]) -> list[dict]:
     ]
 
 
-def paired_difference(values: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+def paired_difference(
+    values: Sequence[float], reference: Sequence[float], groups: Sequence[Any] | None = None
+) -> dict[str, float]:
     """Mean of ``values[i] - reference[i]`` and its standard error (pairs share prompt and seed), as
     ``{"mean", "stderr", "n"}``; ``stderr`` is NaN with fewer than two pairs.
+
+    With ``groups`` (one label per pair: e.g. the trained subject/motion and seed a video came from) the pairs of
+    one group are not independent draws: the result also has ``stderr_by_group``, the standard error over the
+    groups' mean differences (``groups`` of them), which is the honest one when the groups are the trainings.
 
     Args:
         values: a metric per video of one method.
         reference: the same metric for the paired videos of the reference (e.g. the base model).
+        groups: optional label per pair; pairs with equal labels are averaged before the standard error.
     """
     if len(values) != len(reference):
         raise ValueError(f"paired_difference: {len(values)} values but {len(reference)} reference values")
     diffs = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    stderr = float(np.std(diffs, ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
-    return {"mean": float(diffs.mean()) if len(diffs) else float("nan"), "stderr": stderr, "n": len(diffs)}
+    out = {
+        "mean": float(diffs.mean()) if len(diffs) else float("nan"),
+        "stderr": _stderr(diffs),
+        "n": len(diffs),
+    }
+    if groups is not None:
+        if len(groups) != len(diffs):
+            raise ValueError(f"paired_difference: {len(diffs)} pairs but {len(groups)} group labels")
+        by: dict[Any, list[float]] = {}
+        for g, d in zip(groups, diffs, strict=True):
+            by.setdefault(g, []).append(float(d))
+        means = np.array([np.mean(v) for v in by.values()])
+        out |= {"stderr_by_group": _stderr(means), "groups": len(means)}
+    return out
+
+
+def _stderr(x: np.ndarray) -> float:
+    """Sample standard deviation / sqrt(n); NaN below two values."""
+    return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
 def summarize(rows: list[dict]) -> dict:

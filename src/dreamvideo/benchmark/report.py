@@ -33,21 +33,28 @@ def _seed_stats(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, dict[s
 
 
 PAIRED_BY = ("subject", "motion", "template", "seed")  # a video and the base model's video of the same prompt
+TRAINED_BY = ("subject", "motion", "seed")  # the videos of one training: their pairs are not independent
+STDERR_TEXT = (
+    "The standard error is over the trainings (each training's pairs averaged first: the prompts of one learned "
+    "subject/motion and seed share its training), so it counts the run-to-run spread of learning; a difference "
+    "within about two standard errors of 0 is not evidence either way."
+)
 
 
 def _vs_base(rows: list[dict[str, Any]], base_rows: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
-    """Per metric: the paired difference to the base model's videos (mean, standard error, pairs)."""
+    """Per metric: the paired difference to the base model's videos (mean, standard error over the pairs and,
+    ``stderr_by_group``, over the trainings: the pairs' means per subject, motion and seed)."""
     base = {tuple(r.get(k) for k in PAIRED_BY): r for r in base_rows}
     out = {}
     for k in keys:
         pairs = [
-            (float(r[k]), float(b[k]))
+            (float(r[k]), float(b[k]), tuple(r.get(x) for x in TRAINED_BY))
             for r in rows
             if (b := base.get(tuple(r.get(x) for x in PAIRED_BY)))
             and all(isinstance(v.get(k), (int, float)) and math.isfinite(v[k]) for v in (r, b))
         ]
         if pairs:
-            out[k] = paired_difference([p[0] for p in pairs], [p[1] for p in pairs])
+            out[k] = paired_difference(*(list(column) for column in zip(*pairs, strict=True)))
     return out
 
 
@@ -194,15 +201,14 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             "vs_base",
             "Difference to the base model (paired)",
             "Each video minus the base model's video of the same prompt template, subject, motion and seed; "
-            "mean ± standard error over the pairs (positive: higher than the base). A difference within about "
-            "two standard errors of 0 is not evidence either way.",
+            "mean ± standard error (positive: higher than the base). " + STDERR_TEXT,
             "method",
         ),
         (
             "dreamvideo_minus",
             "DreamVideo against each baseline (paired)",
             "DreamVideo's video minus the baseline's video of the same prompt template, subject, motion and seed; "
-            "mean ± standard error (positive: DreamVideo higher).",
+            "mean ± standard error (positive: DreamVideo higher). " + STDERR_TEXT,
             "baseline",
         ),
     ):
@@ -292,12 +298,18 @@ def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
         f"One encoder trained once ({subject['training_seconds']:.0f} s of optimisation, "
         f"{subject['trainable_parameters']:,} trainable parameters), then 0 s per subject; DreamVideo learns each "
         "subject (its train time above). Each encoder video minus DreamVideo's video of the same prompt template, "
-        "subject, motion and seed; mean ± standard error.",
+        "subject, motion and seed; mean ± standard error over the (subject, motion, seed) groups (DreamVideo's "
+        "trainings).",
         "",
     ]
     if not any(it.get("vs_dreamvideo") for it in items):
         return [*lines, "(no DreamVideo rows to pair with in this run)", ""]
     return [*lines, *_paired_table(items, "vs_dreamvideo", lambda it: [it["case"]], ["case"])]
+
+
+def _stderr(diff: dict[str, float]) -> float:
+    """The standard error the tables show: over the trainings where known (pairs of one training share it)."""
+    return diff.get("stderr_by_group", diff["stderr"])
 
 
 def _title_case(it: dict[str, Any]) -> list[str]:
@@ -308,14 +320,15 @@ def _paired_table(items: list[dict[str, Any]], field: str, label, head: list[str
     """A table of paired differences ``it[field]`` (mean ± stderr per metric) with ``label(it)`` columns."""
     keys = [k for k in METRICS if any(k in it.get(field, {}) for it in items)]
     lines = [
-        "| " + " | ".join([*head, *(METRICS[k][0] for k in keys), "pairs"]) + " |",
+        "| " + " | ".join([*head, *(METRICS[k][0] for k in keys), "pairs / trainings"]) + " |",
         "|" + "---|" * (len(head) + len(keys) + 1),
     ]
     for it in items:
         d = it.get(field, {})
-        cells = [f"{d[k]['mean']:+.3f} ± {d[k]['stderr']:.3f}" if k in d else "-" for k in keys]
+        cells = [f"{d[k]['mean']:+.3f} ± {_stderr(d[k]):.3f}" if k in d else "-" for k in keys]
         pairs = max((v["n"] for v in d.values()), default=0)
-        lines.append("| " + " | ".join([*label(it), *cells, str(pairs)]) + " |")
+        trainings = max((v.get("groups", 0) for v in d.values()), default=0)
+        lines.append("| " + " | ".join([*label(it), *cells, f"{pairs} / {trainings}"]) + " |")
     return [*lines, ""]
 
 
