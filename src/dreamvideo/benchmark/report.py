@@ -307,7 +307,7 @@ def _encoder_lines(table: list[dict[str, Any]]) -> list[str]:
     return [*lines, *_paired_table(items, "vs_dreamvideo", lambda it: [it["case"]], ["case"])]
 
 
-def _stderr(diff: dict[str, float]) -> float:
+def _shown_stderr(diff: dict[str, float]) -> float:
     """The standard error the tables show: over the trainings where known (pairs of one training share it)."""
     return diff.get("stderr_by_group", diff["stderr"])
 
@@ -325,7 +325,7 @@ def _paired_table(items: list[dict[str, Any]], field: str, label, head: list[str
     ]
     for it in items:
         d = it.get(field, {})
-        cells = [f"{d[k]['mean']:+.3f} ± {_stderr(d[k]):.3f}" if k in d else "-" for k in keys]
+        cells = [f"{d[k]['mean']:+.3f} ± {_shown_stderr(d[k]):.3f}" if k in d else "-" for k in keys]
         pairs = max((v["n"] for v in d.values()), default=0)
         trainings = max((v.get("groups", 0) for v in d.values()), default=0)
         lines.append("| " + " | ".join([*label(it), *cells, f"{pairs} / {trainings}"]) + " |")
