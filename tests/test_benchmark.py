@@ -297,7 +297,7 @@ def test_dreamvideo_against_each_baseline_and_track_agreement():
         r = {
             "entry": entry,
             "case": "subject",
-            "group": "base" if entry == "base" else "method",
+            "group": {"base": "base", "serial": "ablation"}.get(entry, "method"),
             "seed": 0,
             "subject": "dog",
             "motion": None,
@@ -312,13 +312,29 @@ def test_dreamvideo_against_each_baseline_and_track_agreement():
         row("dreamvideo", "b", 0.4, 0.5, 0.2),
         row("lora", "a", 0.1, 0.2, 0.1),
         row("lora", "b", 0.5, 0.9, 0.9),
+        row("serial", "a", 0.1),
+        row("serial", "b", 0.2),
     ]
-    entries = [bm.builtin_methods()[n] for n in ("base", "dreamvideo", "lora")]
+    entries = [bm.builtin_methods()[n] for n in ("base", "dreamvideo", "lora")] + [
+        bm.builtin_ablations()["serial"]
+    ]
     summary = bm.summarize(rows, {}, entries)
     lora = next(it for it in summary["table"] if it["entry"] == "lora")
     d = lora["dreamvideo_minus"]["subject_fidelity"]  # pairs by template: 0.2-0.1, 0.4-0.5
     assert d["n"] == 2 and d["mean"] == pytest.approx(0.0)
     assert "dreamvideo_minus" not in next(it for it in summary["table"] if it["entry"] == "dreamvideo")
+    serial = next(it for it in summary["table"] if it["entry"] == "serial")
+    assert serial["dreamvideo_minus"]["subject_fidelity"]["mean"] == pytest.approx(0.15)  # 0.2-0.1, 0.4-0.2
+    stats = {"trained": 0, "training_skipped": 0, "generated": 0, "generation_skipped": 0}
+    results = {"config": vars(bm.quick_config()), "summary": summary, "stats": stats, "seconds": 0}
+    text = bm.format_markdown(results, entries)
+    ablations = text[
+        text.index("## Ablations of DreamVideo") :
+    ]  # the ablation's pair sits in its own section
+    assert "| serial adapters | subject | +0.150 ± " in ablations
+    assert (
+        "| serial adapters |" not in text[: text.index("## Ablations of DreamVideo")].split("(paired)", 1)[1]
+    )
     agree = summary["track_agreement"]
     assert agree["videos"] == 4
     assert agree["pearson"] == pytest.approx(np.corrcoef([0.1, 0.5, 0.2, 0.9], [0.3, 0.2, 0.1, 0.9])[0, 1])

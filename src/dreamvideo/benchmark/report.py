@@ -113,7 +113,7 @@ def summarize(
             ):  # zero-shot against DreamVideo's learned subjects, same prompts and seeds
                 table[-1]["vs_dreamvideo"] = _vs_base(sel, dv, keys)
                 table[-1]["per_subject_seconds"] = 0.0
-            elif entry.group == "method" and entry.name not in ("base", "dreamvideo"):
+            elif entry.group in ("method", "ablation") and entry.name not in ("base", "dreamvideo"):
                 table[-1]["dreamvideo_minus"] = _vs_base(dv, sel, keys)  # DreamVideo's video minus this one's
     trade = [r for r in rows if r["group"] == "tradeoff"]
     points = []
@@ -212,7 +212,7 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             "baseline",
         ),
     ):
-        items = [it for it in table if it.get(field)]
+        items = [it for it in table if it.get(field) and it["group"] == "method"]
         if items:
             lines += [f"## {title}", "", text, "", *_paired_table(items, field, _title_case, [head, "case"])]
     lines += _encoder_lines(table)
@@ -224,6 +224,16 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
             items += [it for it in ablations if it["case"] == case]
             if len(items) > len([i for i in items if i["entry"] == "dreamvideo"]):
                 lines += [f"### {titles[case]}", "", *_case_table(items, case), ""]
+        paired = [it for it in ablations if it.get("dreamvideo_minus")]
+        if paired:
+            lines += [
+                "### DreamVideo against each ablation (paired)",
+                "",
+                "DreamVideo's video minus the ablation's video of the same prompt template, subject, motion and "
+                "seed; mean ± standard error (positive: the removed or moved part helps). " + STDERR_TEXT,
+                "",
+                *_paired_table(paired, "dreamvideo_minus", _title_case, ["ablation", "case"]),
+            ]
     if summary["tradeoff"]:
         keys = [
             k
