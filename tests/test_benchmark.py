@@ -250,6 +250,61 @@ def test_seeds_flag_selects_a_piece_of_the_same_grid(tmp_path):
     )
 
 
+def test_merge_unites_pieces_of_one_grid_run_apart(tmp_path, capsys):
+    from dreamvideo.benchmark.runner import _config_dict
+    from dreamvideo.cli import main
+
+    def piece(name, seeds, entries, value):
+        cfg = _config_dict(bm.BenchmarkConfig(seeds=seeds, methods=["dreamvideo"], ablations=entries))
+        rows = [
+            {
+                "entry": entry,
+                "case": "subject",
+                "group": {"base": "base", "serial": "ablation"}.get(entry, "method"),
+                "seed": seed,
+                "subject": "totem",
+                "motion": None,
+                "template": "a",
+                "cell": f"videos/{entry}{seed}",
+                "subject_fidelity": value[entry] + seed,
+            }
+            for seed in seeds
+            for entry in ["base", "dreamvideo", *entries]
+        ]
+        stats = {"trained": 1, "training_skipped": 0, "generated": len(rows), "generation_skipped": 0}
+        results = {"config": cfg, "rows": rows, "training": {}, "stats": stats, "seconds": 1.0}
+        (tmp_path / name).write_text(json.dumps(results))
+        return tmp_path / name
+
+    scores = {"base": 0.1, "dreamvideo": 0.5, "serial": 0.2}
+    methods = piece("methods.json", [0, 1], [], scores)  # all seeds of the methods ...
+    ablation = piece("ablation.json", [0], ["serial"], scores)  # ... and one seed of an ablation, run later
+    results, entries = bm.merge_results([methods, ablation])
+    assert results["config"]["seeds"] == [0, 1] and [e.name for e in entries][-1] == "serial"
+    assert len(results["rows"]) == 2 * 2 + 1  # the base and DreamVideo videos of seed 0 counted once
+    table = {(it["entry"], it["case"]): it for it in results["summary"]["table"]}
+    assert table["dreamvideo", "subject"]["seeds"] == 2 and table["serial", "subject"]["seeds"] == 1
+    assert table["serial", "subject"]["dreamvideo_minus"]["subject_fidelity"]["mean"] == pytest.approx(0.3)
+    out = tmp_path / "merged"
+    assert main(["benchmark", "--merge", str(methods), str(ablation), "--out", str(out)]) == 0
+    assert "| serial adapters | subject | +0.300 ± " in (out / "results.md").read_text()
+    assert read_json(out / "results.json")["merged_from"] == [str(methods), str(ablation)]
+
+    other = piece("other.json", [0], ["serial"], scores | {"serial": 0.3})  # the same video, other scores
+    with pytest.raises(DreamVideoError, match="other.json: video videos/serial0"):
+        bm.merge_results([ablation, other])
+    grid = read_json(methods)
+    grid["config"]["training"]["ti_steps"] += 1
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    with pytest.raises(DreamVideoError, match="grid.json: config 'training' differs"):
+        bm.merge_results([methods, tmp_path / "grid.json"])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DreamVideoError, match="bad.json: not a benchmark's results.json"):
+        bm.merge_results([methods, tmp_path / "bad.json"])
+    assert main(["benchmark", "--merge", str(methods)]) == 2  # no --out: a clear error, nothing written
+    assert "--merge needs --out" in capsys.readouterr().err
+
+
 def test_difference_to_the_base_pairs_videos_of_the_same_prompt():
     def row(entry, seed, template, value, subject="dog"):
         return {

@@ -38,7 +38,7 @@ from dreamvideo.benchmark.grid import (
     full_config,
     quick_config,
 )
-from dreamvideo.benchmark.report import format_markdown, plot_results, summarize
+from dreamvideo.benchmark.report import format_markdown, merge_results, plot_results, summarize, write_report
 from dreamvideo.benchmark.runner import Benchmark
 
 __all__ = [
@@ -54,10 +54,12 @@ __all__ = [
     "config_from_args",
     "format_markdown",
     "full_config",
+    "merge_results",
     "plot_results",
     "quick_config",
     "register_cli",
     "summarize",
+    "write_report",
 ]
 
 # ----------------------------------------------------------------------------- CLI
@@ -82,6 +84,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merge:
+        if not args.out:
+            raise BenchmarkError("--merge needs --out, the folder for the merged results")
+        results, entries = merge_results(args.merge)
+        write_report(results, entries, args.out)
+        print((args.out / "results.md").read_text())
+        print(f"results.md, results.json and plots/ of {len(args.merge)} runs in {args.out}")
+        return 0
     config, out = config_from_args(args)
     results = Benchmark(config, out, device=args.device, progress=not args.quiet).run()
     if results is None:  # not the main process of a multi-process run
@@ -98,6 +108,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--config", type=Path, help="JSON grid (see dreamvideo.benchmark.BenchmarkConfig)")
     which.add_argument("--quick", action="store_true", help="small toy grid (~20 min on 2 CPU cores)")
     which.add_argument("--full", action="store_true", help="every toy subject and motion, three seeds")
+    which.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="tables and plots of pieces of one grid run apart (other seeds or entries, other machines)",
+    )
     p.add_argument("--out", type=Path, help="output folder, reused to resume (default benchmark_<name>)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument(

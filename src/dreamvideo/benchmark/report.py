@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from dreamvideo.benchmark.grid import CASES, ENCODER_ENTRY, METRICS, Entry
+from dreamvideo.benchmark.grid import CASES, ENCODER_ENTRY, METRICS, BenchmarkConfig, BenchmarkError, Entry
+from dreamvideo.fileio import atomic_path, read_json, write_json
 from dreamvideo.metrics import paired_difference
 from dreamvideo.motion_metrics import pearson, spearman
 
@@ -141,12 +142,15 @@ def track_agreement(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _cell_text(stats: dict[str, float] | None) -> str:
-    return "-" if not stats else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    """Mean ± std over seeds; the mean alone from one seed (no spread to show)."""
+    if not stats:
+        return "-"
+    return f"{stats['mean']:.3f}" if stats["n"] == 1 else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
 def _case_table(items: list[dict[str, Any]], case: str) -> list[str]:
     keys = [k for k, (_, cases) in METRICS.items() if case in cases]
-    head = ["method", *(METRICS[k][0] for k in keys), "trainable params", "train time (s)", "videos"]
+    head = ["method", *(METRICS[k][0] for k in keys), "trainable params", "train time (s)", "videos", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for it in items:
         cells = [
@@ -155,6 +159,7 @@ def _case_table(items: list[dict[str, Any]], case: str) -> list[str]:
             f"{it['trainable_parameters']:,}",
             f"{it['training_seconds']:.0f}",
             str(it["videos"]),
+            str(it["seeds"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -180,11 +185,12 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         f"Training: textual inversion {t['ti_steps']} steps, identity adapter {t['identity_steps']}, motion adapter "
         f"{t['motion_steps']}; one-stage subject baselines {t['ti_steps'] + t['identity_steps']} steps, motion "
         f"baselines {t['motion_steps']} (per-method learning rates in results.json).",
-        "Metrics: mean ± std over seeds of the per-seed mean over videos. CLIP-T/CLIP-I/T.Cons with the toy CLIP; "
+        "Metrics: mean ± std over seeds of the per-seed mean over videos (the mean alone where one seed ran). CLIP-T/CLIP-I/T.Cons with the toy CLIP; "
         "subject fidelity, motion fidelity and background accuracy from the toy-world oracle. Train time: "
         "seconds spent in optimisation steps, all stages (subject + motion for joint; shared on a busy CPU, "
         "so compare within one run).",
         *_motion_metric_lines(results),
+        *([f"Merged from {', '.join(results['merged_from'])}."] if results.get("merged_from") else []),
         "",
     ]
     titles = {
@@ -421,3 +427,99 @@ def plot_results(results: dict[str, Any], entries: list[Entry], folder: str | Pa
         fig.tight_layout()
         fig.savefig(folder / "tradeoff.png", dpi=110)
         plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- writing and merging runs
+
+
+def write_report(results: dict[str, Any], entries: list[Entry], out: Path) -> None:
+    """``results.json``, ``results.md`` and ``plots/`` of a run (or of merged runs) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(results, out / "results.json")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(format_markdown(results, entries))
+    plot_results(results, entries, out / "plots")
+
+
+# What two pieces of one grid must share; the pieces may differ in seeds, entries, trade-off and analysis.
+SAME_GRID = (
+    "base",
+    "clip",
+    "oracle",
+    "subjects",
+    "motions",
+    "prompts",
+    "training",
+    "method_settings",
+    "sampling",
+    "motion_metrics",
+    "motion_references",
+)
+ROW_KEY = ("cell", "entry", "case", "group", "seed", "identity_step", "motion_step")
+
+
+def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
+    """The ``results.json`` of pieces of one grid (other seeds, other entries; run on other machines) as the
+    results of one run over all of them: rows and training records united, tables and paired differences
+    computed afresh. A video in several pieces is one row, and must have the same scores in each.
+
+    Raises:
+        BenchmarkError: naming the file, when one is not a benchmark's results or comes from another grid.
+    """
+    if not paths:
+        raise BenchmarkError("--merge: give at least one results.json")
+    pieces = []
+    for path in paths:
+        data = read_json(path)
+        if not isinstance(data, dict) or not all(k in data for k in ("config", "rows", "training", "stats")):
+            raise BenchmarkError(
+                f"{path}: not a benchmark's results.json (needs config, rows, training, stats)"
+            )
+        pieces.append((path, data))
+    first_path, first = pieces[0]
+    config = dict(first["config"])
+    rows: dict[tuple, dict[str, Any]] = {}
+    training: dict[str, Any] = {}
+    stats = dict.fromkeys(first["stats"], 0)
+    for path, data in pieces:
+        for key in SAME_GRID:
+            if data["config"].get(key) != first["config"].get(key):
+                raise BenchmarkError(
+                    f"{path}: config {key!r} differs from {first_path}'s: not a piece of the same grid"
+                )
+        for key in ("seeds", "ablations"):
+            config[key] = sorted(set(config[key]) | set(data["config"][key]), key=str)
+        if config["methods"] is not None:  # None: all methods
+            more = data["config"]["methods"]
+            config["methods"] = None if more is None else list(dict.fromkeys(config["methods"] + more))
+        for key in ("tradeoff", "analysis"):
+            config[key] = config[key] or data["config"][key]
+        for row in data["rows"]:
+            key = tuple(row.get(k) for k in ROW_KEY)
+            seen = rows.setdefault(key, row)
+            if seen is not row and any(
+                not math.isclose(seen[k], v, rel_tol=1e-6, abs_tol=1e-9)
+                for k, v in row.items()
+                if isinstance(v, float) and isinstance(seen.get(k), float)
+            ):
+                raise BenchmarkError(
+                    f"{path}: video {row['cell']} ({row['entry']}) has other scores than before"
+                )
+        training |= data["training"]
+        for key, value in data["stats"].items():
+            stats[key] = stats.get(key, 0) + value
+    entries = BenchmarkConfig(**config).entries()  # validated when each piece ran
+    analysis = next((d["analysis"] for _, d in pieces if d.get("analysis")), None)
+    motion = next((d["motion_metrics"] for _, d in pieces if d.get("motion_metrics")), None)
+    results = {
+        "config": config,
+        "stats": stats,
+        "rows": list(rows.values()),
+        "training": training,
+        "analysis": analysis,
+        "motion_metrics": motion,
+        "merged_from": [str(p) for p in paths],
+    }
+    results["summary"] = summarize(results["rows"], training, entries)
+    results["seconds"] = round(sum(float(d.get("seconds", 0)) for _, d in pieces), 1)
+    return results, entries

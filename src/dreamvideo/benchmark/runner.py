@@ -22,7 +22,7 @@ from dreamvideo.benchmark.grid import (
     Part,
     builtin_methods,
 )
-from dreamvideo.benchmark.report import format_markdown, plot_results, summarize
+from dreamvideo.benchmark.report import summarize, write_report
 from dreamvideo.fileio import atomic_path, read_json, write_json
 
 # ----------------------------------------------------------------------------- grid cells
@@ -749,10 +749,7 @@ class Benchmark:
         }
         results["summary"] = summarize(rows, records, self.config.entries())
         results["seconds"] = round(time.perf_counter() - started, 1)
-        write_json(results, self.out / "results.json")
-        with atomic_path(self.out / "results.md") as tmp:
-            tmp.write_text(format_markdown(results, self.config.entries()))
-        plot_results(results, self.config.entries(), self.out / "plots")
+        write_report(results, self.config.entries(), self.out)
         self._contact_sheets(cells)
         return results
 
