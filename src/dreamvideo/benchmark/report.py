@@ -8,7 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from dreamvideo.benchmark.grid import CASES, ENCODER_ENTRY, METRICS, BenchmarkConfig, BenchmarkError, Entry
+from dreamvideo.benchmark.grid import (
+    CASES,
+    ENCODER_ENTRY,
+    METRICS,
+    BenchmarkConfig,
+    BenchmarkError,
+    Entry,
+    builtin_ablations,
+)
 from dreamvideo.fileio import atomic_path, read_json, write_json
 from dreamvideo.metrics import paired_difference
 from dreamvideo.motion_metrics import pearson, spearman
@@ -185,8 +193,8 @@ def format_markdown(results: dict[str, Any], entries: list[Entry]) -> str:
         f"Training: textual inversion {t['ti_steps']} steps, identity adapter {t['identity_steps']}, motion adapter "
         f"{t['motion_steps']}; one-stage subject baselines {t['ti_steps'] + t['identity_steps']} steps, motion "
         f"baselines {t['motion_steps']} (per-method learning rates in results.json).",
-        "Metrics: mean ± std over seeds of the per-seed mean over videos (the mean alone where one seed ran). CLIP-T/CLIP-I/T.Cons with the toy CLIP; "
-        "subject fidelity, motion fidelity and background accuracy from the toy-world oracle. Train time: "
+        "Metrics: mean ± std over seeds of the per-seed mean over videos (the mean alone where one seed ran). "
+        "CLIP-T/CLIP-I/T.Cons with the toy CLIP; subject fidelity, motion fidelity and background accuracy from the toy-world oracle. Train time: "
         "seconds spent in optimisation steps, all stages (subject + motion for joint; shared on a busy CPU, "
         "so compare within one run).",
         *_motion_metric_lines(results),
@@ -487,8 +495,9 @@ def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
                 raise BenchmarkError(
                     f"{path}: config {key!r} differs from {first_path}'s: not a piece of the same grid"
                 )
-        for key in ("seeds", "ablations"):
-            config[key] = sorted(set(config[key]) | set(data["config"][key]), key=str)
+        config["seeds"] = sorted(set(config["seeds"]) | set(data["config"]["seeds"]))
+        more = set(config["ablations"]) | set(data["config"]["ablations"])
+        config["ablations"] = [name for name in builtin_ablations() if name in more]  # in the tables' order
         if config["methods"] is not None:  # None: all methods
             more = data["config"]["methods"]
             config["methods"] = None if more is None else list(dict.fromkeys(config["methods"] + more))
