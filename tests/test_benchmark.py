@@ -271,6 +271,11 @@ def test_merge_unites_pieces_of_one_grid_run_apart(tmp_path, capsys):
             for seed in seeds
             for entry in ["base", "dreamvideo", *entries]
         ]
+        # the base's video of a motion prompt stands in every motion's rows, scored against each motion
+        rows += [
+            rows[0] | {"case": "motion", "subject": None, "motion": m, "motion_fidelity": f}
+            for m, f in (("pendulum", 0.1), ("spiral", 0.2))
+        ]
         stats = {"trained": 1, "training_skipped": 0, "generated": len(rows), "generation_skipped": 0}
         results = {"config": cfg, "rows": rows, "training": {}, "stats": stats, "seconds": 1.0}
         (tmp_path / name).write_text(json.dumps(results))
@@ -281,7 +286,8 @@ def test_merge_unites_pieces_of_one_grid_run_apart(tmp_path, capsys):
     ablation = piece("ablation.json", [0], ["serial"], scores)  # ... and one seed of an ablation, run later
     results, entries = bm.merge_results([methods, ablation])
     assert results["config"]["seeds"] == [0, 1] and [e.name for e in entries][-1] == "serial"
-    assert len(results["rows"]) == 2 * 2 + 1  # the base and DreamVideo videos of seed 0 counted once
+    # seed 0's base and DreamVideo videos counted once; the base's shared motion video once per motion
+    assert len(results["rows"]) == 2 * 2 + 2 + 1
     table = {(it["entry"], it["case"]): it for it in results["summary"]["table"]}
     assert table["dreamvideo", "subject"]["seeds"] == 2 and table["serial", "subject"]["seeds"] == 1
     assert table["serial", "subject"]["dreamvideo_minus"]["subject_fidelity"]["mean"] == pytest.approx(0.3)

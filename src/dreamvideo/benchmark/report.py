@@ -463,7 +463,19 @@ SAME_GRID = (
     "motion_metrics",
     "motion_references",
 )
-ROW_KEY = ("cell", "entry", "case", "group", "seed", "identity_step", "motion_step")
+# A row: one video in one place of the grid (a video can stand in several: the base's motion video in every motion's).
+ROW_KEY = (
+    "cell",
+    "entry",
+    "case",
+    "group",
+    "seed",
+    "subject",
+    "motion",
+    "template",
+    "identity_step",
+    "motion_step",
+)
 
 
 def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
