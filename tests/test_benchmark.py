@@ -296,8 +296,16 @@ def test_merge_unites_pieces_of_one_grid_run_apart(tmp_path, capsys):
     assert "| serial adapters | subject | +0.300 ± " in (out / "results.md").read_text()
     assert read_json(out / "results.json")["merged_from"] == [str(methods), str(ablation)]
 
+    assert (
+        results["merge_check"]["shared_rows"] == 4
+        and "4 rows in more than one" in (out / "results.md").read_text()
+    )
+    noise = piece(
+        "noise.json", [0], ["serial"], scores | {"serial": 0.2 + 1e-5}
+    )  # remade elsewhere: float noise
+    assert bm.merge_results([ablation, noise])[0]["merge_check"]["largest_difference"]["subject_fidelity"] > 0
     other = piece("other.json", [0], ["serial"], scores | {"serial": 0.3})  # the same video, other scores
-    with pytest.raises(DreamVideoError, match="other.json: video videos/serial0"):
+    with pytest.raises(DreamVideoError, match="other.json: video videos/serial0 .* another subject_fidelity"):
         bm.merge_results([ablation, other])
     grid = read_json(methods)
     grid["config"]["training"]["ti_steps"] += 1
