@@ -476,8 +476,9 @@ SAME_GRID = (
     "motion_references",
 )
 # A row: one video in one place of the grid (a video can stand in several: the base's motion video in every motion's).
-# Scores of a video remade elsewhere differ by float noise (1e-4 measured across two machines), not more.
-MERGE_TOLERANCE = 1e-3
+# Scores of a video remade on another machine differ by float noise (measured: 4e-3 in a flow magnitude of about
+# 5, at most 4e-5 in the other scores); another video differs by far more.
+MERGE_TOLERANCE = {"rel_tol": 1e-2, "abs_tol": 1e-3}
 ROW_KEY = (
     "cell",
     "entry",
@@ -539,7 +540,7 @@ def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
             for k, v in row.items():
                 if isinstance(v, float) and isinstance(seen.get(k), float):
                     gap[k] = max(gap.get(k, 0.0), abs(v - seen[k]))
-                    if not math.isclose(seen[k], v, rel_tol=MERGE_TOLERANCE, abs_tol=MERGE_TOLERANCE):
+                    if not math.isclose(seen[k], v, **MERGE_TOLERANCE):
                         raise BenchmarkError(
                             f"{path}: video {row['cell']} ({row['entry']}) has another {k} than before "
                             f"({v:.6f} against {seen[k]:.6f}): not the same cell"
