@@ -295,6 +295,13 @@ def test_merge_unites_pieces_of_one_grid_run_apart(tmp_path, capsys):
     assert main(["benchmark", "--merge", str(methods), str(ablation), "--out", str(out)]) == 0
     assert "| serial adapters | subject | +0.300 ± " in (out / "results.md").read_text()
     assert read_json(out / "results.json")["merged_from"] == [str(methods), str(ablation)]
+    later = piece("later.json", [2], [], scores)  # a merged report is itself a piece; it names its own pieces
+    again = bm.merge_results([out / "results.json", later])[0]
+    assert again["merged_from"] == [str(methods), str(ablation), str(later)] and again["config"]["seeds"] == [
+        0,
+        1,
+        2,
+    ]
 
     assert (
         results["merge_check"]["shared_rows"] == 4

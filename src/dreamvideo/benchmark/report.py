@@ -475,10 +475,10 @@ SAME_GRID = (
     "motion_metrics",
     "motion_references",
 )
-# A row: one video in one place of the grid (a video can stand in several: the base's motion video in every motion's).
 # Scores of a video remade on another machine differ by float noise (measured: 4e-3 in a flow magnitude of about
 # 5, at most 4e-5 in the other scores); another video differs by far more.
 MERGE_TOLERANCE = {"rel_tol": 1e-2, "abs_tol": 1e-3}
+# A row: one video in one place of the grid (a video can stand in several: the base's motion video in every motion's).
 ROW_KEY = (
     "cell",
     "entry",
@@ -524,11 +524,11 @@ def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
                     f"{path}: config {key!r} differs from {first_path}'s: not a piece of the same grid"
                 )
         config["seeds"] = sorted(set(config["seeds"]) | set(data["config"]["seeds"]))
-        more = set(config["ablations"]) | set(data["config"]["ablations"])
-        config["ablations"] = [name for name in builtin_ablations() if name in more]  # in the tables' order
+        ablations = set(config["ablations"]) | set(data["config"]["ablations"])
+        config["ablations"] = [name for name in builtin_ablations() if name in ablations]  # the tables' order
         if config["methods"] is not None:  # None: all methods
-            more = data["config"]["methods"]
-            config["methods"] = None if more is None else list(dict.fromkeys(config["methods"] + more))
+            methods = data["config"]["methods"]
+            config["methods"] = None if methods is None else list(dict.fromkeys(config["methods"] + methods))
         for key in ("tradeoff", "analysis"):
             config[key] = config[key] or data["config"][key]
         for row in data["rows"]:
@@ -558,7 +558,8 @@ def merge_results(paths: list[Path]) -> tuple[dict[str, Any], list[Entry]]:
         "training": training,
         "analysis": analysis,
         "motion_metrics": motion,
-        "merged_from": [str(p) for p in paths],
+        # a merged piece names its own pieces: the list says which runs the rows come from
+        "merged_from": [name for path, d in pieces for name in d.get("merged_from", [str(path)])],
         "merge_check": {"shared_rows": shared, "largest_difference": gap},
     }
     results["summary"] = summarize(results["rows"], training, entries)
