@@ -476,7 +476,7 @@ SAME_GRID = (
     "motion_references",
 )
 # Scores of a video remade on another machine differ by float noise (measured: 4e-3 in a flow magnitude of about
-# 5, at most 4e-5 in the other scores); another video differs by far more.
+# 5, at most 2e-4 in the other scores); another video differs by far more.
 MERGE_TOLERANCE = {"rel_tol": 1e-2, "abs_tol": 1e-3}
 # A row: one video in one place of the grid (a video can stand in several: the base's motion video in every motion's).
 ROW_KEY = (
